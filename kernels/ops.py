@@ -1,0 +1,299 @@
+"""The public norm ops: argument checks, backend dispatch, and torch.library registration.
+
+`backend="torch"` runs the pure-torch reference (autograd through torch ops). Every kernel
+backend goes through one pair of custom ops per norm (forward, backward), registered with
+autograd and fake implementations so `torch.compile(fullgraph=True)` traces them as single
+nodes and CUDA graphs can capture them. A kernel backend is a module with four functions on
+2D row-major views (last dim contiguous, any row stride):
+
+    rms_norm_forward(x, weight, bias, eps, k, eps_outside)         -> y, rstd
+    rms_norm_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias) -> dx, dw, db
+    layer_norm_forward(x, weight, bias, eps)                       -> y, mean, rstd
+    layer_norm_backward(dy, x, weight, mean, rstd, has_bias)       -> dx, dw, db
+
+(dw / db are fp32, None where there is no weight / bias.)
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import reference
+
+BACKENDS = ("auto", "triton", "torch")
+EPS_MODES = ("inside", "outside")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_input(x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"x must be a floating tensor (float16, bfloat16, float32, float64), got {x.dtype}"
+        )
+    if x.dim() < 1 or x.shape[-1] < 1:
+        raise ValueError(f"x must have a last dim of size >= 1 to normalize over, got shape {tuple(x.shape)}")
+
+
+def _check_param(name: str, p: Optional[Tensor], x: Tensor) -> None:
+    if p is None:
+        return
+    n = x.shape[-1]
+    if not isinstance(p, Tensor) or tuple(p.shape) != (n,):
+        shape = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
+        raise ValueError(f"{name} must have shape ({n},) to match x's last dim, got {shape}")
+    if p.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a floating tensor, got {p.dtype}")
+    if p.device != x.device:
+        raise ValueError(f"{name} is on {p.device} but x is on {x.device}; they must share a device")
+
+
+def check_eps(eps: float) -> None:
+    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+
+
+def check_eps_mode(eps_mode: str) -> None:
+    if eps_mode not in EPS_MODES:
+        raise ValueError(f"eps_mode must be one of {EPS_MODES}, got {eps_mode!r}")
+
+
+def check_partial(partial: float, n: int | None = None) -> int | None:
+    """Validate the partial ratio p; with the row length n, also return k = floor(p*n) >= 1."""
+    if not isinstance(partial, (int, float)) or not (0.0 < partial <= 1.0):
+        raise ValueError(f"partial must be in (0, 1], got {partial!r}")
+    if n is None:
+        return None
+    k = reference.partial_size(n, partial)
+    if k < 1:
+        raise ValueError(
+            f"partial={partial} keeps k = floor(partial * {n}) = {k} features; k must be >= 1 "
+            f"(use partial >= {1.0 / n:.6g} for rows of {n})"
+        )
+    return k
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def resolve_backend(backend: str, x: Tensor) -> str:
+    """Map a requested backend to the one that runs: 'triton' or 'torch'."""
+    check_backend(backend)
+    if backend == "auto":
+        return "triton" if x.is_cuda else "torch"
+    if backend == "triton" and not x.is_cuda and not _interpreting():
+        raise ValueError(
+            "backend='triton' needs a CUDA tensor, or TRITON_INTERPRET=1 to run the kernels on "
+            f"the CPU (x is on {x.device}); use backend='auto' or 'torch' instead"
+        )
+    return backend
+
+
+def _kernels(backend: str):
+    if backend == "triton":
+        from .triton import backend as module
+        return module
+    raise ValueError(f"no kernel module for backend {backend!r}")
+
+
+# ---------------------------------------------------------------------------- layout
+def as_rows(t: Tensor) -> Tensor:
+    """A 2D (rows, N) view with a contiguous last dim; copies only when no such view exists."""
+    n = t.shape[-1]
+    if t.stride(-1) != 1 and t.numel() > 0:
+        t = t.contiguous()
+    if t.dim() == 2:
+        return t
+    try:
+        return t.view(-1, n)
+    except RuntimeError:
+        return t.contiguous().view(-1, n)
+
+
+def _grad_rows(dy: Tensor, shape) -> Tensor:
+    return as_rows(dy.reshape(shape) if dy.shape != shape else dy)
+
+
+# ---------------------------------------------------------------------------- RMSNorm op
+@torch.library.custom_op("repro::rms_norm_fwd", mutates_args=())
+def _rms_norm_fwd(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+    eps: float, k: int, eps_outside: bool, backend: str,
+) -> tuple[Tensor, Tensor]:
+    y, rstd = _kernels(backend).rms_norm_forward(as_rows(x), weight, bias, eps, k, eps_outside)
+    return y.view(x.shape), rstd.view(x.shape[:-1])
+
+
+@_rms_norm_fwd.register_fake
+def _(x, weight, bias, eps, k, eps_outside, backend):
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
+        x.shape[:-1], dtype=torch.float32
+    )
+
+
+@torch.library.custom_op("repro::rms_norm_bwd", mutates_args=())
+def _rms_norm_bwd(
+    dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor,
+    eps: float, k: int, eps_outside: bool, has_bias: bool, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = _kernels(backend).rms_norm_backward(
+        _grad_rows(dy, x.shape), as_rows(x), weight, rstd.reshape(-1), eps, k, eps_outside, has_bias
+    )
+    return dx.view(x.shape), _or_empty(dw, x), _or_empty(db, x)
+
+
+@_rms_norm_bwd.register_fake
+def _(dy, x, weight, rstd, eps, k, eps_outside, has_bias, backend):
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        _fake_param_grad(weight is not None, x),
+        _fake_param_grad(has_bias, x),
+    )
+
+
+def _or_empty(g: Optional[Tensor], x: Tensor) -> Tensor:
+    # custom ops cannot return None; an empty tensor stands for "no such parameter"
+    return g if g is not None else x.new_empty(0, dtype=torch.float32)
+
+
+def _fake_param_grad(present: bool, x: Tensor) -> Tensor:
+    # kernels return parameter gradients in fp32; autograd casts them to the parameter's dtype
+    return x.new_empty(x.shape[-1] if present else 0, dtype=torch.float32)
+
+
+def _param_grad(g: Tensor, present: bool, like: Optional[Tensor]):
+    if not present:
+        return None
+    return g.to(like.dtype) if like is not None else g
+
+
+def _rms_setup(ctx, inputs, output):
+    x, weight, bias, eps, k, eps_outside, backend = inputs
+    ctx.save_for_backward(x, weight, bias, output[1])
+    ctx.conf = (eps, k, eps_outside, backend)
+
+
+def _rms_backward(ctx, dy, _drstd):
+    x, weight, bias, rstd = ctx.saved_tensors
+    eps, k, eps_outside, backend = ctx.conf
+    dx, dw, db = _rms_norm_bwd(dy, x, weight, rstd, eps, k, eps_outside, bias is not None, backend)
+    return (
+        dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias),
+        None, None, None, None,
+    )
+
+
+_rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup)
+
+
+# ---------------------------------------------------------------------------- LayerNorm op
+@torch.library.custom_op("repro::layer_norm_fwd", mutates_args=())
+def _layer_norm_fwd(
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, backend: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    y, mean, rstd = _kernels(backend).layer_norm_forward(as_rows(x), weight, bias, eps)
+    return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+
+
+@_layer_norm_fwd.register_fake
+def _(x, weight, bias, eps, backend):
+    stat = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), stat, torch.empty_like(stat)
+
+
+@torch.library.custom_op("repro::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd(
+    dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
+    has_bias: bool, backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dx, dw, db = _kernels(backend).layer_norm_backward(
+        _grad_rows(dy, x.shape), as_rows(x), weight, mean.reshape(-1), rstd.reshape(-1), has_bias
+    )
+    return dx.view(x.shape), _or_empty(dw, x), _or_empty(db, x)
+
+
+@_layer_norm_bwd.register_fake
+def _(dy, x, weight, mean, rstd, has_bias, backend):
+    return (
+        torch.empty_like(x, memory_format=torch.contiguous_format),
+        _fake_param_grad(weight is not None, x),
+        _fake_param_grad(has_bias, x),
+    )
+
+
+def _ln_setup(ctx, inputs, output):
+    x, weight, bias, eps, backend = inputs
+    ctx.save_for_backward(x, weight, bias, output[1], output[2])
+    ctx.backend = backend
+
+
+def _ln_backward(ctx, dy, _dmean, _drstd):
+    x, weight, bias, mean, rstd = ctx.saved_tensors
+    dx, dw, db = _layer_norm_bwd(dy, x, weight, mean, rstd, bias is not None, ctx.backend)
+    return (
+        dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias),
+        None, None,
+    )
+
+
+_layer_norm_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
+
+
+# ---------------------------------------------------------------------------- public API
+def rms_norm(
+    x: Tensor,
+    weight: Optional[Tensor] = None,
+    eps: float = 1e-6,
+    *,
+    partial: float = 1.0,
+    eps_mode: str = "inside",
+    backend: str = "auto",
+    bias: Optional[Tensor] = None,
+) -> Tensor:
+    """RMSNorm over the last dim; `partial` < 1 gives pRMSNorm (statistic from the first
+    floor(partial*N) features). `eps_mode="inside"`: x*rsqrt(mean(x^2)+eps); `"outside"`:
+    x/(sqrt(mean(x^2))+eps) as in the authors' PyTorch code. `bias` is the authors' optional
+    offset (off by default). Accumulates in fp32 and returns x's dtype."""
+    _check_input(x)
+    _check_param("weight", weight, x)
+    _check_param("bias", bias, x)
+    check_eps(eps)
+    check_eps_mode(eps_mode)
+    k = check_partial(partial, x.shape[-1])
+    backend = resolve_backend(backend, x)
+    if backend == "torch":
+        return reference.rms_norm(x, weight, bias, eps=eps, partial=partial, eps_mode=eps_mode)
+    y, _ = _rms_norm_fwd(x, weight, bias, float(eps), k, eps_mode == "outside", backend)
+    return y
+
+
+def layer_norm(
+    x: Tensor,
+    weight: Optional[Tensor] = None,
+    bias: Optional[Tensor] = None,
+    eps: float = 1e-5,
+    *,
+    backend: str = "auto",
+) -> Tensor:
+    """LayerNorm over the last dim (biased variance). Accumulates in fp32, returns x's dtype."""
+    _check_input(x)
+    _check_param("weight", weight, x)
+    _check_param("bias", bias, x)
+    check_eps(eps)
+    backend = resolve_backend(backend, x)
+    if backend == "torch":
+        return reference.layer_norm(x, weight, bias, eps=eps)
+    y, _, _ = _layer_norm_fwd(x, weight, bias, float(eps), backend)
+    return y

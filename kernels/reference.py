@@ -1,0 +1,60 @@
+"""Pure-torch references of the norm ops: the math of DESIGN.md, nothing else.
+
+Every kernel backend is tested against these. They compute in fp32 (fp64 when the input is
+fp64), return the input's dtype, and are plain autograd graphs, so `gradcheck` applies.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def partial_size(n: int, partial: float) -> int:
+    """k = floor(partial * n): how many leading features pRMSNorm's statistic uses."""
+    return int(partial * n)
+
+
+def compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    if weight is not None:
+        y = y * weight.to(y.dtype)
+    if bias is not None:
+        y = y + bias.to(y.dtype)
+    return y
+
+
+def rms_scale(x: Tensor, eps: float, k: int, eps_mode: str) -> Tensor:
+    """The per-row factor that multiplies x: 1/RMS(x[..., :k]) with eps inside or outside the root."""
+    ms = x[..., :k].square().mean(dim=-1, keepdim=True)
+    if eps_mode == "inside":
+        return torch.rsqrt(ms + eps)
+    return 1.0 / (torch.sqrt(ms) + eps)
+
+
+def rms_norm(
+    x: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    eps: float = 1e-6,
+    partial: float = 1.0,
+    eps_mode: str = "inside",
+) -> Tensor:
+    """RMSNorm (partial=1) and pRMSNorm (statistic from the first floor(partial*N) features)."""
+    xc = x.to(compute_dtype(x))
+    k = partial_size(x.shape[-1], partial)
+    y = xc * rms_scale(xc, eps, k, eps_mode)
+    return _affine(y, weight, bias).to(x.dtype)
+
+
+def layer_norm(
+    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
+    """LayerNorm over the last dim with the biased variance."""
+    xc = x.to(compute_dtype(x))
+    mean = xc.mean(dim=-1, keepdim=True)
+    var = (xc - mean).square().mean(dim=-1, keepdim=True)
+    y = (xc - mean) * torch.rsqrt(var + eps)
+    return _affine(y, weight, bias).to(x.dtype)
