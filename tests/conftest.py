@@ -10,6 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU the Triton kernels can only run in Triton's interpreter, and @triton.jit reads
+# this flag when the kernel modules are imported -- so it must be set before any test imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 SHARED_DATA = Path(os.environ.get("REPRO_SHARED_DATA", Path(__file__).parents[2] / "shared" / "data"))
 
 
