@@ -193,6 +193,27 @@ def test_factory_builds_every_norm_and_gradients_flow(name, conv):
     assert isinstance(norm, rn.NormLayer) == (name not in ("none", "weightnorm"))
 
 
+@pytest.mark.parametrize("conv", [False, True])
+@pytest.mark.parametrize("name", rn.NORM_NAMES)
+def test_low_precision_input_keeps_its_dtype_with_fp32_parameters(name, conv):
+    norm = rn.build_norm(name, 16, conv=conv, backend="torch")
+    x = torch.randn((2, 16, 4, 4) if conv else (3, 16), dtype=torch.bfloat16)
+    assert norm(x).dtype == torch.bfloat16
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("conv", [False, True])
+def test_norms_compile_fullgraph_across_settings(conv):
+    # A sweep compiles one module class with several eps/partial values in one process; after the
+    # first, dynamo traces the changed floats symbolically, so the ops' checks must trace too.
+    settings = [("rmsnorm", 1e-6, None), ("prmsnorm", 1e-5, 0.25), ("layernorm", 1e-4, None)]
+    for name, eps, partial in settings:
+        norm = rn.build_norm(name, 16, conv=conv, eps=eps, partial=partial, backend="torch")
+        randomize_parameters(norm)
+        x = torch.randn((2, 16, 4, 4) if conv else (3, 16))
+        torch.testing.assert_close(torch.compile(norm, fullgraph=True)(x), norm(x))
+
+
 @pytest.mark.parametrize("name", rn.NORM_NAMES)
 def test_build_norm_is_the_factory(name):
     options = dict(conv=True, conv_mode="channel", affine=False)

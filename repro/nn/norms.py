@@ -47,8 +47,9 @@ class NormLayer(nn.Module):
 
 
 def _gain_and_offset(module: nn.Module, dim: int, affine: bool, bias: bool) -> None:
-    module.weight = nn.Parameter(torch.ones(dim)) if affine else None
-    module.bias = nn.Parameter(torch.zeros(dim)) if affine and bias else None
+    # registered even when absent (None), as torch's norms do, so state_dict tools see the slot
+    module.register_parameter("weight", nn.Parameter(torch.ones(dim)) if affine else None)
+    module.register_parameter("bias", nn.Parameter(torch.zeros(dim)) if affine and bias else None)
 
 
 class RMSNorm(NormLayer):
