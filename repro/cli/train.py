@@ -1,0 +1,54 @@
+"""`repro-train`: the Hydra app over conf/ (see conf/config.yaml for the groups).
+
+conf/ lives at the repository root (the install is editable); REPRO_CONF_DIR points elsewhere.
+Group choices are checked against conf/ before Hydra starts, and config values by
+repro.train.validate_config before any work, so mistakes are one-line errors.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+CONF_DIR = Path(os.environ.get("REPRO_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+
+
+def check_group_choices(args: list[str], conf_dir: Path) -> None:
+    """Exit with one line when an override picks an option a config group of ours does not have
+    (Hydra's own message spans many lines). Sweeps (`norm=a,b`) check every value."""
+    for arg in args:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        group = conf_dir / key
+        if not sep or key.startswith("hydra") or not group.is_dir() or value in ("null", ""):
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        for choice in value.split(","):
+            if choice not in options:
+                sys.exit(f"error: {key}={choice!r} is not allowed: must be one of {', '.join(options)}")
+
+
+def _run(cfg: DictConfig) -> None:
+    from repro.train import ConfigError, train
+
+    hydra_cfg = HydraConfig.get()
+    sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
+    try:
+        train(cfg, hydra_cfg.runtime.output_dir, sweep_name=sweep)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+
+
+def main() -> None:
+    if not (CONF_DIR / "config.yaml").is_file():
+        sys.exit(f"error: no Hydra config at {CONF_DIR}/config.yaml; run from a repro checkout (pip install -e .) "
+                 f"or set REPRO_CONF_DIR to its conf/ folder")
+    check_group_choices(sys.argv[1:], CONF_DIR)
+    hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_run)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The Task interface: everything problem-specific that the one shared trainer must not know.
+
+The trainer (repro.train) drives any Task through these members only:
+
+- `setup(device, rank, world_size)`: load data onto `device`; called once before training, after
+  the model exists (so a bad norm/model config fails before any data is read).
+- `build_model(norm) -> nn.Module`: the model, given a `repro.nn.NormFactory` ("a norm").
+- `train_batches() -> Batches`: the training stream of this rank. A `Batches` object has
+  `len()` (micro-batches per epoch) and `iter_epoch(epoch, start)` yielding micro-batches from
+  index `start` on, the same every time for the same (seed, epoch). The trainer stores only
+  (epoch, index) in checkpoints, so resuming reproduces the data order exactly; with DDP each
+  rank's object yields its share of every global batch.
+- `loss(model, batch) -> (loss, n_items, logs)`: mean loss over the micro-batch, the number of
+  items it averages over (images; target tokens for translation), and extra scalars to log
+  (name -> float or 0-d tensor, e.g. {"train/acc": ...}). The trainer weights micro-batches and
+  ranks by n_items, so token-batched tasks with unequal batch sizes average correctly, and
+  reports `throughput/{throughput_unit}_per_s` from the summed n_items.
+- `evaluate(model, split) -> dict`: metrics of `split` with names as in DESIGN.md
+  ("val/loss", "val/acc", "test/bleu", ...); the model arrives in eval mode, without DDP, under
+  torch.no_grad. It may do anything a split needs: a CIFAR task classifies, a translation task
+  decodes with beam search and scores with sacreBLEU.
+- `eval_splits`: the splits evaluated every `trainer.eval_every` steps and at the end.
+- `monitor`: (metric, "max" | "min") that selects `checkpoints/best.pt`.
+- `throughput_unit`: "images", "tokens", ...
+- `name`: the task's config name (W&B tags, run-store summary).
+
+A translation task (token batching, BLEU, tokens/s) implements the same members; the trainer
+does not change.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Any, Iterator, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from repro.nn import NormFactory
+
+
+class Batches(Protocol):
+    def __len__(self) -> int: ...
+
+    def iter_epoch(self, epoch: int, start: int = 0) -> Iterator[Any]: ...
+
+
+class Task(abc.ABC):
+    name: str
+    throughput_unit: str
+    eval_splits: tuple[str, ...]
+    monitor: tuple[str, str]
+
+    @abc.abstractmethod
+    def build_model(self, norm: NormFactory) -> nn.Module: ...
+
+    @abc.abstractmethod
+    def setup(self, device: torch.device, rank: int = 0, world_size: int = 1) -> None: ...
+
+    @abc.abstractmethod
+    def train_batches(self) -> Batches: ...
+
+    @abc.abstractmethod
+    def loss(self, model: nn.Module, batch: Any) -> tuple[Tensor, int, dict]: ...
+
+    @abc.abstractmethod
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...

@@ -1,0 +1,68 @@
+"""CIFAR-10 image classification (ConvPool-CNN-C, ViT): data in device memory, cross-entropy, accuracy."""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repro.data import ImageBatches, load_cifar10, prepare_cifar10
+from repro.nn import NormFactory
+
+from .base import Task
+
+
+class CifarClassification(Task):
+    throughput_unit = "images"
+
+    def __init__(
+        self, name: str, model: Callable[..., nn.Module], *, root: str, cache_dir: Optional[str] = None,
+        download: bool = True, batch_size: int = 100, eval_batch_size: int = 1000, val_size: int = 0,
+        preprocess: str = "standardize", zca_eps: float = 1e-5, crop_padding: int = 4, flip: bool = True,
+        seed: int = 0,
+    ):
+        self.name, self.make_model = name, model
+        self.root, self.cache_dir, self.download = root, cache_dir, download
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.val_size, self.preprocess, self.zca_eps = val_size, preprocess, zca_eps
+        self.crop_padding, self.flip, self.seed = crop_padding, flip, seed
+        self.eval_splits = ("val", "test") if val_size else ("test",)
+        # Without a validation split (the paper trains on all 50k images) best.pt follows test accuracy.
+        self.monitor = ("val/acc" if val_size else "test/acc", "max")
+        self.splits = None
+
+    def build_model(self, norm: NormFactory) -> nn.Module:
+        return self.make_model(norm=norm)
+
+    def setup(self, device, rank: int = 0, world_size: int = 1) -> None:
+        raw = load_cifar10(self.root, self.cache_dir, self.download)
+        self.splits = prepare_cifar10(
+            raw, val_size=self.val_size, preprocess=self.preprocess, zca_eps=self.zca_eps, device=device
+        )
+        images, labels = self.splits.train
+        self._train = ImageBatches(
+            images, labels, self.batch_size, shuffle=True, seed=self.seed, crop_padding=self.crop_padding,
+            flip=self.flip, rank=rank, world_size=world_size,
+        )
+
+    def train_batches(self) -> ImageBatches:
+        return self._train
+
+    def loss(self, model: nn.Module, batch):
+        images, labels = batch
+        logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels)
+        accuracy = (logits.argmax(1) == labels).float().mean()
+        return loss, len(labels), {"train/acc": accuracy.detach()}
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        images, labels = getattr(self.splits, split)
+        total_loss = torch.zeros((), device=images.device)
+        correct = torch.zeros((), device=images.device, dtype=torch.long)
+        for x, y in ImageBatches(images, labels, self.eval_batch_size, shuffle=False).iter_epoch(0):
+            logits = model(x).float()
+            total_loss += F.cross_entropy(logits, y, reduction="sum")
+            correct += (logits.argmax(1) == y).sum()
+        n = len(labels)
+        return {f"{split}/loss": total_loss.item() / n, f"{split}/acc": correct.item() / n}

@@ -1,0 +1,7 @@
+"""Where runs are recorded: the local run store (always), W&B (optional), norm-latency timing."""
+from .latency import NormTimer
+from .run_store import RunStore, read_metrics, write_json_atomic
+from .tracker import Tracker
+from .wandb_sink import WANDB_MODES, WandbSink
+
+__all__ = ["NormTimer", "RunStore", "Tracker", "WANDB_MODES", "WandbSink", "read_metrics", "write_json_atomic"]

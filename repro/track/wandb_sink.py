@@ -1,0 +1,81 @@
+"""Weights & Biases sink: the same config and numbers as the run store, offline without an API key.
+
+W&B is a mirror, never the record: any W&B error is reported once and switches the sink off, so
+the run and its local run store carry on unharmed.
+"""
+from __future__ import annotations
+
+import netrc
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """"auto": online with an API key configured, else offline (upload later with `wandb sync`)."""
+    if os.environ.get("WANDB_MODE") and mode == "auto":
+        return os.environ["WANDB_MODE"]
+    return ("online" if _has_api_key() else "offline") if mode == "auto" else mode
+
+
+class WandbSink:
+    def __init__(
+        self, run_dir, *, config: dict, project: str, entity: Optional[str], group: Optional[str],
+        tags: list[str], job_type: str, name: Optional[str], mode: str,
+    ):
+        self.run = None
+        # A resumed run continues the same W&B run: its id is kept in the run directory.
+        id_file = Path(run_dir) / "wandb_id.txt"
+        try:
+            import wandb
+
+            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            id_file.write_text(run_id + "\n")
+            self.run = wandb.init(
+                project=project, entity=entity, group=group, tags=tags, job_type=job_type, name=name,
+                config=config, dir=str(run_dir), mode=resolve_mode(mode), id=run_id, resume="allow",
+                reinit="finish_previous",
+            )
+        except Exception as error:  # noqa: BLE001 - any W&B failure must leave the run going
+            self._fail("init", error)
+
+    def _fail(self, what: str, error: Exception) -> None:
+        warnings.warn(f"W&B {what} failed, continuing with the local run store only: {error!r}")
+        self.run = None
+
+    def log(self, step: int, split: str, metrics: dict) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.log({k: float(v) for k, v in metrics.items() if v is not None}, step=step)
+        except Exception as error:  # noqa: BLE001
+            self._fail("log", error)
+
+    def update_summary(self, **entries) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.summary.update({k: v for k, v in entries.items() if isinstance(v, (int, float, str))})
+        except Exception as error:  # noqa: BLE001
+            self._fail("summary", error)
+
+    def finish(self, exit_code: int) -> None:
+        if self.run is None:
+            return
+        try:
+            self.run.finish(exit_code=exit_code)
+        except Exception as error:  # noqa: BLE001
+            self._fail("finish", error)
+        self.run = None

@@ -1,0 +1,67 @@
+"""DDP set-up from torchrun's environment: gloo on CPU, NCCL on GPU; one process per device."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def world_from_env() -> Dist:
+    """Rank and world size as torchrun sets them (a plain launch is rank 0 of 1)."""
+    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def init(world: Dist, device: torch.device) -> None:
+    if world.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def shutdown(world: Dist) -> None:
+    if world.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def broadcast_object(obj, world: Dist):
+    """Rank 0's `obj` on every rank."""
+    if not world.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj, world: Dist) -> list:
+    """[obj of rank 0, obj of rank 1, ...] on every rank."""
+    if not world.enabled:
+        return [obj]
+    out = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum(value: torch.Tensor, world: Dist) -> torch.Tensor:
+    if world.enabled:
+        dist.all_reduce(value)
+    return value
+
+
+def barrier(world: Dist) -> None:
+    if world.enabled:
+        dist.barrier()

@@ -1,0 +1,63 @@
+"""Optimizers and learning-rate schedules, chosen by name from config.
+
+A schedule is a pure function of the step (a LambdaLR multiplier), so resuming restores it exactly
+from the step alone.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "paper", "inverse_sqrt", "cosine")
+
+
+def build_optimizer(params, *, name: str, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
+                    momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def lr_multiplier(*, name: str, total_steps: int, warmup_steps: int = 0,
+                  decay_start: float = 0.5) -> Callable[[int], float]:
+    """The multiplier of the base lr at step s (s = number of optimizer steps already taken).
+
+    - "constant": 1 after warmup.
+    - "paper": the RMSNorm/weight-norm CIFAR schedule: constant, then linear decay to 0 from
+      `decay_start` (fraction of training, 0.5 = the second half) to the end.
+    - "inverse_sqrt": the Transformer schedule, linear warmup then sqrt(warmup / s).
+    - "cosine": linear warmup then cosine decay to 0 at `total_steps`.
+    """
+    def warm(s: int) -> float:
+        return (s + 1) / warmup_steps if s < warmup_steps else 1.0
+
+    if name == "constant":
+        return warm
+    if name == "paper":
+        begin = decay_start * total_steps
+
+        def paper(s: int) -> float:
+            return warm(s) * min(1.0, max(0.0, (total_steps - s) / max(total_steps - begin, 1e-12)))
+        return paper
+    if name == "inverse_sqrt":
+        return lambda s: warm(s) if s < warmup_steps else math.sqrt(max(warmup_steps, 1) / (s + 1))
+    if name == "cosine":
+        span = max(total_steps - warmup_steps, 1)
+        return lambda s: warm(s) * 0.5 * (1 + math.cos(math.pi * min(max(s - warmup_steps, 0) / span, 1.0)))
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, **schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(**schedule))
+
+
+def parameter_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

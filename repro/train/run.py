@@ -1,0 +1,149 @@
+"""From a composed config to a finished run: validate, build task/model/optimizer, train, record.
+
+This is the composition root `repro-train` calls (and tests call directly). Order matters:
+the config is validated and the model built before any data is read, so a bad value costs
+nothing; the run store exists before training starts and is closed, with W&B, whatever happens.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import repro
+from repro.track import RunStore, Tracker, WandbSink
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .config import ConfigError, norm_factory, validate_config
+from .optim import build_optimizer, parameter_count
+from .trainer import Trainer, TrainerSettings
+
+
+def resolve_device(name: str, world: dist.Dist) -> torch.device:
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device("cpu")
+
+
+def resume_checkpoint(setting: Optional[str], run_dir: Path) -> Optional[Path]:
+    """"auto": this run dir's last.pt if there is one (re-running with the same hydra.run.dir
+    continues it); "none"/null: start fresh; a path: that checkpoint, or that run dir's last.pt."""
+    if setting in (None, "none"):
+        return None
+    if setting == "auto":
+        path = run_dir / "checkpoints" / "last.pt"
+        return path if path.exists() else None
+    path = Path(os.path.expanduser(setting))
+    return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+def environment() -> dict:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(repro.__file__).parent, capture_output=True, text=True,
+            timeout=10,
+        ).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        sha = None
+    return {
+        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
+        "cpu_threads": torch.get_num_threads(), "git_sha": sha, "host": platform.node(),
+    }
+
+
+def build_tracker(cfg: DictConfig, run_dir: Path, resume_step: Optional[int], group: Optional[str]) -> Tracker:
+    store = RunStore(run_dir, resume_step=resume_step)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    store.write_config(config)
+    sink = None
+    if cfg.logger.name == "wandb":
+        lg = cfg.logger
+        tags = [cfg.task.name, cfg.norm.name, *lg.tags]
+        if cfg.norm.name == "prmsnorm":
+            tags.append(f"partial={cfg.norm.partial}")
+        sink = WandbSink(
+            run_dir, config=config, project=lg.project, entity=lg.entity, group=lg.group or group,
+            tags=tags, job_type=lg.job_type, name=lg.run_name, mode=lg.mode,
+        )
+    return Tracker(store, sink)
+
+
+def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict:
+    """Train as `cfg` says, recording into `run_dir`; return the final summary (rank 0's)."""
+    world = dist.world_from_env()
+    validate_config(cfg, world.world_size)
+    device = resolve_device(cfg.trainer.device, world)
+    dist.init(world, device)
+    tracker = None
+    status = "failed"
+    try:
+        # Rank 0's run dir everywhere: all ranks resume from the checkpoint rank 0 writes.
+        run_dir = Path(dist.broadcast_object(str(Path(run_dir).resolve()), world))
+        if cfg.trainer.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        ckpt.seed_everything(cfg.seed)
+
+        task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
+        try:
+            model = task.build_model(norm_factory(cfg.norm)).to(device)
+        except ValueError as error:  # e.g. pRMSNorm keeping < 1 feature of some layer
+            raise ConfigError(f"norm/model: {error}") from None
+        optim = OmegaConf.to_container(cfg.optim, resolve=True)
+        schedule = optim.pop("schedule")
+        optimizer = build_optimizer(model.parameters(), **optim)
+        t = cfg.trainer
+        precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        trainer = Trainer(
+            task, model, optimizer, schedule,
+            TrainerSettings(
+                max_steps=t.max_steps, max_epochs=t.max_epochs, eval_every=t.eval_every, log_every=t.log_every,
+                checkpoint_every=t.checkpoint_every, accumulate=t.accumulate, grad_clip=t.grad_clip,
+                norm_timing_every=t.norm_timing_every, progress_bar=t.progress_bar,
+            ),
+            device=device, world=world, run_dir=run_dir, tracker=None,
+            autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        resume = resume_checkpoint(t.resume, run_dir)
+        if resume is not None:
+            trainer.resume_from(resume)
+        if world.is_main:
+            tracker = build_tracker(cfg, run_dir, trainer.step if resume else None, cfg.get("experiment_name") or sweep_name)
+            trainer.tracker = tracker
+            tracker.update_summary(
+                status="running", task=cfg.task.name, norm=cfg.norm.name,
+                partial=cfg.norm.partial if cfg.norm.name == "prmsnorm" else None, seed=cfg.seed,
+                parameters=parameter_count(model), precision=precision, world_size=world.world_size,
+                environment=environment(), resumed_from=str(resume) if resume else None,
+            )
+        started = time.time()
+        task.setup(device, world.rank, world.world_size)
+        summary = trainer.fit()
+        summary["wall_time_s"] = time.time() - started
+        if tracker is not None:
+            tracker.update_summary(**summary)
+        status = "completed"
+        return summary
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except BaseException as error:
+        if tracker is not None:
+            tracker.update_summary(error=f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        if tracker is not None:
+            tracker.finish(status)
+        dist.shutdown(world)

@@ -1,0 +1,279 @@
+"""The one shared training loop. Task-specific work goes through the Task interface
+(repro.tasks.base); this file knows nothing of images, tokens or norms beyond timing them.
+
+Per optimizer step: `accumulate` micro-batches, each weighted by its item count across ranks so
+token-batched tasks average correctly; optional gradient clipping; a step of a pure-function LR
+schedule. Every `log_every` steps: train metrics averaged over the interval, step time and
+throughput; on every `norm_timing_every`-th step the norm layers are timed (repro.track.NormTimer).
+Every `eval_every` steps and at the end: evaluation on rank 0 and `checkpoints/best.pt` when the
+monitored metric improves; every `checkpoint_every` steps and at the end: `checkpoints/last.pt`.
+A checkpoint holds the step, the data position (epoch, micro-batch), the model, optimizer and
+scheduler, the partial log interval and every rank's RNG states, so a resumed run repeats the
+uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from repro.tasks.base import Task
+from repro.track import NormTimer, Tracker
+
+from . import checkpoint as ckpt
+from . import distributed as dist
+from .optim import build_scheduler
+
+
+@dataclass
+class TrainerSettings:
+    max_steps: Optional[int]
+    max_epochs: int
+    eval_every: int
+    log_every: int
+    checkpoint_every: int
+    accumulate: int = 1
+    grad_clip: float = 0.0
+    norm_timing_every: int = 0
+    progress_bar: bool = True
+
+
+class _Interval:
+    """Sums over the steps since the last log line (item-weighted), kept as tensors so logging
+    costs one device sync per interval rather than one per step."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.step_sums: dict[str, torch.Tensor] = {}  # per-step values (grad norm), same on every rank
+        self.items = 0
+        self.steps = 0
+        self.seconds = 0.0
+        self.samples: list[dict] = []
+
+    def add(self, values: dict, n_items: int) -> None:
+        for key, value in values.items():
+            weighted = torch.as_tensor(value, device=self.device, dtype=torch.float32).detach() * n_items
+            self.sums[key] = self.sums[key] + weighted if key in self.sums else weighted
+        self.items += n_items
+
+    def add_per_step(self, key: str, value: torch.Tensor) -> None:
+        self.step_sums[key] = self.step_sums.get(key, 0.0) + value.detach().float()
+
+    def state(self) -> dict:
+        return {"sums": self.sums, "step_sums": self.step_sums, "items": self.items, "steps": self.steps,
+                "seconds": self.seconds}
+
+    def load(self, state: dict) -> None:
+        self.sums = {k: v.to(self.device) for k, v in state["sums"].items()}
+        self.step_sums = {k: v.to(self.device) for k, v in state["step_sums"].items()}
+        self.items, self.steps, self.seconds = state["items"], state["steps"], state["seconds"]
+
+
+class Trainer:
+    def __init__(
+        self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: dict,
+        settings: TrainerSettings, *, device: torch.device, world: dist.Dist, run_dir: Path,
+        tracker: Optional[Tracker], autocast_dtype: Optional[torch.dtype], config: dict,
+    ):
+        self.task, self.model, self.optimizer, self.schedule = task, model, optimizer, schedule
+        self.s, self.device, self.world, self.run_dir = settings, device, world, Path(run_dir)
+        self.tracker, self.autocast_dtype, self.config = tracker, autocast_dtype, config
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.metric, self.mode = task.monitor
+        self.step = self.epoch = self.position = 0
+        self.best: Optional[float] = None
+        self.interval = _Interval(device)
+        self.totals = {"seconds": 0.0, "steps": 0, "items": 0, "norm_share": [], "sampled_ms": []}
+
+    # ------------------------------------------------------------------------- set-up
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def resume_from(self, path: Path) -> None:
+        state = ckpt.load(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._resumed_scheduler = state["scheduler"]
+        self.step, self.epoch, self.position, self.best = state["step"], state["epoch"], state["position"], state["best"]
+        self.interval.load(state["interval"])
+        if len(state["rng"]) != self.world.world_size:
+            raise ValueError(f"{path} was written by {len(state['rng'])} processes; resume it with as many")
+        ckpt.set_rng_state(state["rng"][self.world.rank])
+
+    def _save(self, name: str) -> None:
+        rngs = dist.gather_objects(ckpt.rng_state(), self.world)  # collective: every rank calls it
+        if not self.world.is_main:
+            return
+        state = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
+            "position": self.position, "best": self.best, "interval": self.interval.state(),
+            "rng": rngs, "config": self.config,
+        }
+        ckpt.save_atomic(state, self.ckpt_dir / name)
+
+    # -------------------------------------------------------------------------- loop
+    def fit(self) -> dict:
+        batches = self.task.train_batches()
+        steps_per_epoch = len(batches) // self.s.accumulate
+        if steps_per_epoch < 1:
+            raise ValueError(
+                f"an epoch has {len(batches)} micro-batches, fewer than trainer.accumulate={self.s.accumulate}"
+            )
+        self.total_steps = self.s.max_steps or self.s.max_epochs * steps_per_epoch
+        self.scheduler = build_scheduler(self.optimizer, total_steps=self.total_steps, **self.schedule)
+        if hasattr(self, "_resumed_scheduler"):
+            self.scheduler.load_state_dict(self._resumed_scheduler)
+        train_model = (
+            torch.nn.parallel.DistributedDataParallel(self.model) if self.world.enabled else self.model
+        )
+        timer = NormTimer(self.model, self.s.norm_timing_every, self.device)
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, disable=not (self.world.is_main and self.s.progress_bar),
+            dynamic_ncols=True, desc=f"{self.task.name}",
+        )
+        micro_per_epoch = steps_per_epoch * self.s.accumulate
+        stream = batches.iter_epoch(self.epoch, self.position)
+        self.model.train()
+        clock = time.perf_counter()
+        while self.step < self.total_steps:
+            if self.position >= micro_per_epoch:
+                self.epoch, self.position = self.epoch + 1, 0
+                stream = batches.iter_epoch(self.epoch)
+            micro = [next(stream) for _ in range(self.s.accumulate)]
+            self.position += self.s.accumulate
+
+            sampled = timer.due(self.step + 1)
+            if sampled:
+                self._sync()
+                started = time.perf_counter()
+            with timer.measure() if sampled else contextlib.nullcontext():
+                self._forward_backward(train_model, micro)
+            if sampled:
+                self._sync()
+                step_ms = (time.perf_counter() - started) * 1e3
+                norm = timer.result()
+                norm["time/norm_share"] = (norm["time/norm_fwd_ms"] + norm["time/norm_bwd_ms"]) / step_ms
+                self.interval.samples.append({**norm, "time/sampled_step_ms": step_ms})
+            self.step += 1
+            self.interval.steps += 1
+            bar.update(1)
+
+            if self.step % self.s.log_every == 0 or self.step == self.total_steps:
+                self.interval.seconds += time.perf_counter() - clock
+                self._log(bar)
+                clock = time.perf_counter()
+            at_eval = self.step % self.s.eval_every == 0 or self.step == self.total_steps
+            if at_eval or self.step % self.s.checkpoint_every == 0:
+                self.interval.seconds += time.perf_counter() - clock
+                if at_eval:
+                    self._evaluate()
+                if self.step % self.s.checkpoint_every == 0 or self.step == self.total_steps:
+                    self._save("last.pt")
+                clock = time.perf_counter()
+        bar.close()
+        return self._final()
+
+    def _forward_backward(self, model: nn.Module, micro: list) -> None:
+        plain = len(micro) == 1 and not self.world.enabled
+        n_local = 0
+        for i, batch in enumerate(micro):
+            # DDP all-reduces gradients on the last micro-batch's backward only.
+            sync = i == len(micro) - 1 or not self.world.enabled
+            with (contextlib.nullcontext() if sync else model.no_sync()):
+                with self._autocast():
+                    loss, n_items, logs = self.task.loss(model, batch)
+                # Item-weighted sum; rescaled to the global mean below (plain steps need no rescale).
+                (loss if plain else loss * n_items).backward()
+            self.interval.add({"train/loss": loss, **logs}, n_items)
+            n_local += n_items
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        if not plain:
+            n_global = dist.all_reduce_sum(torch.tensor(float(n_local), device=self.device), self.world)
+            # DDP averages over ranks, so multiply by world_size to turn the average into the sum.
+            torch._foreach_mul_([p.grad for p in params], self.world.world_size / n_global.item())
+        if self.s.grad_clip > 0:
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, self.s.grad_clip)
+            self.interval.add_per_step("train/grad_norm", grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # ------------------------------------------------------------------------ records
+    def _log(self, bar) -> None:
+        iv = self.interval
+        keys = sorted(iv.sums)
+        # One collective (and one device sync): sums of every rank, then item-weighted means.
+        packed = torch.stack([iv.sums[k] for k in keys] + [torch.tensor(float(iv.items), device=self.device)])
+        packed = dist.all_reduce_sum(packed, self.world).tolist()
+        items = packed[-1]
+        metrics = {k: v / items for k, v in zip(keys, packed[:-1])}
+        metrics.update({k: v.item() / iv.steps for k, v in iv.step_sums.items()})
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["time/step_ms"] = iv.seconds * 1e3 / iv.steps
+        metrics[f"throughput/{self.task.throughput_unit}_per_s"] = items / iv.seconds
+        for key in (iv.samples[0] if iv.samples else {}):
+            metrics[key] = sum(sample[key] for sample in iv.samples) / len(iv.samples)
+        self.totals["seconds"] += iv.seconds
+        self.totals["steps"] += iv.steps
+        self.totals["items"] += items
+        self.totals["norm_share"] += [s["time/norm_share"] for s in iv.samples]
+        self.totals["sampled_ms"] += [s["time/sampled_step_ms"] for s in iv.samples]
+        iv.reset()
+        if self.tracker is not None:
+            self.tracker.log(self.step, "train", metrics)
+        bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
+
+    def _evaluate(self) -> None:
+        metrics = None
+        if self.world.is_main:
+            self.model.eval()
+            metrics = {}
+            with torch.no_grad(), self._autocast():
+                for split in self.task.eval_splits:
+                    metrics.update(self.task.evaluate(self.model, split))
+            self.model.train()
+        # Every rank needs the result: saving best.pt below is a collective.
+        metrics = dist.broadcast_object(metrics, self.world)
+        self.last_eval = metrics
+        value = metrics.get(self.metric)
+        improved = value is not None and math.isfinite(value) and (
+            self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        )
+        if improved:
+            self.best = value
+        if self.tracker is not None:
+            for split in self.task.eval_splits:
+                self.tracker.log(self.step, split, {k: v for k, v in metrics.items() if k.startswith(f"{split}/")})
+            self.tracker.update_summary(step=self.step, **metrics, **{f"best/{self.metric}": self.best})
+        if improved:
+            self._save("best.pt")
+
+    def _final(self) -> dict:
+        t = self.totals
+        summary = {"step": self.step, "epoch": self.epoch, **getattr(self, "last_eval", {})}
+        summary[f"best/{self.metric}"] = self.best
+        if t["steps"]:
+            summary["time/step_ms"] = t["seconds"] * 1e3 / t["steps"]
+            summary[f"throughput/{self.task.throughput_unit}_per_s"] = t["items"] / t["seconds"]
+        if t["norm_share"]:
+            summary["time/norm_share"] = sum(t["norm_share"]) / len(t["norm_share"])
+            summary["time/sampled_step_ms"] = sum(t["sampled_ms"]) / len(t["sampled_ms"])
+        return summary
