@@ -22,9 +22,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from . import cpu as cpu_kernels
 from . import reference
 
-BACKENDS = ("auto", "triton", "torch")
+BACKENDS = ("auto", "triton", "cpu", "torch")
 EPS_MODES = ("inside", "outside")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -89,10 +90,23 @@ def _interpreting() -> bool:
 
 
 def resolve_backend(backend: str, x: Tensor) -> str:
-    """Map a requested backend to the one that runs: 'triton' or 'torch'."""
+    """Map a requested backend to the one that runs: 'triton', 'cpu' or 'torch'."""
     check_backend(backend)
     if backend == "auto":
-        return "triton" if x.is_cuda else "torch"
+        if x.is_cuda:
+            return "triton"
+        # the fused C++ kernels when they build (warns once and falls back when they cannot)
+        return "cpu" if x.device.type == "cpu" and cpu_kernels.available() else "torch"
+    if backend == "cpu":
+        if x.device.type != "cpu":
+            raise ValueError(
+                f"backend='cpu' needs a CPU tensor (x is on {x.device}); use backend='auto' instead"
+            )
+        if not cpu_kernels.available():
+            raise ValueError(
+                f"backend='cpu' is unavailable, its kernels failed to build ({cpu_kernels.build_error()}); "
+                "use backend='torch' or 'auto'"
+            )
     if backend == "triton" and not x.is_cuda and not _interpreting():
         raise ValueError(
             "backend='triton' needs a CUDA tensor, or TRITON_INTERPRET=1 to run the kernels on "
@@ -105,6 +119,8 @@ def _kernels(backend: str):
     if backend == "triton":
         from .triton import backend as module
         return module
+    if backend == "cpu":
+        return cpu_kernels
     raise ValueError(f"no kernel module for backend {backend!r}")
 
 

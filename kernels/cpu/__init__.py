@@ -1,0 +1,107 @@
+"""Fused C++ CPU kernels for LayerNorm, RMSNorm and pRMSNorm (the "cpu" backend of ops.py).
+
+The source (norms.cpp) is compiled with torch.utils.cpp_extension on first use and cached on
+disk, keyed by torch version and the CPU's vector capability, so later processes only load it.
+Where it cannot be built (no C++ compiler, no ninja, ...), `available()` says so and warns once;
+`backend="auto"` then falls back to the pure-torch path.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+_SOURCE = Path(__file__).with_name("norms.cpp")
+
+# Flags for the vector width torch itself dispatches to on this CPU (what at::vec compiles to).
+_CAPABILITY_FLAGS = {
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+}
+
+_ops = None  # the loaded torch.ops namespace
+_error: Optional[BaseException] = None  # why the build failed, remembered so it is tried once
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in torch's CPU builds
+    if capability in _CAPABILITY_FLAGS:
+        flags += _CAPABILITY_FLAGS[capability]
+        flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
+    name = f"repro_cpu_norms_{capability.lower()}"
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "repro" / "torch_extensions"
+    build_dir = Path(root) / f"torch-{torch.__version__}" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    cpp_extension.load(
+        name=name,
+        sources=[str(_SOURCE)],
+        extra_cflags=flags,
+        extra_ldflags=["-fopenmp"],
+        build_directory=str(build_dir),
+        is_python_module=False,
+    )
+    return torch.ops.repro_cpu_norms
+
+
+def load():
+    """The compiled ops (built on the first call); raises RuntimeError when they cannot be built."""
+    global _ops, _error
+    if _ops is None and _error is None:
+        try:
+            _ops = _build()
+        except Exception as e:  # noqa: BLE001 - any build failure means "no cpu kernels", never a crash
+            _error = e
+            warnings.warn(
+                f"repro.kernels: the fused CPU kernels could not be built ({build_error()}); "
+                "backend='auto' falls back to the slower pure-torch path on CPU",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+    if _error is not None:
+        raise RuntimeError(f"the fused CPU kernels could not be built: {_error}") from _error
+    return _ops
+
+
+def build_error() -> Optional[str]:
+    """Why the kernels could not be built, or None (also when no build was tried yet)."""
+    return None if _error is None else f"{type(_error).__name__}: {_last_line(_error)}"
+
+
+def _last_line(e: BaseException) -> str:
+    # compiler failures carry the whole build log; its last line names the failing step
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else repr(e)
+
+
+def available() -> bool:
+    """Whether the kernels are built (building them now if not tried yet); warns once on failure."""
+    try:
+        load()
+    except RuntimeError:
+        return False
+    return True
+
+
+# ------------------------------------------------------------------ the kernel-backend interface
+def rms_norm_forward(x: Tensor, weight, bias, eps: float, k: int, eps_outside: bool):
+    return load().rms_norm_forward(x, weight, bias, eps, k, eps_outside)
+
+
+def rms_norm_backward(dy: Tensor, x: Tensor, weight, rstd: Tensor, eps: float, k: int,
+                      eps_outside: bool, has_bias: bool):
+    return load().rms_norm_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias)
+
+
+def layer_norm_forward(x: Tensor, weight, bias, eps: float):
+    return load().layer_norm_forward(x, weight, bias, eps)
+
+
+def layer_norm_backward(dy: Tensor, x: Tensor, weight, mean: Tensor, rstd: Tensor, has_bias: bool):
+    return load().layer_norm_backward(dy, x, weight, mean, rstd, has_bias)
