@@ -1,0 +1,160 @@
+"""How the benchmark measures: the device it runs on, its timers, and a copy bandwidth to compare against.
+
+CUDA: `triton.testing.do_bench` (CUDA events around each call, L2 flushed between calls),
+median. CPU: wall-clock (`time.perf_counter`) medians after warm-up calls. Both report the
+median because one slow outlier (a context switch on a shared CPU, a clock ramp on a GPU) must
+not move the number.
+"""
+from __future__ import annotations
+
+import math
+import os
+import platform
+import re
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+# Fallback when the CPU's cache sizes cannot be read: a typical server last-level cache.
+DEFAULT_CPU_CACHE_BYTES = 32 * 2**20
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    device: torch.device
+    name: str              # the card, or the CPU model
+    cache_bytes: int       # L2 on a GPU, the last-level cache on a CPU: what inputs must exceed
+    threads: int           # torch.get_num_threads() (CPU work, and the host side on a GPU)
+    details: dict          # extra facts for the metadata (SMs, memory, CUDA version)
+
+    @property
+    def slug(self) -> str:
+        return slugify(self.name)
+
+
+def slugify(name: str) -> str:
+    """'Intel(R) Xeon(R) Processor' -> 'intel-xeon-processor': a folder name for a device."""
+    name = re.sub(r"\((r|tm|c)\)", "", name, flags=re.IGNORECASE)
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown-device"
+
+
+def resolve_device(choice: str) -> torch.device:
+    """'auto' is CUDA when a GPU is visible, else the CPU."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here; use --device cpu or auto")
+    return torch.device(choice)
+
+
+def cpu_model_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_cache_bytes() -> int:
+    """The largest cache the CPU reports (the last level), from sysfs."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        match = re.fullmatch(r"(\d+)([KMG]?)", entry.read_text().strip())
+        if match:
+            sizes.append(int(match.group(1)) * {"": 1, "K": 2**10, "M": 2**20, "G": 2**30}[match.group(2)])
+    return max(sizes, default=DEFAULT_CPU_CACHE_BYTES)
+
+
+def describe_device(device: torch.device) -> DeviceInfo:
+    threads = torch.get_num_threads()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return DeviceInfo(
+            device, torch.cuda.get_device_name(device), props.L2_cache_size, threads,
+            {"sm_count": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
+             "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda},
+        )
+    return DeviceInfo(device, cpu_model_name(), cpu_cache_bytes(), threads,
+                      {"machine": platform.machine(), "logical_cpus": os.cpu_count()})
+
+
+# ---------------------------------------------------------------------------- timers
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    p20_s: float           # the 20th and 80th percentiles show how noisy the median is
+    p80_s: float
+    reps: Optional[int]    # timed calls (do_bench does not say how many it made)
+
+
+Timer = Callable[[Callable[[], object]], Timing]
+
+
+@dataclass(frozen=True)
+class TimingPlan:
+    """How long to warm up and measure one function; the quick grid uses a lighter plan."""
+    warmup_ms: float       # CUDA: do_bench's warm-up time
+    rep_ms: float          # CUDA: do_bench's measuring time
+    cpu_warmup: int        # CPU: untimed calls first
+    cpu_reps: int          # CPU: at most this many timed calls ...
+    cpu_min_reps: int      # ... at least this many ...
+    cpu_budget_s: float    # ... and no more calls past this much time
+
+    def describe(self, device: torch.device) -> str:
+        if device.type == "cuda":
+            return (f"triton.testing.do_bench median (CUDA events, L2 flushed between calls), "
+                    f"warmup {self.warmup_ms:g} ms, rep {self.rep_ms:g} ms")
+        return (f"time.perf_counter median of {self.cpu_min_reps}-{self.cpu_reps} calls "
+                f"(stops adding calls after {self.cpu_budget_s:g} s) after {self.cpu_warmup} warm-up calls")
+
+
+QUICK_PLAN = TimingPlan(warmup_ms=10, rep_ms=30, cpu_warmup=2, cpu_reps=15, cpu_min_reps=5, cpu_budget_s=0.25)
+STANDARD_PLAN = TimingPlan(warmup_ms=10, rep_ms=40, cpu_warmup=3, cpu_reps=50, cpu_min_reps=5, cpu_budget_s=1.5)
+
+
+def make_timer(device: torch.device, plan: TimingPlan) -> Timer:
+    """A function timing `fn()` per call on the device."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        def cuda_timer(fn):
+            median, p20, p80 = do_bench(fn, warmup=plan.warmup_ms, rep=plan.rep_ms, quantiles=[0.5, 0.2, 0.8])
+            return Timing(median * 1e-3, p20 * 1e-3, p80 * 1e-3, None)
+        return cuda_timer
+
+    def cpu_timer(fn):
+        for _ in range(plan.cpu_warmup):
+            fn()
+        times = []
+        deadline = time.perf_counter() + plan.cpu_budget_s
+        while len(times) < plan.cpu_reps and (len(times) < plan.cpu_min_reps or time.perf_counter() < deadline):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        p20, _, _, p80 = statistics.quantiles(times, n=5, method="inclusive")
+        return Timing(statistics.median(times), p20, p80, len(times))
+    return cpu_timer
+
+
+def copy_bandwidth(info: DeviceInfo, timer: Timer) -> tuple[float, int]:
+    """GB/s of a plain same-device copy (bytes read + bytes written), and the buffer size used.
+
+    The buffer is 8x the cache (at least 256 MiB, at most 1 GiB), so the copy streams from memory.
+    """
+    nbytes = min(max(8 * info.cache_bytes, 256 * 2**20), 2**30)
+    src = torch.ones(nbytes, dtype=torch.uint8, device=info.device)
+    dst = torch.empty_like(src)
+    seconds = timer(lambda: dst.copy_(src)).median_s
+    return 2 * nbytes / seconds / 1e9, nbytes
+
+
+def pool_size(cache_bytes: int, bytes_per_entry: int, cap: int = 512) -> int:
+    """How many input sets to rotate through so they span at least twice the cache (the cap
+    only binds for tiny rows, whose timing is dominated by per-call overhead anyway)."""
+    return max(1, min(cap, math.ceil(2 * cache_bytes / max(bytes_per_entry, 1))))
