@@ -11,7 +11,8 @@ nodes and CUDA graphs can capture them. A kernel backend is a module with four f
     layer_norm_forward(x, weight, bias, eps)                       -> y, mean, rstd
     layer_norm_backward(dy, x, weight, mean, rstd, has_bias)       -> dx, dw, db
 
-(dw / db are fp32, None where there is no weight / bias.)
+(dw / db are None where there is no weight / bias.) Statistics (rstd, mean) and dw / db are
+fp32 -- fp64 for fp64 inputs, so gradcheck sees full precision (`reference.compute_dtype`).
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def _check_param(name: str, p: Optional[Tensor], x: Tensor) -> None:
 
 
 def check_eps(eps: float) -> None:
-    if not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+    # a chained comparison, not math.isfinite: dynamo traces it when eps is a symbolic float
+    if not isinstance(eps, (int, float)) or not (0 < eps < math.inf):
         raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
 
 
@@ -155,7 +157,7 @@ def _rms_norm_fwd(
 @_rms_norm_fwd.register_fake
 def _(x, weight, bias, eps, k, eps_outside, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
-        x.shape[:-1], dtype=torch.float32
+        x.shape[:-1], dtype=reference.compute_dtype(x)
     )
 
 
@@ -181,12 +183,12 @@ def _(dy, x, weight, rstd, eps, k, eps_outside, has_bias, backend):
 
 def _or_empty(g: Optional[Tensor], x: Tensor) -> Tensor:
     # custom ops cannot return None; an empty tensor stands for "no such parameter"
-    return g if g is not None else x.new_empty(0, dtype=torch.float32)
+    return g if g is not None else x.new_empty(0, dtype=reference.compute_dtype(x))
 
 
 def _fake_param_grad(present: bool, x: Tensor) -> Tensor:
-    # kernels return parameter gradients in fp32; autograd casts them to the parameter's dtype
-    return x.new_empty(x.shape[-1] if present else 0, dtype=torch.float32)
+    # kernels return parameter gradients in the compute dtype; autograd casts them to the parameter's
+    return x.new_empty(x.shape[-1] if present else 0, dtype=reference.compute_dtype(x))
 
 
 def _param_grad(g: Tensor, present: bool, like: Optional[Tensor]):
@@ -225,7 +227,7 @@ def _layer_norm_fwd(
 
 @_layer_norm_fwd.register_fake
 def _(x, weight, bias, eps, backend):
-    stat = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    stat = x.new_empty(x.shape[:-1], dtype=reference.compute_dtype(x))
     return torch.empty_like(x, memory_format=torch.contiguous_format), stat, torch.empty_like(stat)
 
 

@@ -1,0 +1,113 @@
+"""Shared kernel-vs-reference checking for every kernel backend (Triton, C++ CPU).
+
+A case runs one op through a backend and through the reference in fp64 (on the same inputs,
+upcast), forward and every gradient, and compares with per-dtype tolerances: the kernels
+accumulate in fp32 and round once to the output dtype, so errors are a few units in the last
+place of that dtype (as Liger-Kernel and flash-attn test theirs).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+
+from repro.kernels import layer_norm, reference, rms_norm
+
+TOLERANCES = {  # (atol, rtol) for outputs and gradients
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-4, 1e-4),
+    torch.float16: (1e-2, 1e-2),
+    torch.bfloat16: (5e-2, 5e-2),
+}
+
+GRID_N = (1, 7, 41, 123, 1000, 1023, 1500, 4096)
+GRID_M = (0, 1, 3, 67)
+GRID_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+GRID_PARTIALS = (0.0625, 0.125, 0.5, 1.0)
+EPS = {"inside": 1e-6, "outside": 1e-8}
+
+
+@dataclass(frozen=True)
+class Case:
+    op: str  # "rms" or "ln"
+    m: int
+    n: int
+    dtype: torch.dtype
+    weight: str  # "none", "fp32", "x" (the input's dtype)
+    bias: bool
+    partial: float = 1.0
+    eps_mode: str = "inside"
+
+    def __str__(self) -> str:
+        dt = str(self.dtype).removeprefix("torch.")
+        extra = f"-p{self.partial}-{self.eps_mode}" if self.op == "rms" else ""
+        return f"{self.op}-{self.m}x{self.n}-{dt}-w{self.weight}-b{int(self.bias)}{extra}"
+
+
+def full_grid(ns=GRID_N, ms=GRID_M, dtypes=GRID_DTYPES):
+    """Every combination (the slow suite)."""
+    for n, m, dtype, weight, bias in itertools.product(ns, ms, dtypes, ("none", "fp32", "x"), (False, True)):
+        yield Case("ln", m, n, dtype, weight, bias)
+        for p, mode in itertools.product(GRID_PARTIALS, ("inside", "outside")):
+            if int(p * n) >= 1:
+                yield Case("rms", m, n, dtype, weight, bias, p, mode)
+
+
+def covering_grid(ns=GRID_N, ms=GRID_M, dtypes=GRID_DTYPES):
+    """Every N x M x dtype once per op, the other options cycled so each value appears often."""
+    options = list(itertools.product(("none", "fp32", "x"), (False, True), GRID_PARTIALS, ("inside", "outside")))
+    for i, (n, m, dtype) in enumerate(itertools.product(ns, ms, dtypes)):
+        weight, bias, p, mode = options[(i * 7) % len(options)]
+        yield Case("ln", m, n, dtype, weight, bias)
+        while int(p * n) < 1:
+            p = GRID_PARTIALS[GRID_PARTIALS.index(p) + 1]
+        yield Case("rms", m, n, dtype, weight, bias, p, mode)
+
+
+def make_inputs(case: Case, device="cpu", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(case.m, case.n, generator=g).to(device=device, dtype=case.dtype)
+    dy = torch.randn(case.m, case.n, generator=g).to(device=device, dtype=case.dtype)
+    w_dtype = {"none": None, "fp32": torch.float32, "x": case.dtype}[case.weight]
+    w = None if w_dtype is None else (1 + 0.5 * torch.randn(case.n, generator=g)).to(device, w_dtype)
+    b = (0.5 * torch.randn(case.n, generator=g)).to(device, w_dtype or case.dtype) if case.bias else None
+    return x, w, b, dy
+
+
+def run_op(case: Case, x, w, b, backend: str):
+    if case.op == "ln":
+        return layer_norm(x, w, b, backend=backend)
+    return rms_norm(x, w, EPS[case.eps_mode], partial=case.partial, eps_mode=case.eps_mode, backend=backend, bias=b)
+
+
+def forward_backward(case: Case, x, w, b, dy, backend: str):
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, w, b)]
+    y = run_op(case, *leaves, backend=backend)
+    y.backward(dy)
+    return [y.detach()] + [t.grad if t is not None else None for t in leaves]
+
+
+def reference_fp64(case: Case, x, w, b, dy):
+    up = [t.double() if t is not None else None for t in (x, w, b)]
+    outs = forward_backward(case, *up, dy.double(), backend="torch")
+    # round the fp64 results to the dtypes the kernel returns them in
+    dtypes = [x.dtype, x.dtype, w.dtype if w is not None else None, b.dtype if b is not None else None]
+    return [o.to(d) if o is not None else None for o, d in zip(outs, dtypes)]
+
+
+def check_case(case: Case, backend: str, device="cpu"):
+    x, w, b, dy = make_inputs(case, device)
+    got = forward_backward(case, x, w, b, dy, backend)
+    want = reference_fp64(case, x, w, b, dy)
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, want):
+        if r is None:
+            assert g is None, f"{case}: {name} should be None"
+            continue
+        assert g.dtype == r.dtype and g.shape == r.shape, f"{case}: {name} {g.dtype}{tuple(g.shape)}"
+        # dW/dB sum over M rows: scale the tolerance with the number of rows summed
+        scale = max(1.0, case.m ** 0.5) if name in ("dw", "db") else 1.0
+        atol, rtol = TOLERANCES[r.dtype if name in ("dw", "db") else case.dtype]
+        torch.testing.assert_close(
+            g.double(), r.double(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{case} {name}: {m}"
+        )
