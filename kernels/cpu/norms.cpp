@@ -107,13 +107,18 @@ inline int64_t rows_grain(int64_t n) {
 // run to run and for any number of threads.
 constexpr int64_t kMaxBlocks = 64;
 constexpr int64_t kMinRowsPerBlock = 16;
+// The backward computes dx for a group of rows in one sweep over the columns and adds the
+// group's dw/db contributions to the block partials once: a load and a store of each partial
+// per group instead of per row (the stores would otherwise bound the backward's speed).
+constexpr int64_t kGroupRows = 4;
 
-// row_fn(row, dw_partial, db_partial) computes dx for one row and adds the row's contributions
-// to the block's partials (null where that gradient is not needed).
-template <typename A, typename RowFn>
+// group_fn(first_row, rows, dw_partial, db_partial) computes dx for rows [first_row,
+// first_row + rows), rows <= kGroupRows, and adds their contributions to the block's partials
+// (null where that gradient is not needed).
+template <typename A, typename GroupFn>
 std::tuple<Tensor, Tensor> accumulate_param_grads(
     int64_t m, int64_t n, bool need_dw, bool need_db, const at::TensorOptions& acc_opts,
-    const RowFn& row_fn) {
+    const GroupFn& group_fn) {
   const int64_t blocks = std::min(kMaxBlocks, (m + kMinRowsPerBlock - 1) / kMinRowsPerBlock);
   const int64_t n_partials = int64_t(need_dw) + int64_t(need_db);
   Tensor partials = at::zeros({n_partials, blocks, n}, acc_opts);
@@ -127,7 +132,9 @@ std::tuple<Tensor, Tensor> accumulate_param_grads(
       A* dw_p = dw_partials ? dw_partials + b * n : nullptr;
       A* db_p = db_partials ? db_partials + b * n : nullptr;
       const int64_t r1 = std::min(m, (b + 1) * rows_per_block);
-      for (int64_t r = b * rows_per_block; r < r1; ++r) row_fn(r, dw_p, db_p);
+      for (int64_t r = b * rows_per_block; r < r1; r += kGroupRows) {
+        group_fn(r, std::min(kGroupRows, r1 - r), dw_p, db_p);
+      }
     }
   });
 
@@ -258,44 +265,57 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
     const int64_t x_stride = x.stride(0), dy_stride = dy.stride(0);
     const A k_a = static_cast<A>(k);
 
-    auto row_fn = [&](int64_t r, A* dw_p, A* db_p) {
-      const T* xr = xp + r * x_stride;
-      const T* dyr = dyp + r * dy_stride;
-      T* dxr = dxp + r * n;
-      const A s = sp[r];
-      V c(A(0)), ss(A(0));
-      vec_loop<A>(0, k, [&](int64_t i, auto len) {
-        const V xv = load(xr + i, len);
-        c = at::vec::fmadd(load(dyr + i, len) * load(wp + i, len), xv, c);
-        if (eps_outside) ss = at::vec::fmadd(xv, xv, ss);
-      });
-      vec_loop<A>(k, n, [&](int64_t i, auto len) {
-        c = at::vec::fmadd(load(dyr + i, len) * load(wp + i, len), load(xr + i, len), c);
-      });
-      const A c_sum = sum_lanes(c);
-      A a;
-      if (eps_outside) {
-        // same loop as the forward's, so the same rms; an all-zero prefix has no gradient
-        // through the statistic (its term is 0 * inf otherwise)
-        const A rms = std::sqrt(sum_lanes(ss) / k_a);
-        a = rms > A(0) ? s * s * c_sum / (k_a * rms) : A(0);
-      } else {
-        a = s * s * s * c_sum / k_a;
+    auto group_fn = [&](int64_t r0, int64_t rows, A* dw_p, A* db_p) {
+      const T* xr[kGroupRows];
+      const T* dyr[kGroupRows];
+      T* dxr[kGroupRows];
+      A s[kGroupRows], a[kGroupRows];
+      for (int64_t j = 0; j < rows; ++j) {
+        xr[j] = xp + (r0 + j) * x_stride;
+        dyr[j] = dyp + (r0 + j) * dy_stride;
+        dxr[j] = dxp + (r0 + j) * n;
+        s[j] = sp[r0 + j];
+        V c(A(0)), ss(A(0));
+        vec_loop<A>(0, k, [&](int64_t i, auto len) {
+          const V xv = load(xr[j] + i, len);
+          c = at::vec::fmadd(load(dyr[j] + i, len) * load(wp + i, len), xv, c);
+          if (eps_outside) ss = at::vec::fmadd(xv, xv, ss);
+        });
+        vec_loop<A>(k, n, [&](int64_t i, auto len) {
+          c = at::vec::fmadd(load(dyr[j] + i, len) * load(wp + i, len), load(xr[j] + i, len), c);
+        });
+        const A c_sum = sum_lanes(c);
+        if (eps_outside) {
+          // same loop as the forward's, so the same rms; an all-zero prefix has no gradient
+          // through the statistic (its term is 0 * inf otherwise)
+          const A rms = std::sqrt(sum_lanes(ss) / k_a);
+          a[j] = rms > A(0) ? s[j] * s[j] * c_sum / (k_a * rms) : A(0);
+        } else {
+          a[j] = s[j] * s[j] * s[j] * c_sum / k_a;
+        }
       }
-      const V sv(s), av(a);
-      auto dx_step = [&](int64_t i, auto len, bool in_prefix) {
-        const V xv = load(xr + i, len);
-        const V dyv = load(dyr + i, len);
-        V dxv = sv * (dyv * load(wp + i, len));
-        if (in_prefix) dxv = dxv - av * xv;
-        store(dxr + i, dxv, len);
-        if (dw_p) store(dw_p + i, at::vec::fmadd(dyv, xv * sv, load(dw_p + i, len)), len);
-        if (db_p) store(db_p + i, load(db_p + i, len) + dyv, len);
+      auto columns = [&](int64_t begin, int64_t end, bool in_prefix) {
+        vec_loop<A>(begin, end, [&](int64_t i, auto len) {
+          const V wv = load(wp + i, len);
+          V dw_sum(A(0)), db_sum(A(0));
+          for (int64_t j = 0; j < rows; ++j) {
+            const V xv = load(xr[j] + i, len);
+            const V dyv = load(dyr[j] + i, len);
+            const V sv(s[j]);
+            V dxv = sv * (dyv * wv);
+            if (in_prefix) dxv = dxv - V(a[j]) * xv;
+            store(dxr[j] + i, dxv, len);
+            dw_sum = at::vec::fmadd(dyv, xv * sv, dw_sum);
+            db_sum = db_sum + dyv;
+          }
+          if (dw_p) store(dw_p + i, load(dw_p + i, len) + dw_sum, len);
+          if (db_p) store(db_p + i, load(db_p + i, len) + db_sum, len);
+        });
       };
-      vec_loop<A>(0, k, [&](int64_t i, auto len) { dx_step(i, len, true); });
-      vec_loop<A>(k, n, [&](int64_t i, auto len) { dx_step(i, len, false); });
+      columns(0, k, true);
+      columns(k, n, false);
     };
-    std::tie(dw, db) = accumulate_param_grads<A>(m, n, need_dw, has_bias, acc_opts, row_fn);
+    std::tie(dw, db) = accumulate_param_grads<A>(m, n, need_dw, has_bias, acc_opts, group_fn);
   });
   return {dx, dw, db};
 }
@@ -392,29 +412,44 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
     const int64_t x_stride = x.stride(0), dy_stride = dy.stride(0);
     const A inv_n = A(1) / static_cast<A>(n);
 
-    auto row_fn = [&](int64_t r, A* dw_p, A* db_p) {
-      const T* xr = xp + r * x_stride;
-      const T* dyr = dyp + r * dy_stride;
-      T* dxr = dxp + r * n;
-      const V muv(mup[r]), sv(sp[r]);
-      // zero-filled tail lanes give g = 0, so both sums stay exact without masking
-      V g_sum(A(0)), gxh_sum(A(0));
+    auto group_fn = [&](int64_t r0, int64_t rows, A* dw_p, A* db_p) {
+      const T* xr[kGroupRows];
+      const T* dyr[kGroupRows];
+      T* dxr[kGroupRows];
+      A mu[kGroupRows], s[kGroupRows], g_mean[kGroupRows], gxh_mean[kGroupRows];
+      for (int64_t j = 0; j < rows; ++j) {
+        xr[j] = xp + (r0 + j) * x_stride;
+        dyr[j] = dyp + (r0 + j) * dy_stride;
+        dxr[j] = dxp + (r0 + j) * n;
+        mu[j] = mup[r0 + j];
+        s[j] = sp[r0 + j];
+        const V muv(mu[j]), sv(s[j]);
+        // zero-filled tail lanes give g = 0, so both sums stay exact without masking
+        V g_sum(A(0)), gxh_sum(A(0));
+        vec_loop<A>(0, n, [&](int64_t i, auto len) {
+          const V g = load(dyr[j] + i, len) * load(wp + i, len);
+          g_sum = g_sum + g;
+          gxh_sum = at::vec::fmadd(g, (load(xr[j] + i, len) - muv) * sv, gxh_sum);
+        });
+        g_mean[j] = sum_lanes(g_sum) * inv_n;
+        gxh_mean[j] = sum_lanes(gxh_sum) * inv_n;
+      }
       vec_loop<A>(0, n, [&](int64_t i, auto len) {
-        const V g = load(dyr + i, len) * load(wp + i, len);
-        g_sum = g_sum + g;
-        gxh_sum = at::vec::fmadd(g, (load(xr + i, len) - muv) * sv, gxh_sum);
-      });
-      const V g_mean(sum_lanes(g_sum) * inv_n), gxh_mean(sum_lanes(gxh_sum) * inv_n);
-      vec_loop<A>(0, n, [&](int64_t i, auto len) {
-        const V dyv = load(dyr + i, len);
-        const V xh = (load(xr + i, len) - muv) * sv;
-        const V g = dyv * load(wp + i, len);
-        store(dxr + i, sv * (g - g_mean - xh * gxh_mean), len);
-        if (dw_p) store(dw_p + i, at::vec::fmadd(dyv, xh, load(dw_p + i, len)), len);
-        if (db_p) store(db_p + i, load(db_p + i, len) + dyv, len);
+        const V wv = load(wp + i, len);
+        V dw_sum(A(0)), db_sum(A(0));
+        for (int64_t j = 0; j < rows; ++j) {
+          const V dyv = load(dyr[j] + i, len);
+          const V sv(s[j]);
+          const V xh = (load(xr[j] + i, len) - V(mu[j])) * sv;
+          store(dxr[j] + i, sv * (dyv * wv - V(g_mean[j]) - xh * V(gxh_mean[j])), len);
+          dw_sum = at::vec::fmadd(dyv, xh, dw_sum);
+          db_sum = db_sum + dyv;
+        }
+        if (dw_p) store(dw_p + i, load(dw_p + i, len) + dw_sum, len);
+        if (db_p) store(db_p + i, load(db_p + i, len) + db_sum, len);
       });
     };
-    std::tie(dw, db) = accumulate_param_grads<A>(m, n, need_dw, has_bias, acc_opts, row_fn);
+    std::tie(dw, db) = accumulate_param_grads<A>(m, n, need_dw, has_bias, acc_opts, group_fn);
   });
   return {dx, dw, db};
 }
