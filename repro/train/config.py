@@ -74,6 +74,10 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
     """Raise ConfigError on the first bad value."""
     _int(cfg, "seed", 0)
     _choice(cfg, "norm.name", NORM_NAMES)
+    # Checked for every norm: the shared value reaches prmsnorm whenever a sweep switches to it.
+    partial = _number(cfg, "norm.partial", 0, strict=True)
+    if partial > 1:
+        raise ConfigError(f"norm.partial={partial!r} is not allowed: must be in (0, 1]")
     try:
         norm_factory(cfg.norm)
     except ValueError as error:

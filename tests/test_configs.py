@@ -1,0 +1,128 @@
+"""Config composition for every task x norm, the experiments, and one-line errors for bad values."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from repro.cli.train import check_group_choices
+from repro.nn import NORM_NAMES, NormLayer
+from repro.train import ConfigError, norm_factory, validate_config
+from train_helpers import CONF_DIR, compose_config, one_thread  # noqa: F401
+
+TASKS = {"cifar10_cnn": "ConvPoolCNNC", "cifar10_vit": "ViT"}
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_every_task_and_norm_composes_validates_and_builds(task, norm):
+    cfg = compose_config(f"task={task}", f"norm={norm}")
+    validate_config(cfg)
+    assert cfg.task.name == task and cfg.norm.name == norm
+    with torch.device("meta"):  # the full-size model, without allocating it
+        model = instantiate(cfg.model)(norm=norm_factory(cfg.norm))
+    assert type(model).__name__ == TASKS[task]
+    n_norms = sum(isinstance(m, NormLayer) for m in model.modules())
+    assert n_norms == (0 if norm in ("none", "weightnorm") else {"cifar10_cnn": 9, "cifar10_vit": 15}[task])
+
+
+def test_task_selects_its_model_and_optimizer():
+    vit = compose_config("task=cifar10_vit")
+    assert vit.model._target_ == "repro.models.ViT" and vit.optim.name == "adamw"
+    assert vit.optim.schedule.name == "cosine"
+    cnn = compose_config("task=cifar10_cnn", "norm=prmsnorm", "norm.partial=0.125")
+    assert cnn.model._target_ == "repro.models.ConvPoolCNNC" and cnn.optim.name == "adam"
+    assert norm_factory(cnn.norm).partial == 0.125
+
+
+def test_table10_experiment_is_the_papers_setup():
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["experiment=cifar10_table10"], return_hydra_config=True)
+    validate_config(cfg)
+    assert (cfg.task.name, cfg.optim.name, cfg.optim.lr, cfg.data.batch_size) == ("cifar10_cnn", "adam", 0.003, 100)
+    assert (cfg.trainer.max_epochs, cfg.optim.schedule.name, cfg.optim.schedule.decay_start) == (200, "paper", 0.5)
+    assert cfg.norm.partial == 0.125 and cfg.data.val_size == 0
+    swept = cfg.hydra.sweeper.params.norm.split(",")
+    assert swept == ["none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"]
+
+
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local", "submitit_slurm"])
+def test_launchers_compose(launcher):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", [f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert launcher.split("_")[-1] in cfg.hydra.launcher._target_.lower()
+
+
+BAD_VALUES = [
+    ("norm.eps=-1", "norm.eps"),
+    ("norm.partial=0", "norm.partial"),
+    ("norm.partial=1.5", "norm.partial"),
+    ("norm.eps_mode=middle", "norm.eps_mode"),
+    ("norm.conv_mode=diagonal", "norm.conv_mode"),
+    ("norm.backend=gpu", "norm.backend"),
+    ("optim.lr=0", "optim.lr"),
+    ("optim.weight_decay=-0.1", "optim.weight_decay"),
+    ("optim.schedule.name=step", "optim.schedule.name"),
+    ("optim.schedule.decay_start=1.0", "optim.schedule.decay_start"),
+    ("trainer.precision=fp8", "trainer.precision"),
+    ("trainer.device=tpu", "trainer.device"),
+    ("trainer.max_steps=0", "trainer.max_steps"),
+    ("trainer.eval_every=0", "trainer.eval_every"),
+    ("trainer.accumulate=0", "trainer.accumulate"),
+    ("trainer.grad_clip=-1", "trainer.grad_clip"),
+    ("trainer.devices=2", "trainer.devices"),
+    ("trainer.deterministic=maybe", "trainer.deterministic"),
+    ("trainer.resume=/no/such/checkpoint.pt", "trainer.resume"),
+    ("data.batch_size=0", "data.batch_size"),
+    ("data.preprocess=pca", "data.preprocess"),
+    ("data.val_size=-1", "data.val_size"),
+    ("logger.mode=sometimes", "logger.mode"),
+    ("seed=-1", "seed"),
+]
+
+
+@pytest.mark.parametrize("override,key", BAD_VALUES)
+def test_bad_value_is_one_line_error_naming_the_key(override, key):
+    cfg = compose_config("norm=layernorm" if "eps_mode" not in override else "norm=rmsnorm", override)
+    with pytest.raises(ConfigError) as error:
+        validate_config(cfg)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(key), message
+
+
+def test_eps_mode_outside_is_rejected_for_layernorm():
+    with pytest.raises(ConfigError, match=r"^norm\.eps_mode"):
+        validate_config(compose_config("norm=layernorm", "norm.eps_mode=outside"))
+
+
+@pytest.mark.parametrize("args", [["norm=foo"], ["-m", "norm=rmsnorm,foo"], ["task=cifar10_mlp"]])
+def test_unknown_group_option_exits_with_one_line_listing_the_options(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        check_group_choices(args, CONF_DIR)
+    message = str(exit_.value.code)
+    assert "\n" not in message and "is not allowed: must be one of" in message
+    group = args[-1].split("=")[0]
+    assert all(p.stem in message for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "repro.cli.train", "norm.eps_mode=sideways", "logger=none",
+         f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: norm.eps_mode") and "inside" in last, result.stderr
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_resolved_config_has_no_interpolations_left():
+    resolved = OmegaConf.to_container(compose_config(), resolve=True)
+    assert "${" not in OmegaConf.to_yaml(resolved)
+    assert resolved["data"]["root"].endswith("/cifar10") and resolved["trainer"]["checkpoint_every"] == 1000
