@@ -13,12 +13,16 @@ import triton
 
 from ..reference import compute_dtype
 
-# Longest row held whole in registers (16 warps x 32 threads, <= 128 registers each). Measured
-# with ptxas for sm_90: the forward spills past 16K columns in bf16 (flash-attn's byte rule
-# would allow 32K), the backward, which keeps x, dy, w and the dW accumulator live, past 8K.
-# Longer rows take the looped path. tests/test_triton_compile.py checks these stay spill-free.
+# Longest row held whole in registers. Measured with ptxas for sm_90 (register_report.py):
+# with 32 warps (<= 64 registers a thread) the forward fits 16K columns and the backward, which
+# keeps x, dy, w and the dW/dB accumulators live, 8K (LayerNorm's bf16 backward spills 4 bytes
+# there: a few bytes to L1 cost far less than the looped path's second pass over the row).
+# flash-attn's 64 KB rule would allow 32K bf16 columns; that spills. Longer rows take the looped
+# path. tests/test_triton_compile.py keeps these limits honest.
 FUSED_FWD_N = 16384
 FUSED_BWD_N = 8192
+# Elements a thread handles: the backward keeps twice the live values, so gets twice the threads.
+ELEMENTS_PER_WARP = {False: 512, True: 256}
 # Small rows are packed several to a program so each program still moves a useful amount.
 TILE_ELEMENTS = 4096
 MAX_ROWS_PER_TILE = 32
@@ -40,8 +44,8 @@ class Tile:
         return 1 if self.fused else triton.cdiv(n, self.block_n)
 
 
-def _warps(elements: int) -> int:
-    return max(1, min(16, elements // 256))
+def _warps(elements: int, backward: bool) -> int:
+    return max(1, min(32, elements // ELEMENTS_PER_WARP[backward]))
 
 
 def tile_for(n: int, backward: bool) -> Tile:
@@ -49,8 +53,8 @@ def tile_for(n: int, backward: bool) -> Tile:
     block_n = triton.next_power_of_2(n)
     if block_n <= limit:
         block_m = max(1, min(MAX_ROWS_PER_TILE, TILE_ELEMENTS // block_n))
-        return Tile(block_m, block_n, True, _warps(block_m * block_n))
-    return Tile(1, LOOP_BLOCK_N, False, _warps(LOOP_BLOCK_N))
+        return Tile(block_m, block_n, True, _warps(block_m * block_n, backward))
+    return Tile(1, LOOP_BLOCK_N, False, _warps(LOOP_BLOCK_N, backward))
 
 
 def stats_block(n: int, k: int | None = None) -> int:
