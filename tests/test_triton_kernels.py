@@ -316,3 +316,75 @@ def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
 
 def test_auto_backend_on_cpu_is_not_triton():
     assert ops.resolve_backend("auto", x16) != "triton"
+
+
+# ------------------------------------------------------------------------------ on a GPU
+gpu = pytest.mark.gpu
+
+
+@gpu
+@pytest.mark.parametrize("case", COVER, ids=_ids(COVER))
+def test_gpu_grid_matches_reference(case):
+    check_case(case, BACKEND, device="cuda")
+
+
+GPU_LARGE = [
+    Case("rms", 32768, 8192, torch.bfloat16, "fp32", False, 1.0, "inside"),
+    Case("rms", 32768, 8192, torch.bfloat16, "x", False, 0.0625, "outside"),
+    Case("ln", 32768, 8192, torch.bfloat16, "x", True),
+    Case("rms", 64, 65536, torch.bfloat16, "fp32", True, 0.125, "inside"),
+    Case("ln", 64, 65536, torch.float32, "fp32", True),
+    Case("rms", 16, 262144, torch.bfloat16, "x", False, 0.25, "inside"),
+    Case("ln", 16, 262144, torch.bfloat16, "x", True),
+]
+
+
+@gpu
+@pytest.mark.parametrize("case", GPU_LARGE, ids=str)
+def test_gpu_large_shapes_match_reference(case):
+    check_case(case, BACKEND, device="cuda")
+
+
+@gpu
+@pytest.mark.parametrize("op", ["rms", "ln"])
+def test_gpu_tensor_over_2_31_elements(op):
+    """int64 offsets: rows past element 2^31 are normalized like the first ones."""
+    n = 16384
+    m = (2**31) // n + 64
+    need = 2 * m * n * 2 * 1.3  # x and y in bf16, with headroom
+    if torch.cuda.mem_get_info()[0] < need:
+        pytest.skip(f"needs {need / 2**30:.1f} GiB free on the GPU")
+    x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    case = Case(op, m, n, torch.bfloat16, "none", False, 0.5)
+    with torch.no_grad():
+        y = run_op(case, x, None, None, BACKEND)
+        for rows in (slice(0, 4), slice(m - 4, m)):
+            want = run_op(case, x[rows].double(), None, None, "torch").to(torch.bfloat16)
+            torch.testing.assert_close(y[rows], want, atol=5e-2, rtol=5e-2)
+    del x, y
+
+
+@gpu
+def test_gpu_inductor_fullgraph_and_cuda_graph_capture():
+    def f(x, w, b):
+        return layer_norm(rms_norm(x, w, partial=0.125, backend=BACKEND) * 2, w, b, backend=BACKEND)
+
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    w = torch.randn(1024, device="cuda", requires_grad=True)
+    b = torch.randn(1024, device="cuda", requires_grad=True)
+    eager = f(x, w, b)
+    compiled = torch.compile(f, fullgraph=True)(x, w, b)
+    torch.testing.assert_close(compiled, eager)
+    compiled.float().sum().backward()
+
+    static_x = torch.randn(256, 1024, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        f(static_x, w, b)  # warm up (Triton compiles) outside the capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = f(static_x, w, b)
+        static_x.copy_(x.detach())
+        graph.replay()
+        torch.cuda.synchronize()
+        torch.testing.assert_close(static_y, eager.detach())
