@@ -195,3 +195,15 @@ def test_quick_grid_runs(tmp_path, capsys):
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "bench-quick.json").exists()
     assert "speedup over LayerNorm" in capsys.readouterr().out
+
+
+def test_an_interrupt_keeps_what_was_measured(small_cache):
+    def interrupted(x, w, b):
+        raise KeyboardInterrupt
+
+    backends = [_fake_backend("good", lambda x, w, b: x * w), _fake_backend("stops", interrupted)]
+    records = run_grid([Op("rms_norm"), Op("layer_norm")], [Shape(4, 8, "fp32")], backends, ["fwd"],
+                       describe_device(CPU), make_timer(CPU, QUICK_PLAN), None)
+    assert [(r["label"], r["backend"], r["status"], r["reason"]) for r in records] == [
+        ("RMSNorm", "good", "ok", None), ("RMSNorm", "stops", "skipped", "interrupted"),
+        ("LayerNorm", "good", "skipped", "interrupted"), ("LayerNorm", "stops", "skipped", "interrupted")]

@@ -64,6 +64,8 @@ def render_table(records: list[dict], meta: dict) -> str:
     rows = []
     for key in order:
         cells = by_case[key]
+        if all(r["status"] == "skipped" for r in cells.values()):
+            continue  # counted under "not timed" below; a block of 'skip' rows says nothing more
         ok = {b: r["ms"] for b, r in cells.items() if r["status"] == "ok"}
         row = [key[0], str(key[1]), str(key[2]), key[3], key[4]]
         row += [_fmt_us(cells[b]) if b in ok else CELL.get(cells[b]["status"], "?") if b in cells else "" for b in backends]

@@ -3,6 +3,7 @@ and describe the run (versions, device, date, git SHA) so the numbers can be tru
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
         "backends": status, "ours": ours,
         "torch": torch.__version__, "triton": _version("triton"), "liger_kernel": _version("liger-kernel"),
         "python": platform.python_version(),
-        "git_sha": _git("rev-parse", "HEAD"), "git_dirty": _dirty(),
+        # a copied tree without .git (a device machine) can name its commit in REPRO_GIT_SHA
+        "git_sha": _git("rev-parse", "HEAD") or os.environ.get("REPRO_GIT_SHA"), "git_dirty": _dirty(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(config.command),
         "wall_s": round(time.perf_counter() - started, 1),

@@ -145,22 +145,28 @@ def run_grid(
     passes = list(passes)
     records = []
     start = time.perf_counter()
+    stop = None  # why the remaining cases are skipped: the budget ran out, or Ctrl-C / SIGINT
     bar = tqdm(total=len(shapes) * len(ops) * len(backends), desc="repro-bench", unit="case",
                disable=None if progress is None else not progress)
     for shape in shapes:
         pool = None
         for op in ops:
-            over = budget_s is not None and time.perf_counter() - start > budget_s
+            if stop is None and budget_s is not None and time.perf_counter() - start > budget_s:
+                stop = f"time budget of {budget_s:g} s spent"
             for backend in backends:
                 bar.set_postfix_str(f"{op.label} {shape.M}x{shape.N} {shape.dtype} {backend.name}", refresh=False)
                 base = {"op": op.family, "partial": op.partial, "label": op.label, "M": shape.M,
                         "N": shape.N, "dtype": shape.dtype, "backend": backend.name}
-                if over:
-                    outcome = _same_for_all(passes, "skipped", f"time budget of {budget_s:g} s spent")
-                else:
-                    if pool is None and _runnable(op, shape):
-                        pool = _make_pool(shape, info)
-                    outcome = _run_case(op, shape, backend, passes, pool, timer, info.device)
+                outcome = None
+                if stop is None:
+                    try:
+                        if pool is None and _runnable(op, shape):
+                            pool = _make_pool(shape, info)
+                        outcome = _run_case(op, shape, backend, passes, pool, timer, info.device)
+                    except KeyboardInterrupt:
+                        stop = "interrupted"  # e.g. `timeout -s INT`: the run still writes what it measured
+                if outcome is None:
+                    outcome = _same_for_all(passes, "skipped", stop)
                 for pass_, status, reason, timing in outcome:
                     records.append(_record(base, op, shape, pass_, status, reason, timing,
                                            len(pool) if isinstance(pool, InputPool) else None, copy_gbps))

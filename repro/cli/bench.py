@@ -9,6 +9,8 @@ Prints a table and writes JSON, CSV and a PNG figure to results/bench/<device>/ 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import time
 from pathlib import Path
@@ -93,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """`timeout` and schedulers stop a run with SIGTERM: raise KeyboardInterrupt instead, which
+    the grid loop records as 'skipped: interrupted', so what was measured is still written."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -116,7 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                          backends=args.backends, passes=args.passes, quick=args.quick, budget_s=args.budget,
                          command=["repro-bench", *(sys.argv[1:] if argv is None else argv)])
     try:
-        meta, records = run_benchmark(config)
+        with _sigterm_interrupts():
+            meta, records = run_benchmark(config)
     except NoBackendError as err:
         parser.error(f"--backends: {err}")
     print(render_table(records, meta))
