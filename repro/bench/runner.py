@@ -76,6 +76,8 @@ def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
         "git_sha": _git("rev-parse", "HEAD") or os.environ.get("REPRO_GIT_SHA"), "git_dirty": _dirty(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(config.command),
+        "skipped": sum(r["status"] == "skipped" for r in records),
+        "interrupted": any(r["reason"] == "interrupted" for r in records),
         "wall_s": round(time.perf_counter() - started, 1),
     }
     return meta, records

@@ -2,11 +2,13 @@
 
 Every (op, shape, dtype, backend, pass) becomes one record with a status: "ok" (timed),
 "n/a" (the backend has no such op), "failed" (it raised: OOM, an unsupported size; the reason
-is kept and the run goes on) or "skipped" (the time budget ran out before the case).
+is kept and the run goes on) or "skipped" (the time budget ran out, or the run was interrupted,
+before the case).
 """
 from __future__ import annotations
 
 import itertools
+import sys
 import time
 from dataclasses import dataclass
 from typing import Iterable, Optional
@@ -75,18 +77,18 @@ def custom_grid(device_type: str, quick: bool, ms, ns, dtypes) -> list[Shape]:
 
 
 # ---------------------------------------------------------------------------- bytes
-def bytes_moved(op: Op, pass_: str, M: int, N: int, itemsize: int, param_itemsize: Optional[int] = None) -> int:
-    """Bytes that must cross memory, each input read once and each output written once.
+def bytes_moved(op: Op, pass_: str, M: int, N: int, itemsize: int) -> int:
+    """Bytes that must cross memory, each input read once and each output written once
+    (parameters in the input's dtype, as the benchmark makes them).
 
     fwd: x read, y written, weight (and LayerNorm's bias) read. bwd: dy and x read, dx written,
     weight read, dweight (and dbias) written, the saved fp32 row statistics read. fwd+bwd: the
     sum. pRMSNorm moves what RMSNorm moves: the whole row is still read to write the output.
     """
-    param_itemsize = param_itemsize or itemsize
     act = M * N * itemsize
-    params = (2 if op.has_bias else 1) * N * param_itemsize
+    params = (2 if op.has_bias else 1) * N * itemsize
     fwd = 2 * act + params
-    bwd = 3 * act + N * param_itemsize + params + op.num_stats * M * 4
+    bwd = 3 * act + N * itemsize + params + op.num_stats * M * 4
     return {"fwd": fwd, "bwd": bwd, "fwdbwd": fwd + bwd}[pass_]
 
 
@@ -148,7 +150,11 @@ def run_grid(
     stop = None  # why the remaining cases are skipped: the budget ran out, or Ctrl-C / SIGINT
     bar = tqdm(total=len(shapes) * len(ops) * len(backends), desc="repro-bench", unit="case",
                disable=None if progress is None else not progress)
-    for shape in shapes:
+    for i, shape in enumerate(shapes, 1):
+        if bar.disable and progress is None:
+            # no terminal (a log file on a device machine): one line per shape shows how far it got
+            print(f"repro-bench: shape {i}/{len(shapes)}: {shape.M}x{shape.N} {shape.dtype} "
+                  f"at {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
         pool = None
         for op in ops:
             if stop is None and budget_s is not None and time.perf_counter() - start > budget_s:

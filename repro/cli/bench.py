@@ -140,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else Path("results") / "bench" / meta["device_slug"]
     paths = write_results(out_dir, "bench-quick" if args.quick else "bench", meta, records)
     print(f"\nwrote {', '.join(map(str, paths))} in {time.perf_counter() - started:.0f} s")
+    if meta["interrupted"]:
+        print("repro-bench: interrupted; the results above are partial", file=sys.stderr)
+        return 130  # the shell's code for a run stopped by a signal
     return 0
 
 
