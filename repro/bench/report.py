@@ -8,6 +8,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, Optional
 
+from .backends import OP_FAMILIES
+from .suite import PASSES
+
 RECORD_FIELDS = ("op", "partial", "label", "M", "N", "dtype", "pass", "backend", "status", "reason",
                  "ms", "ms_p20", "ms_p80", "gbps", "pct_copy", "bytes", "pool", "reps")
 CELL = {"n/a": "n/a", "failed": "FAIL", "skipped": "skip"}
@@ -56,7 +59,7 @@ def render_table(records: list[dict], meta: dict) -> str:
     by_case: dict[tuple, dict[str, dict]] = defaultdict(dict)
     for r in records:
         by_case[_key(r)][r["backend"]] = r
-    order = sorted(by_case, key=lambda k: (k[3], k[2], k[1], _op_rank(by_case[k]), ("fwd", "bwd", "fwdbwd").index(k[4])))
+    order = sorted(by_case, key=lambda k: _row_order(k, by_case[k]))
 
     header = ["op", "M", "N", "dtype", "pass", *(f"{b} us" for b in backends), "best", "GB/s", "%copy"]
     if ours:
@@ -94,9 +97,11 @@ def render_table(records: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
-def _op_rank(cells: dict[str, dict]) -> tuple:
+def _row_order(key: tuple, cells: dict[str, dict]) -> tuple:
+    """dtype, N, M, then LayerNorm, RMSNorm, pRMSNorm by falling p, then the passes in order."""
+    label, m, n, dtype, pass_ = key
     r = next(iter(cells.values()))
-    return (("layer_norm", "rms_norm", "prms_norm").index(r["op"]), -r["partial"])
+    return (dtype, n, m, OP_FAMILIES.index(r["op"]), -r["partial"], PASSES.index(pass_))
 
 
 def _failure_notes(records: list[dict]) -> list[str]:
@@ -181,14 +186,19 @@ def plot(path: Path, meta: dict, records: list[dict]) -> None:
                     bw.plot(n, g, marker="o", ms=3, color=color[backend], label=backend)
             if meta.get("copy_gbps"):
                 bw.axhline(meta["copy_gbps"], color="grey", ls="--", lw=1, label="copy")
-            lat.set(title=f"{label} {pass_}: latency", ylabel="ms", xscale="log", yscale="log")
+            lat.set_title(f"{label} {pass_}: latency", fontsize=9)
+            lat.set(ylabel="ms", yscale="log")
             lat.yaxis.set_minor_formatter(NullFormatter())
-            bw.set(title=f"{label} {pass_}: GB/s", ylabel="GB/s", xscale="log", ylim=(0, None))
+            bw.set_title(f"{label} {pass_}: GB/s", fontsize=9)
+            bw.set(ylabel="GB/s", ylim=(0, None))
             for ax in (lat, bw):
                 ax.set_xscale("log", base=2)
                 ax.set_xlabel("N")
                 ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7, loc="best")
+    legend = {}  # one legend for the figure: every backend that has a line in some panel
+    for ax in axes.flat:
+        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+    fig.legend(legend.values(), legend.keys(), loc="upper right", ncol=len(legend), fontsize=8)
     fig.suptitle(f"repro-bench: {meta['device']} ({dtype}; {meta['date']})")
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.05, top=0.93, wspace=0.35, hspace=0.55)
     fig.savefig(path, dpi=90)
