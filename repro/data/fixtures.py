@@ -31,8 +31,8 @@ def fake_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     rows = np.arange(32)[:, None]
     images = np.empty((n, 32, 32, 3), np.float64)
     for i, label in enumerate(labels):
-        stripes = 40 * np.sin(rows * (label + 1) * np.pi / 16)  # (32, 1): horizontal stripes
-        images[i] = palette[label] + stripes[..., None] + rng.normal(0, 20, (32, 32, 3))
+        stripes = 70 * np.sin(rows * (label + 1) * np.pi / 16)  # (32, 1): horizontal stripes
+        images[i] = palette[label] + stripes[..., None] + rng.normal(0, 15, (32, 32, 3))
     return np.clip(images, 0, 255).astype(np.uint8), labels.astype(np.int64)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import netrc
 import os
+import uuid
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -41,7 +42,7 @@ class WandbSink:
         try:
             import wandb
 
-            run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+            run_id = id_file.read_text().strip() if id_file.exists() else uuid.uuid4().hex[:8]
             id_file.write_text(run_id + "\n")
             self.run = wandb.init(
                 project=project, entity=entity, group=group, tags=tags, job_type=job_type, name=name,

@@ -6,6 +6,7 @@ nothing; the run store exists before training starts and is closed, with W&B, wh
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import subprocess
@@ -25,6 +26,8 @@ from . import distributed as dist
 from .config import ConfigError, norm_factory, validate_config
 from .optim import build_optimizer, parameter_count
 from .trainer import Trainer, TrainerSettings
+
+log = logging.getLogger(__name__)
 
 
 def resolve_device(name: str, world: dist.Dist) -> torch.device:
@@ -119,8 +122,10 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         resume = resume_checkpoint(t.resume, run_dir)
         if resume is not None:
             trainer.resume_from(resume)
+            log.info("resuming from %s at step %d", resume, trainer.step)
         if world.is_main:
-            tracker = build_tracker(cfg, run_dir, trainer.step if resume else None, cfg.get("experiment_name") or sweep_name)
+            group = cfg.get("experiment_name") or sweep_name
+            tracker = build_tracker(cfg, run_dir, trainer.step if resume else None, group)
             trainer.tracker = tracker
             tracker.update_summary(
                 status="running", task=cfg.task.name, norm=cfg.norm.name,

@@ -104,14 +104,25 @@ class Trainer:
 
     def resume_from(self, path: Path) -> None:
         state = ckpt.load(path)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self._resumed_scheduler = state["scheduler"]
-        self.step, self.epoch, self.position, self.best = state["step"], state["epoch"], state["position"], state["best"]
-        self.interval.load(state["interval"])
         if len(state["rng"]) != self.world.world_size:
             raise ValueError(f"{path} was written by {len(state['rng'])} processes; resume it with as many")
+        self.model.load_state_dict(state["model"])
+        self.step, self.epoch, self.position, self.best = state["step"], state["epoch"], state["position"], state["best"]
+        self.interval.load(state["interval"])
+        # Optimizer, scheduler and RNG are restored when the loop starts (`_restore`).
+        self._resume_state = state
+
+    def _restore(self) -> None:
+        state = getattr(self, "_resume_state", None)
+        if state is None:
+            return
+        # After the scheduler exists: building it sets each group's lr to the step-0 value, and the
+        # optimizer state loaded now brings back the lr of the checkpointed step.
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        # Last: set-up since the checkpoint was read may have drawn random numbers.
         ckpt.set_rng_state(state["rng"][self.world.rank])
+        self._resume_state = None
 
     def _save(self, name: str) -> None:
         rngs = dist.gather_objects(ckpt.rng_state(), self.world)  # collective: every rank calls it
@@ -135,8 +146,6 @@ class Trainer:
             )
         self.total_steps = self.s.max_steps or self.s.max_epochs * steps_per_epoch
         self.scheduler = build_scheduler(self.optimizer, total_steps=self.total_steps, **self.schedule)
-        if hasattr(self, "_resumed_scheduler"):
-            self.scheduler.load_state_dict(self._resumed_scheduler)
         train_model = (
             torch.nn.parallel.DistributedDataParallel(self.model) if self.world.enabled else self.model
         )
@@ -146,6 +155,7 @@ class Trainer:
             dynamic_ncols=True, desc=f"{self.task.name}",
         )
         micro_per_epoch = steps_per_epoch * self.s.accumulate
+        self._restore()
         stream = batches.iter_epoch(self.epoch, self.position)
         self.model.train()
         clock = time.perf_counter()

@@ -1,0 +1,182 @@
+"""The shared trainer end to end on tiny CIFAR fixtures: every norm and both data formats, the run
+store, loss going down, exact resume after a crash, accumulation, DDP, W&B offline, schedules."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from repro.nn import NORM_NAMES
+from repro.tasks import CifarClassification
+from repro.train import checkpoint as ckpt
+from repro.train import train
+from repro.train.optim import lr_multiplier
+from repro.track import read_metrics
+from train_helpers import _cifar_pickle, cifar_jpeg, cifar_pickle, one_thread, smoke_config  # noqa: F401
+
+TIMING_KEYS = ("time/", "throughput/")
+SHARED_CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpg")
+
+
+def without_timing(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.startswith(TIMING_KEYS)} for row in rows]
+
+
+def train_losses(run_dir) -> list[float]:
+    return [row["train/loss"] for row in read_metrics(run_dir) if row["split"] == "train"]
+
+
+def final_params(run_dir) -> dict:
+    return ckpt.load(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "pickle"])
+@pytest.mark.parametrize("norm", NORM_NAMES)
+def test_smoke_run_writes_a_complete_run_store(norm, fmt, request, tmp_path):
+    root = request.getfixturevalue(f"cifar_{fmt}")
+    cfg = smoke_config(root, f"norm={norm}", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.log_every=1",
+                       "trainer.norm_timing_every=2")
+    summary = train(cfg, tmp_path)
+
+    config = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert config["norm"]["name"] == norm and config["data"]["root"] == str(root)
+    rows = read_metrics(tmp_path)
+    assert [(r["step"], r["split"]) for r in rows] == [(1, "train"), (2, "train"), (2, "val"), (2, "test")]
+    assert all(math.isfinite(r["train/loss"]) and r["throughput/images_per_s"] > 0 for r in rows[:2])
+    timed = norm not in ("none", "weightnorm")  # weight norm is a reparameterization, no norm layer
+    assert ("time/norm_fwd_ms" in rows[1]) == timed and "time/norm_fwd_ms" not in rows[0]
+    if timed:
+        assert rows[1]["time/norm_fwd_ms"] > 0 and rows[1]["time/norm_bwd_ms"] > 0
+        assert 0 < rows[1]["time/norm_share"] < 1
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert stored["status"] == "completed" and stored["step"] == 2 and stored["norm"] == norm
+    assert stored["test/acc"] == summary["test/acc"] == rows[-1]["test/acc"]
+    assert {"torch", "cuda", "device", "git_sha"} <= set(stored["environment"])
+    assert stored["parameters"] > 0 and stored["wall_time_s"] > 0
+    assert ckpt.load(tmp_path / "checkpoints" / "last.pt")["step"] == 2
+    assert (tmp_path / "checkpoints" / "best.pt").is_file()
+
+
+def test_loss_goes_down(cifar_jpeg, tmp_path):
+    cfg = smoke_config(cifar_jpeg, "model.width=16", "model.dropout=0", "optim.schedule.name=constant",
+                       "trainer.max_steps=40", "trainer.log_every=8", "trainer.eval_every=40",
+                       "trainer.norm_timing_every=0")
+    train(cfg, tmp_path)
+    losses = train_losses(tmp_path)
+    assert len(losses) == 5 and losses[-1] < 0.85 * losses[0], losses
+    assert read_metrics(tmp_path)[-1]["test/acc"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_crash_then_resume_repeats_the_uninterrupted_run_exactly(cifar_jpeg, tmp_path, monkeypatch):
+    overrides = ("trainer.max_steps=8", "trainer.log_every=1", "trainer.eval_every=4", "trainer.checkpoint_every=2",
+                 "trainer.norm_timing_every=3", "optim.schedule.name=paper", "trainer.grad_clip=1.0")
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    train(smoke_config(cifar_jpeg, *overrides), full)
+
+    real_loss, calls = CifarClassification.loss, []
+
+    def crash_in_step_7(self, model, batch):
+        calls.append(1)
+        if len(calls) == 7:
+            raise RuntimeError("simulated crash")
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(CifarClassification, "loss", crash_in_step_7)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(smoke_config(cifar_jpeg, *overrides), broken)
+    # The crash leaves a readable last.pt (the step-6 checkpoint) and a readable run store.
+    assert ckpt.load(broken / "checkpoints" / "last.pt")["step"] == 6
+    summary = json.loads((broken / "summary.json").read_text())
+    assert summary["status"] == "failed" and "simulated crash" in summary["error"]
+    assert [r["step"] for r in read_metrics(broken)][-1] == 6
+
+    monkeypatch.setattr(CifarClassification, "loss", real_loss)
+    train(smoke_config(cifar_jpeg, *overrides), broken)  # trainer.resume=auto: continues from last.pt
+    assert without_timing(read_metrics(broken)) == without_timing(read_metrics(full))
+    resumed, uninterrupted = final_params(broken), final_params(full)
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+    assert json.loads((broken / "summary.json").read_text())["status"] == "completed"
+
+
+def test_accumulated_micro_batches_equal_one_large_batch(cifar_jpeg, tmp_path):
+    common = ("model.dropout=0", "trainer.max_steps=3", "trainer.eval_every=3", "norm=rmsnorm")
+    train(smoke_config(cifar_jpeg, *common, "data.batch_size=16"), tmp_path / "large")
+    train(smoke_config(cifar_jpeg, *common, "data.batch_size=8", "trainer.accumulate=2"), tmp_path / "accumulated")
+    large, accumulated = final_params(tmp_path / "large"), final_params(tmp_path / "accumulated")
+    for key in large:
+        torch.testing.assert_close(accumulated[key], large[key], rtol=1e-4, atol=1e-5)
+    assert train_losses(tmp_path / "accumulated") == pytest.approx(train_losses(tmp_path / "large"), rel=1e-4)
+
+
+def test_two_process_ddp_equals_one_process(cifar_jpeg, tmp_path):
+    # No dropout and a per-sample norm: the only difference left is how the batch is split.
+    common = ["experiment=smoke", f"data.root={cifar_jpeg}", "model.dropout=0", "norm=rmsnorm",
+              "trainer.max_steps=4", "trainer.eval_every=4", "trainer.deterministic=true"]
+    train(smoke_config(cifar_jpeg, *common[2:]), tmp_path / "single")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+         "-m", "repro.cli.train", *common, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    single, ddp = final_params(tmp_path / "single"), final_params(tmp_path / "ddp")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+    assert train_losses(tmp_path / "ddp") == pytest.approx(train_losses(tmp_path / "single"), rel=1e-4)
+    assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
+    assert len(ckpt.load(tmp_path / "ddp" / "checkpoints" / "last.pt")["rng"]) == 2
+
+
+def test_offline_wandb_run_is_written_next_to_a_complete_run_store(cifar_jpeg, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = smoke_config(cifar_jpeg, "logger=wandb", "trainer.max_steps=2", "trainer.eval_every=2")
+    train(cfg, tmp_path)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
+    run_id = (tmp_path / "wandb_id.txt").read_text().strip()
+    assert runs[0].name.endswith(run_id)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert read_metrics(tmp_path)[-1]["split"] == "test"
+
+
+def test_schedules():
+    paper = lr_multiplier(name="paper", total_steps=10, decay_start=0.5)
+    assert [paper(s) for s in range(11)] == pytest.approx([1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2, 0])
+    inv = lr_multiplier(name="inverse_sqrt", total_steps=100, warmup_steps=4)
+    assert [inv(s) for s in (0, 3, 15)] == pytest.approx([0.25, 1.0, 0.5])
+    cos = lr_multiplier(name="cosine", total_steps=12, warmup_steps=2)
+    assert [cos(s) for s in (0, 1, 2, 7, 12)] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.0])
+
+
+def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    ckpt.save_atomic({"step": 1}, path)
+
+    def broken_save(*_args, **_kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt.save_atomic({"step": 2}, path)
+    assert ckpt.load(path)["step"] == 1 and os.listdir(tmp_path) == ["last.pt"]
+
+
+@pytest.mark.realdata
+def test_real_cifar10_loss_goes_down(tmp_path):
+    if not os.path.isdir(SHARED_CIFAR):
+        pytest.skip(f"needs {SHARED_CIFAR}")
+    cfg = smoke_config(SHARED_CIFAR, "model.width=8", "model.dropout=0", "data.batch_size=64", "data.val_size=0",
+                       "optim.schedule.name=constant", "trainer.max_steps=40", "trainer.log_every=10",
+                       "trainer.eval_every=40", "data.eval_batch_size=1000")
+    train(cfg, tmp_path)
+    losses = train_losses(tmp_path)
+    assert losses[-1] < losses[0] - 0.1, losses
