@@ -102,19 +102,31 @@ def test_budget_skips_the_remaining_cases(small_cache):
     assert [(r["status"], r["reason"]) for r in records] == [("skipped", "time budget of 1e-09 s spent")]
 
 
-def test_table_ratios_are_against_ours():
-    def rec(backend, ms):
-        return {"op": "rms_norm", "partial": 1.0, "label": "RMSNorm", "M": 8, "N": 64, "dtype": "fp32",
-                "pass": "fwd", "backend": backend, "status": "ok", "reason": None, "ms": ms,
-                "ms_p20": ms, "ms_p80": ms, "gbps": 1.0 / ms, "pct_copy": 10.0 / ms}
-    meta = {"device": "test CPU", "device_type": "cpu", "threads": 1, "torch": "x", "copy_gbps": 10.0,
+def _record(backend, ms):
+    return {"op": "rms_norm", "partial": 1.0, "label": "RMSNorm", "M": 8, "N": 64, "dtype": "fp32",
+            "pass": "fwd", "backend": backend, "status": "ok", "reason": None, "ms": ms,
+            "ms_p20": ms, "ms_p80": ms, "gbps": 1.0 / ms, "pct_copy": 10.0 / ms}
+
+
+def _meta(**extra):
+    return {"device": "test CPU", "device_type": "cpu", "threads": 2, "torch": "x", "copy_gbps": 10.0,
             "timing": "t", "bytes_model": "b", "ours": "cpu",
             "backends": {"native": {"available": True}, "compile": {"available": True},
-                         "cpu": {"available": True}}}
-    table = render_table([rec("native", 3.0), rec("compile", 1.5), rec("cpu", 1.0)], meta)
+                         "cpu": {"available": True}}, **extra}
+
+
+def test_table_ratios_are_against_ours():
+    table = render_table([_record("native", 3.0), _record("compile", 1.5), _record("cpu", 1.0)], _meta())
     header, _, row = table.splitlines()[-3:]
     assert "cpu vs native" in header and "cpu vs best other" in header
     assert row.split()[-2:] == ["3.00x", "1.50x"]
+    assert "WARNING" not in table
+
+
+def test_table_warns_when_the_host_was_busy():
+    meta = _meta(load_average={"before": 3.5, "after": 6.25}, logical_cpus=2)
+    table = render_table([_record("cpu", 1.0)], meta)
+    assert "WARNING: load average 6.2 on 2 CPUs" in table and "try --threads 1" in table
 
 
 # ---------------------------------------------------------------------------- the command

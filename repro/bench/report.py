@@ -90,11 +90,23 @@ def render_table(records: list[dict], meta: dict) -> str:
         f"{NOISY_SPREAD:.0%} of the median)",
         f"GB/s: {meta['bytes_model']}; %copy: of the copy bandwidth; 'X vs Y' = Y time / X time (>1: X is faster)",
         *(f"not available: {b}: {info['reason']}" for b, info in meta["backends"].items() if not info["available"]),
+        *_load_warning(meta),
         "",
         _grid(rows, header, right_from=1),
     ]
     lines += _failure_notes(records)
     return "\n".join(lines)
+
+
+def _load_warning(meta: dict) -> list[str]:
+    """A warning line when other processes kept the host's CPUs busy during the run."""
+    load = max((v for v in meta.get("load_average", {}).values() if v is not None), default=None)
+    cpus = meta.get("logical_cpus")
+    if load is None or not cpus or load <= cpus:
+        return []
+    hint = "; try --threads 1" if meta["device_type"] == "cpu" and meta["threads"] > 1 else ""
+    return [f"WARNING: load average {load:.1f} on {cpus} CPUs: other processes competed for the CPUs, "
+            f"times are unreliable{hint}"]
 
 
 def _row_order(key: tuple, cells: dict[str, dict]) -> tuple:

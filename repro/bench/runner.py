@@ -44,6 +44,7 @@ class BenchConfig:
 def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
     """Times the grid on the config's device; returns (metadata, records)."""
     started = time.perf_counter()
+    load_before = _load_average()
     info = describe_device(config.device)
     plan = QUICK_PLAN if config.quick else STANDARD_PLAN
     timer = make_timer(config.device, plan)
@@ -65,6 +66,8 @@ def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
     meta = {
         "device": info.name, "device_type": config.device.type, "device_slug": info.slug,
         "device_details": info.details, "threads": info.threads, "cache_bytes": info.cache_bytes,
+        # other processes on the host make CPU times (and GPU launch overhead) unreliable
+        "load_average": {"before": load_before, "after": _load_average()}, "logical_cpus": os.cpu_count(),
         "copy_gbps": copy_gbps, "copy_bytes": copy_bytes,
         "timing": plan.describe(config.device), "bytes_model": BYTES_MODEL, "forward_mode": FORWARD_MODE,
         "params": "weight (and LayerNorm's bias) in the input's dtype; eps 1e-5 (LayerNorm), 1e-6 (RMSNorm)",
@@ -81,6 +84,14 @@ def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
         "wall_s": round(time.perf_counter() - started, 1),
     }
     return meta, records
+
+
+def _load_average() -> Optional[float]:
+    """The host's 1-minute load average (runnable processes), where the OS reports one."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def _version(dist: str) -> Optional[str]:
