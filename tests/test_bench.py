@@ -12,7 +12,7 @@ from repro.bench import BACKEND_REGISTRY, Op, Shape, bytes_moved, default_grid, 
 from repro.bench import timing
 from repro.bench.backends import Backend
 from repro.bench.report import RECORD_FIELDS
-from repro.bench.suite import GPU_LARGE_N, run_grid
+from repro.bench.suite import GPU_LARGE_N, GPU_MAIN_N, run_grid
 from repro.bench.timing import QUICK_PLAN, describe_device, make_timer, pool_size, slugify
 from repro.cli.bench import main
 
@@ -63,10 +63,12 @@ def test_cpu_timer_reports_quantiles_in_order():
 
 def test_default_grids():
     gpu = default_grid("cuda", quick=False)
-    assert max(s.N for s in gpu) == 262144 == GPU_LARGE_N[-1]
+    bf16 = [s for s in gpu if s.dtype == "bf16"]
+    assert gpu[:len(bf16)] == bf16                                     # the targets' dtype first
+    assert sorted(s.N for s in bf16) == sorted(GPU_MAIN_N + GPU_LARGE_N)
+    assert all(s.M == 32768 for s in bf16 if s.N in GPU_MAIN_N)
+    assert all(s.M * s.N == 2**28 for s in bf16 if s.N in GPU_LARGE_N)
     assert {s.dtype for s in gpu} == {"bf16", "fp16", "fp32"}
-    assert gpu[0] == Shape(32768, 512, "bf16")                         # targets' grid first
-    assert all(s.M * s.N == 2**28 for s in gpu if s.N in GPU_LARGE_N and s.dtype == "bf16")
     assert {s.dtype for s in default_grid("cuda", quick=False, dtypes=["fp32"])} == {"fp32"}
     cpu = default_grid("cpu", quick=True)
     assert {s.dtype for s in cpu} == {"fp32"} and max(s.M * s.N for s in cpu) <= 2**22
