@@ -174,9 +174,18 @@ def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch)
 def test_real_cifar10_loss_goes_down(tmp_path):
     if not os.path.isdir(SHARED_CIFAR):
         pytest.skip(f"needs {SHARED_CIFAR}")
-    cfg = smoke_config(SHARED_CIFAR, "model.width=8", "model.dropout=0", "data.batch_size=64", "data.val_size=0",
-                       "optim.schedule.name=constant", "trainer.max_steps=40", "trainer.log_every=10",
-                       "trainer.eval_every=40", "data.eval_batch_size=1000")
+    cfg = smoke_config(SHARED_CIFAR, "model.width=8", "model.dropout=0", "data.batch_size=32", "data.val_size=0",
+                       "optim.schedule.name=constant", "trainer.max_steps=120", "trainer.log_every=30",
+                       "trainer.eval_every=120", "data.eval_batch_size=1000")
     train(cfg, tmp_path)
     losses = train_losses(tmp_path)
     assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_vit_trains_through_the_same_trainer(cifar_jpeg, tmp_path):
+    cfg = smoke_config(cifar_jpeg, "task=cifar10_vit", "~model.width", "model.dim=24", "model.depth=2",
+                       "model.heads=3", "norm=prmsnorm", "trainer.max_steps=2", "trainer.eval_every=2")
+    train(cfg, tmp_path)
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert stored["task"] == "cifar10_vit" and stored["status"] == "completed" and stored["partial"] == 0.0625
+    assert read_metrics(tmp_path)[0]["time/norm_fwd_ms"] > 0
