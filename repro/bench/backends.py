@@ -113,6 +113,7 @@ class Backend:
     build: Callable[[Op], Optional[NormFn]]
     ours: bool = False                # our kernels: the column ratios are taken against
     needs: Optional[str] = None       # kernels.BACKENDS entry it needs, if any
+    probe: bool = True                # try a tiny call before the run (see unavailable_reason)
 
     def unavailable_reason(self, device: torch.device) -> Optional[str]:
         """None when the backend runs on `device`, else why not (probed with a tiny call)."""
@@ -120,8 +121,8 @@ class Backend:
             return f"runs on {'/'.join(self.devices)} only, not {device.type}"
         if self.needs is not None and self.needs not in kernels.BACKENDS:
             return f"repro.kernels has no {self.needs!r} backend in this build"
-        if self.name == "compile":
-            return None  # probing would pay the compiler's start-up twice; failures are per case
+        if not self.probe:
+            return None
         try:
             for op in (Op("layer_norm"), Op("rms_norm")):
                 fn = self.build(op)
@@ -144,8 +145,9 @@ BACKEND_REGISTRY: dict[str, Backend] = {
         Backend("eager", "pure-torch reference (repro.kernels backend='torch')",
                 ("cpu", "cuda"), _through_ops("torch")),
         Backend("native", "torch.nn.functional.layer_norm / rms_norm", ("cpu", "cuda"), _build_native),
+        # not probed: a probe would pay the compiler's start-up twice; failures show per case
         Backend("compile", "torch.compile(reference, fullgraph=True, dynamic=False)",
-                ("cpu", "cuda"), _build_compile),
+                ("cpu", "cuda"), _build_compile, probe=False),
         Backend("triton", "our Triton kernels (repro.kernels backend='triton')",
                 ("cuda",), _through_ops("triton"), ours=True, needs="triton"),
         Backend("cpu", "our C++ CPU kernels (repro.kernels backend='cpu')",
