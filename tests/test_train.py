@@ -148,6 +148,20 @@ def test_offline_wandb_run_is_written_next_to_a_complete_run_store(cifar_jpeg, t
     assert read_metrics(tmp_path)[-1]["split"] == "test"
 
 
+def test_failing_wandb_leaves_the_run_and_its_store_complete(cifar_jpeg, tmp_path, monkeypatch):
+    import wandb
+
+    def unreachable(*_args, **_kwargs):
+        raise ConnectionError("W&B is down")
+
+    monkeypatch.setattr(wandb, "init", unreachable)
+    cfg = smoke_config(cifar_jpeg, "logger=wandb", "trainer.max_steps=2", "trainer.eval_every=2")
+    with pytest.warns(UserWarning, match="W&B init failed"):
+        train(cfg, tmp_path)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+    assert [r["split"] for r in read_metrics(tmp_path)] == ["train", "val", "test"]
+
+
 def test_schedules():
     paper = lr_multiplier(name="paper", total_steps=10, decay_start=0.5)
     assert [paper(s) for s in range(11)] == pytest.approx([1, 1, 1, 1, 1, 1, 0.8, 0.6, 0.4, 0.2, 0])

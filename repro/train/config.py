@@ -116,11 +116,15 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
         _bool(cfg, f"{t}.{key}")
     resume = _get(cfg, f"{t}.resume")
     if resume not in (None, "auto", "none") and not os.path.exists(os.path.expanduser(str(resume))):
-        raise ConfigError(f"trainer.resume={resume!r} is not allowed: must be auto, none, or an existing checkpoint or run dir")
+        raise ConfigError(
+            f"trainer.resume={resume!r} is not allowed: must be auto, none, or an existing checkpoint or run dir"
+        )
 
     batch_size = _int(cfg, "data.batch_size", 1)
     if batch_size % world_size:
-        raise ConfigError(f"data.batch_size={batch_size} is not allowed: must be a multiple of trainer.devices={world_size}")
+        raise ConfigError(
+            f"data.batch_size={batch_size} is not allowed: must be a multiple of trainer.devices={world_size}"
+        )
     if "preprocess" in cfg.data:  # the image tasks' data options
         _choice(cfg, "data.preprocess", PREPROCESS)
         _int(cfg, "data.val_size", 0)

@@ -25,7 +25,8 @@ class Dist:
 
 def world_from_env() -> Dist:
     """Rank and world size as torchrun sets them (a plain launch is rank 0 of 1)."""
-    return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0)))
+    env = os.environ
+    return Dist(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
 def init(world: Dist, device: torch.device) -> None:

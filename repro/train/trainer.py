@@ -107,7 +107,8 @@ class Trainer:
         if len(state["rng"]) != self.world.world_size:
             raise ValueError(f"{path} was written by {len(state['rng'])} processes; resume it with as many")
         self.model.load_state_dict(state["model"])
-        self.step, self.epoch, self.position, self.best = state["step"], state["epoch"], state["position"], state["best"]
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.best = state["best"]
         self.interval.load(state["interval"])
         # Optimizer, scheduler and RNG are restored when the loop starts (`_restore`).
         self._resume_state = state
@@ -171,7 +172,7 @@ class Trainer:
                 self._sync()
                 started = time.perf_counter()
             with timer.measure() if sampled else contextlib.nullcontext():
-                self._forward_backward(train_model, micro)
+                self._train_step(train_model, micro)
             if sampled:
                 self._sync()
                 step_ms = (time.perf_counter() - started) * 1e3
@@ -197,7 +198,7 @@ class Trainer:
         bar.close()
         return self._final()
 
-    def _forward_backward(self, model: nn.Module, micro: list) -> None:
+    def _train_step(self, model: nn.Module, micro: list) -> None:
         plain = len(micro) == 1 and not self.world.enabled
         n_local = 0
         for i, batch in enumerate(micro):
