@@ -7,6 +7,7 @@ Where it cannot be built (no C++ compiler, no ninja, ...), `available()` says so
 """
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -28,7 +29,15 @@ _error: Optional[BaseException] = None  # why the build failed, remembered so it
 
 
 def _build():
-    from torch.utils import cpp_extension
+    # importing cpp_extension on a machine without CUDA logs a warning about CUDA_HOME that says
+    # nothing about this CPU build
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        log.setLevel(level)
 
     capability = torch.backends.cpu.get_cpu_capability()
     flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in torch's CPU builds
@@ -80,6 +89,9 @@ def _last_line(e: BaseException) -> str:
     return lines[-1] if lines else repr(e)
 
 
+# torch.compile calls this eagerly and keeps the answer as a constant, rather than tracing
+# into the build (which it cannot)
+@torch.compiler.assume_constant_result
 def available() -> bool:
     """Whether the kernels are built (building them now if not tried yet); warns once on failure."""
     try:
