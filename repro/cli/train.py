@@ -38,7 +38,7 @@ def _run(cfg: DictConfig) -> None:
     sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
     try:
         train(cfg, hydra_cfg.runtime.output_dir, sweep_name=sweep)
-    except ConfigError as error:
+    except (ConfigError, FileNotFoundError) as error:  # bad config or missing data: the message says it all
         sys.exit(f"error: {error}")
 
 

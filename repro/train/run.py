@@ -94,8 +94,10 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         run_dir = Path(dist.broadcast_object(str(Path(run_dir).resolve()), world))
         if cfg.trainer.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            # warn_only: some CUDA backward kernels (max-pool) have no deterministic version.
             torch.use_deterministic_algorithms(True, warn_only=True)
-            torch.backends.cudnn.benchmark = False
+        # Fixed input shapes every step: let cuDNN pick its fastest algorithms unless asked not to.
+        torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
         ckpt.seed_everything(cfg.seed)
 
         task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
