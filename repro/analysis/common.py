@@ -1,0 +1,31 @@
+"""What every analysis shares: a results folder, a figure, a note in Markdown."""
+from __future__ import annotations
+
+import datetime
+import platform
+from pathlib import Path
+
+import torch
+
+
+def pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def write_note(out: Path, name: str, title: str, body: list[str], command: str) -> Path:
+    """results/analysis/<name>.md: what was measured, the numbers, and the command that made it."""
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [f"# {title}", "", *body, "", f"![{name}]({name}.png)", "",
+             f"Made by `{command}` on {stamp} (torch {torch.__version__}, {platform.machine()} CPU)."]
+    path = out / f"{name}.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
+            *["| " + " | ".join(row) + " |" for row in rows]]

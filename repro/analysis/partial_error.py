@@ -1,0 +1,144 @@
+"""The error of pRMSNorm's partial RMS estimate vs k, on real activations of a trained model.
+
+The inputs of every norm layer of a trained run's model are captured on one training batch (rows
+as the layer normalizes them: the last dim, or for conv features each channel's H×W map), and for
+each p the relative error |RMS(x[:k]) − RMS(x)| / RMS(x) is averaged over rows — the prefix the
+layer would use, and, for contrast, a random subset of the same size (features permuted once),
+which shows whether the position of the prefix matters beyond its size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from repro.nn import NormLayer
+from repro.track.drift import norm_rows_layout, row_stats
+
+from .common import md_table, pyplot, write_note
+
+PARTIALS = tuple(2.0 ** -e for e in range(7, 0, -1))  # 1/128 ... 1/2
+
+
+def capture_norm_inputs(model: nn.Module, forward: Callable[[], object], max_rows: int = 4096) -> dict:
+    """{layer name: (rows, N) float32} of each row-normalizing NormLayer's input during `forward()`
+    (the first call of each layer, at most `max_rows` rows)."""
+    captured, handles = {}, []
+    for name, module in model.named_modules():
+        layout = norm_rows_layout(module) if isinstance(module, NormLayer) else None
+        if layout is None:
+            continue
+
+        def hook(module, args, name=name, to_rows=layout[0]):
+            if name not in captured:
+                rows = to_rows(args[0]).detach().float()
+                captured[name] = rows.reshape(-1, rows.shape[-1])[:max_rows].clone()
+        handles.append(module.register_forward_pre_hook(hook))
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return captured
+
+
+def error_curves(rows_by_layer: dict, partials=PARTIALS, seed: int = 0) -> dict:
+    """{layer: {"prefix": [(p, err)], "random subset": [(p, err)]}}; rows with fewer than 1/p
+    features skip that p (k would be 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    curves = {}
+    for name, rows in rows_by_layer.items():
+        shuffled = rows[:, torch.randperm(rows.shape[-1], generator=gen)]
+        usable = [p for p in partials if int(p * rows.shape[-1]) >= 1]
+        curves[name] = {
+            "prefix": [(p, row_stats(rows, p)["partial_rel_err"]) for p in usable],
+            "random subset": [(p, row_stats(shuffled, p)["partial_rel_err"]) for p in usable],
+        }
+    return curves
+
+
+def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str = "last.pt"):
+    """(task, model) of a finished run: its config.yaml rebuilt as repro-train builds it, the
+    checkpoint's weights loaded, the task's data set up on the CPU."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from repro.train import checkpoint as ckpt
+    from repro.train.config import norm_factory
+
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoints" / checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"--run {run_dir}: no checkpoints/{checkpoint} (a finished repro-train run has one)")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    if data_root:
+        cfg.data.root = data_root
+    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
+    model = task.build_model(norm_factory(cfg.norm))
+    model.load_state_dict(ckpt.load(path)["model"])
+    model.eval()
+    task.setup(torch.device("cpu"))
+    return task, model, cfg
+
+
+def run(out: Path, run_dir: Path, data_root: Optional[str] = None,
+        command: str = "repro-tables analyze partial-error") -> dict:
+    task, model, cfg = load_trained(run_dir, data_root)
+    batch = next(iter(task.train_batches().iter_epoch(0)))
+    rows = capture_norm_inputs(model, lambda: task.loss(model, batch))
+    if not rows:
+        raise ValueError(f"--run {run_dir}: the model ({cfg.norm.name}) has no row-normalizing norm layers")
+    curves = error_curves(rows)
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for kind, color in (("prefix", "C3"), ("random subset", "C0")):
+        per_layer = [dict(c[kind]) for c in curves.values()]
+        for i, layer in enumerate(per_layer):
+            ax.plot(list(layer), list(layer.values()), color=color, alpha=0.25, lw=0.8)
+        ps = sorted(set.intersection(*(set(layer) for layer in per_layer)))
+        mean = [sum(layer[p] for layer in per_layer) / len(per_layer) for p in ps]
+        ax.plot(ps, mean, color=color, lw=2.2, marker="o", ms=4, label=f"{kind}: mean over {len(per_layer)} layers")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set(xlabel="p (share of features in the statistic)", ylabel="relative error of the partial RMS",
+           title=f"Partial RMS error on {cfg.task.name} activations ({cfg.norm.name} model, step "
+                 f"{_trained_steps(run_dir)})")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out / "partial_error.png", dpi=110)
+    plt.close(fig)
+
+    shown = [p for p in (0.0625, 0.125, 0.25) if p in PARTIALS]
+    header = ["layer", "N", *[f"prefix p={p * 100:g}%" for p in shown], *[f"random p={p * 100:g}%" for p in shown]]
+    table = []
+    for name, c in curves.items():
+        prefix, rand = dict(c["prefix"]), dict(c["random subset"])
+        table.append([f"`{name}`", str(rows[name].shape[-1]),
+                      *[f"{prefix[p]:.3f}" if p in prefix else "n/a" for p in shown],
+                      *[f"{rand[p]:.3f}" if p in rand else "n/a" for p in shown]])
+    body = [
+        f"Inputs of every norm layer of the trained model in `{run_dir}` ({cfg.task.name}, norm "
+        f"{cfg.norm.name}), captured on one training batch (rows as each layer normalizes them, at most "
+        "4096 per layer). Relative error |RMS(x[:k]) − RMS(x)| / RMS(x), mean over rows, for the prefix "
+        "pRMSNorm uses and for a random subset of the same size:", "",
+        *md_table(header, table), "",
+        "Where the prefix error exceeds the random-subset error, the features at the start of the "
+        "row are not representative of the whole (for conv features the prefix is the top rows of "
+        "the image).",
+    ]
+    write_note(out, "partial_error", "Error of the partial RMS estimate vs k, on real activations", body,
+               f"{command} --run {run_dir}")
+    return {"curves": curves, "layers": {name: tuple(r.shape) for name, r in rows.items()}}
+
+
+def _trained_steps(run_dir: Path) -> str:
+    import json
+
+    summary = Path(run_dir) / "summary.json"
+    return str(json.loads(summary.read_text()).get("step", "?")) if summary.exists() else "?"

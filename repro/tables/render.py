@@ -1,0 +1,381 @@
+"""Table 4 (translation) and Table 10 (CIFAR-10) from collected runs: Markdown, CSV and LaTeX.
+
+Runs are grouped by (task, norm, partial); each cell is mean ± sample std over the group's seeds,
+with the seed count shown. A cell no run measured says "missing": nothing is filled in. The
+paper's published numbers are printed beside each table, and one verdict line per claim says
+whether quality was kept (|Δ| ≤ 0.5 BLEU / error points) and how much speed was gained.
+
+Timing: `time/step_ms` is ms per optimizer step, which is numerically seconds per 1k steps (the
+unit of the paper's Table 4). It is the mean over the logged intervals *after the first*, since
+the first interval carries one-off costs (allocator warm-up, cuDNN autotuning, compilation); a
+run with a single interval uses its summary value.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from .collect import Run, Stat, group_runs
+from .paper import TABLE4, TABLE10, PaperTable
+
+QUALITY_TOLERANCE = 0.5  # BLEU points / error points: the paper's "comparable quality"
+MISSING = "missing"
+NORM_ORDER = ("none", "batchnorm", "weightnorm", "l2norm", "layernorm", "rmsnorm", "prmsnorm")
+NORM_LABELS = {"none": "None", "batchnorm": "BatchNorm", "weightnorm": "WeightNorm", "l2norm": "L2-Norm",
+               "layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "prmsnorm": "pRMSNorm"}
+CIFAR10_TRAIN_IMAGES = 50_000
+
+
+def norm_label(norm: str, partial: Optional[float]) -> str:
+    label = NORM_LABELS.get(norm, norm)
+    return f"{label} (p={partial * 100:g}%)" if partial is not None else label
+
+
+# ------------------------------------------------------------------------ per-run measures
+def step_ms(run: Run) -> Optional[float]:
+    values = [v for _, v in run.series("time/step_ms", "train")]
+    if len(values) >= 2:
+        return sum(values[1:]) / len(values[1:])
+    return values[0] if values else run.summary.get("time/step_ms")
+
+
+def norm_ms(run: Run) -> Optional[float]:
+    """Forward + backward time of all norm layers per sampled step (ms), mean over samples."""
+    rows = [r for r in run.rows if r.get("split") == "train"
+            and r.get("time/norm_fwd_ms") is not None and r.get("time/norm_bwd_ms") is not None]
+    return sum(r["time/norm_fwd_ms"] + r["time/norm_bwd_ms"] for r in rows) / len(rows) if rows else None
+
+
+def norm_share(run: Run) -> Optional[float]:
+    values = [v for _, v in run.series("time/norm_share", "train")]
+    return sum(values) / len(values) if values else run.summary.get("time/norm_share")
+
+
+def steps_per_epoch(run: Run) -> Optional[int]:
+    """The trainer's own count when its summary has it; else a CIFAR-10 epoch of the 50k training
+    images less the validation hold-out, at the configured batch size (full batches only)."""
+    if run.summary.get("steps_per_epoch"):
+        return int(run.summary["steps_per_epoch"])
+    data = run.config.get("data") or {}
+    if not run.task.startswith("cifar10") or not data.get("batch_size"):
+        return None
+    return (CIFAR10_TRAIN_IMAGES - int(data.get("val_size") or 0)) // int(data["batch_size"])
+
+
+def epoch_s(run: Run) -> Optional[float]:
+    ms, steps = step_ms(run), steps_per_epoch(run)
+    return ms * steps / 1e3 if ms is not None and steps else None
+
+
+def test_error(run: Run) -> Optional[float]:
+    acc = run.summary.get("test/acc")
+    return None if acc is None else 100.0 * (1.0 - acc)
+
+
+def test_sets(runs: list[Run]) -> list[str]:
+    """Test-set names of translation runs (`test/<name>/bleu`), in first-seen order; "test" for
+    runs that only have the headline `test/bleu`."""
+    names: dict[str, None] = {}
+    for run in runs:
+        for key in run.summary:
+            m = re.fullmatch(r"test/(.+)/bleu", key)
+            if m:
+                names[m.group(1)] = None
+    if not names and any("test/bleu" in run.summary for run in runs):
+        names["test"] = None
+    return list(names)
+
+
+def bleu_of(name: str, tokenized: bool) -> Callable[[Run], Optional[float]]:
+    suffix = "bleu_tok" if tokenized else "bleu"
+
+    def value(run: Run) -> Optional[float]:
+        return run.summary.get(f"test/{suffix}" if name == "test" else f"test/{name}/{suffix}")
+    return value
+
+
+# ---------------------------------------------------------------------------------- tables
+@dataclass
+class Column:
+    key: str
+    header: str
+    measure: Callable[[Run], Optional[float]]
+    digits: int
+
+
+@dataclass
+class Row:
+    task: str
+    norm: str
+    partial: Optional[float]
+    runs: list
+    cells: dict  # column key -> Stat
+
+    @property
+    def label(self) -> str:
+        return norm_label(self.norm, self.partial)
+
+
+@dataclass
+class Table:
+    key: str          # output file stem
+    title: str
+    columns: list
+    rows: list
+    quality: list     # column keys the quality verdict is judged on
+    time_key: str     # the column whose ratio to LayerNorm is the speedup
+    paper: PaperTable
+    notes: list
+
+
+def _row_order(row: Row) -> tuple:
+    rank = NORM_ORDER.index(row.norm) if row.norm in NORM_ORDER else len(NORM_ORDER)
+    return (row.task, rank, row.norm, row.partial or 0.0)
+
+
+def build_table(key: str, title: str, runs: list[Run], columns: list[Column], quality: list[str],
+                time_key: str, paper: PaperTable) -> Table:
+    completed = [r for r in runs if r.status == "completed"]
+    notes = [f"excluded, not completed: {r.path} (status {r.status})" for r in runs if r.status != "completed"]
+    rows = []
+    for (task, norm, partial), group in group_runs(completed).items():
+        cells = {}
+        for col in columns:
+            values = [col.measure(r) for r in group]
+            cells[col.key] = Stat([v for v in values if v is not None and math.isfinite(v)])
+        rows.append(Row(task, norm, partial, group, cells))
+    rows.sort(key=_row_order)
+    return Table(key, title, columns, rows, quality, time_key, paper, notes)
+
+
+def table4(runs: list[Run]) -> Table:
+    """Translation runs: those with BLEU in their summary."""
+    runs = [r for r in runs if any(k.startswith("test/") and "bleu" in k for k in r.summary)]
+    columns = []
+    for name in test_sets(runs):
+        columns += [Column(f"{name}/bleu", f"{name} sacreBLEU", bleu_of(name, False), 2),
+                    Column(f"{name}/bleu_tok", f"{name} BLEU (tok)", bleu_of(name, True), 2)]
+    columns += [Column("time", "s / 1k steps", step_ms, 1),
+                Column("norm_ms", "norm ms / step", norm_ms, 2),
+                Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
+    quality = [c.key for c in columns if c.key.endswith("/bleu_tok")]
+    return build_table("table4_transformer", "Table 4: Transformer translation", runs, columns, quality,
+                       "time", TABLE4)
+
+
+def table10(runs: list[Run]) -> Table:
+    """ConvPool-CNN-C on CIFAR-10 (task cifar10_cnn)."""
+    runs = [r for r in runs if r.task == "cifar10_cnn"]
+    columns = [Column("error", "test error %", test_error, 2),
+               Column("time", "s / epoch", epoch_s, 1),
+               Column("step_ms", "ms / step", step_ms, 1),
+               Column("norm_ms", "norm ms / step", norm_ms, 2),
+               Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
+    return build_table("table10_cifar10", "Table 10: ConvPool-CNN-C on CIFAR-10", runs, columns, ["error"],
+                       "time", TABLE10)
+
+
+def _percent(value: Optional[float]) -> Optional[float]:
+    return None if value is None else 100.0 * value
+
+
+# -------------------------------------------------------------------------------- verdicts
+def _baseline(table: Table, row: Row) -> Optional[Row]:
+    return next((r for r in table.rows if r.task == row.task and r.norm == "layernorm"), None)
+
+
+def quality_verdict(name: str, ours: Stat, base: Stat, higher_is_better: bool) -> str:
+    """|Δ| ≤ 0.5 is "kept"; whether the seeds can tell: with two standard errors of the
+    difference (Welch) inside the tolerance the call is firm, straddling it undecided."""
+    if not ours.n or not base.n:
+        return f"{name}: {MISSING} (runs: {ours.n} vs LayerNorm {base.n})"
+    delta = ours.mean - base.mean
+    better = delta > 0 if higher_is_better else delta < 0
+    text = f"{name}: Δ = {delta:+.2f} ({'better' if better else 'worse'} than LayerNorm)"
+    if ours.std is None or base.std is None:
+        kept = abs(delta) <= QUALITY_TOLERANCE
+        return (f"{text} -> {'kept' if kept else 'NOT kept'} at |Δ| ≤ {QUALITY_TOLERANCE}, but with "
+                f"{ours.n} vs {base.n} seed(s) the spread is unknown: not a firm call")
+    margin = 2 * math.sqrt(ours.std ** 2 / ours.n + base.std ** 2 / base.n)
+    if abs(delta) + margin <= QUALITY_TOLERANCE:
+        call = "kept (firm: |Δ| + 2·SE within tolerance)"
+    elif abs(delta) - margin > QUALITY_TOLERANCE:
+        call = "NOT kept (firm: |Δ| − 2·SE beyond tolerance)"
+    elif not better and abs(delta) > QUALITY_TOLERANCE:
+        call = "NOT kept, but within seed noise"
+    else:
+        call = "kept, but within seed noise" if abs(delta) <= QUALITY_TOLERANCE else "undecided"
+    return f"{text}, 2·SE = {margin:.2f} over {ours.n}+{base.n} seeds -> {call}"
+
+
+def _hardware(runs: list[Run]) -> str:
+    devices = sorted({str((r.summary.get("environment") or {}).get("device") or "unknown device") for r in runs})
+    backends = sorted({str((r.config.get("norm") or {}).get("backend") or "?") for r in runs})
+    return f"{' / '.join(devices)}, backend {'/'.join(backends)}"
+
+
+def verdicts(table: Table) -> list[str]:
+    lines = []
+    higher_is_better = table.key.startswith("table4")
+    for row in table.rows:
+        base = _baseline(table, row)
+        if row.norm not in ("rmsnorm", "prmsnorm"):  # the paper's claims are about these two
+            continue
+        prefix = f"{row.task} {row.label} vs LayerNorm"
+        if base is None:
+            lines.append(f"{prefix}: no LayerNorm runs to compare with ({MISSING})")
+            continue
+        for key in table.quality:
+            header = next(c.header for c in table.columns if c.key == key)
+            lines.append(f"quality, {prefix}, " + quality_verdict(header, row.cells[key], base.cells[key],
+                                                                 higher_is_better))
+        speed = []
+        for key, what in ((table.time_key, "step time"), ("norm_ms", "norm time")):
+            ours, theirs = row.cells[key], base.cells[key]
+            speed.append(f"{what} {theirs.mean / ours.mean:.2f}x" if ours.n and theirs.n and ours.mean
+                         else f"{what} {MISSING}")
+        published = paper_speedup(table.paper, row.norm)
+        published = f"; paper: {published:.2f}x on {table.paper.hardware}" if published else ""
+        lines.append(f"speed, {prefix}: LayerNorm/{row.label} = {', '.join(speed)} "
+                     f"(>1: faster than LayerNorm; {_hardware(row.runs + base.runs)}{published})")
+    return lines
+
+
+def speedup(table: Table, row: Row) -> Optional[float]:
+    base = _baseline(table, row)
+    if base is None:
+        return None
+    ours, theirs = row.cells[table.time_key], base.cells[table.time_key]
+    return theirs.mean / ours.mean if ours.n and theirs.n and ours.mean else None
+
+
+# ------------------------------------------------------------------------------- rendering
+def _fmt(stat: Stat, digits: int, group_size: int, pm: str = "±") -> str:
+    if not stat.n:
+        return MISSING
+    text = f"{stat.mean:.{digits}f}"
+    if stat.std is not None:
+        text += f" {pm} {stat.std:.{digits}f}"
+    # The seed count of a cell is shown where it differs from the row's.
+    return text + (f" (n={stat.n})" if stat.n != group_size else "")
+
+
+def _budget(runs: list[Run]) -> str:
+    steps = sorted({r.summary.get("step") for r in runs if r.summary.get("step") is not None})
+    return "/".join(str(s) for s in steps) or "?"
+
+
+def _grid(table: Table, pm: str = "±") -> tuple[list[str], list[list[str]]]:
+    multi_task = len({r.task for r in table.rows}) > 1
+    header = (["task"] if multi_task else []) + ["norm", "seeds", "steps"] + [c.header for c in table.columns] + ["speedup vs LN"]
+    body = []
+    for row in table.rows:
+        ratio = speedup(table, row)
+        body.append(([row.task] if multi_task else []) + [row.label, str(len(row.runs)), _budget(row.runs)]
+                    + [_fmt(row.cells[c.key], c.digits, len(row.runs), pm) for c in table.columns]
+                    + [f"{ratio:.2f}x" if ratio else MISSING])
+    return header, body
+
+
+def _paper_grid(paper: PaperTable) -> tuple[list[str], list[list[str]]]:
+    header = ["norm"] + list(paper.columns.values())
+    body = [[norm_label(r.norm, r.partial)] + [_paper_cell(r.values.get(k)) for k in paper.columns]
+            for r in paper.rows]
+    return header, body
+
+
+def _paper_cell(value) -> str:
+    if value is None:
+        return MISSING
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def paper_speedup(paper: PaperTable, norm: str) -> Optional[float]:
+    ours, base = paper.row(norm), paper.row("layernorm")
+    if ours is None or base is None:
+        return None
+    return base.values["time"] / ours.values["time"]
+
+
+def _md_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+
+
+def _hardware_lines(table: Table) -> list[str]:
+    return [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows]
+
+
+def to_markdown(table: Table) -> str:
+    parts = [f"# {table.title} (regenerated)", ""]
+    if table.rows:
+        parts += [_md_table(*_grid(table)), "",
+                  "Cells: mean ± sample std over seeds (n = cells with fewer runs than the row); "
+                  f"`{MISSING}`: no run measured it. steps: optimizer steps each run trained (the budget, "
+                  "not the paper's schedule unless it says so). Time columns exclude the first logged "
+                  "interval (warm-up)." + (" s / epoch = ms/step × steps per epoch." if table.key.startswith("table10") else
+                                           " s / 1k steps = ms per step."), "",
+                  "Measured on:", *_hardware_lines(table), "", "## Verdicts", "",
+                  *([f"- {line}" for line in verdicts(table)] or ["- none: no RMSNorm/pRMSNorm runs"])]
+    else:
+        parts += ["No runs found for this table: every cell is missing."]
+    if table.notes:
+        parts += ["", "## Runs left out", "", *[f"- {note}" for note in table.notes]]
+    p = table.paper
+    parts += ["", f"## Published ({p.name}): {p.setup}, timed on {p.hardware}", "",
+              _md_table(*_paper_grid(p)), "", f"Source: {p.source}."]
+    return "\n".join(parts) + "\n"
+
+
+def to_csv(table: Table) -> str:
+    """One line per group; per column its mean, std and count, so other tools need not parse ±."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    fields = []
+    for c in table.columns:
+        fields += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n"]
+    writer.writerow(["task", "norm", "partial", "runs", "steps", *fields, "speedup_vs_layernorm"])
+    for row in table.rows:
+        values = []
+        for c in table.columns:
+            s = row.cells[c.key]
+            values += [_num(s.mean), _num(s.std), s.n]
+        writer.writerow([row.task, row.norm, _num(row.partial), len(row.runs), _budget(row.runs), *values,
+                         _num(speedup(table, row))])
+    return out.getvalue()
+
+
+def _num(value: Optional[float]) -> str:
+    return "" if value is None else repr(float(value))
+
+
+def _tex_escape(text: str) -> str:
+    return re.sub(r"([%&_#$])", r"\\\1", text)
+
+
+def to_latex(table: Table) -> str:
+    # ± goes in as a placeholder so escaping the cells leaves the math macro intact.
+    header, body = _grid(table, pm="\x00")
+    n_text = len(header) - len(table.columns) - 1
+    lines = [f"% {table.title} (regenerated by repro-tables); published: {table.paper.source}",
+             "\\begin{tabular}{" + "l" * n_text + "r" * (len(table.columns) + 1) + "}",
+             "\\toprule", " & ".join(_tex_escape(h) for h in header) + " \\\\", "\\midrule"]
+    lines += [" & ".join(_tex_escape(c).replace("\x00", "$\\pm$") for c in row) + " \\\\" for row in body]
+    return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
+
+
+def write_tables(runs: list[Run], out: Path) -> list[Path]:
+    out = Path(out) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for table in (table4(runs), table10(runs)):
+        for ext, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
+            path = out / f"{table.key}.{ext}"
+            path.write_text(render(table))
+            paths.append(path)
+    return paths

@@ -1,0 +1,140 @@
+"""The analyses on small inputs, their numbers checked on constructed cases (a known shift, a known
+control-bit layout); tables and the partial-RMS analysis from real short repro-train runs."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from repro.analysis import control_bits, invariance, partial_error
+from repro.analysis.cli import run_analyze
+from repro.nn import LayerNorm, RMSNorm, build_norm
+from repro.tables import collect_local, table10
+from repro.tables.render import write_tables
+from train_helpers import cifar_jpeg, one_thread, smoke_config  # noqa: F401
+
+
+@pytest.mark.parametrize("shift", [0.1, 1.0, 3.0])
+def test_shift_moves_rmsnorm_by_the_predicted_amount_and_not_layernorm(shift):
+    # zero-mean rows of RMS 1; every summed input shifted by c
+    a = torch.tensor([1.0, -1.0], dtype=torch.float64).repeat(8, 32)
+    for norm, expected in (("LayerNorm", 0.0), ("RMSNorm", math.sqrt(2 - 2 / math.sqrt(1 + shift ** 2)))):
+        layer = invariance.norms(64)[norm]
+        change = invariance.relative_change(layer(a), layer(a + shift))
+        assert change == pytest.approx(expected, abs=1e-6), norm
+
+
+def test_invariance_measurement():
+    results = invariance.measure(rows=32, d_in=32, dim=64)
+    for case, per_norm in results.items():
+        ln, rms = dict(per_norm["LayerNorm"]), dict(per_norm["RMSNorm"])
+        if "re-scaling" in case:
+            # invariant up to eps/(2 ms) for unit-scale inputs; eps dominates tiny inputs
+            assert max(ln[s] for s in ln if s >= 1) < 2e-5 and max(rms[s] for s in rms if s >= 1) < 2e-6
+            assert ln[1e-4] > 0.5 and rms[1e-4] > 0.5
+        else:
+            assert max(ln.values()) < 1e-12
+            assert min(rms.values()) > 5e-3 and rms[1.0] > 0.5
+
+
+def test_control_bit_errors_match_the_closed_form():
+    n, m, a = 64, 4, 8.0
+    full = math.sqrt((n - m + m * a * a) / n)
+    for p in (0.125, 0.25, 0.5):
+        k = int(p * n)
+        tail = control_bits.control_bit_rows(3, n, m, a, "tail", background="ones")
+        assert control_bits.partial_error(tail, p) == pytest.approx(abs(1 - full) / full, rel=1e-6)
+        head = control_bits.control_bit_rows(3, n, m, a, "head", background="ones")
+        assert control_bits.partial_error(head, p) == pytest.approx(
+            abs(math.sqrt((k - m + m * a * a) / k) - full) / full, rel=1e-6)
+    rows = control_bits.control_bit_rows(5, n, m, a, "random", background="ones")
+    assert ((rows.abs() == a).sum(-1) == m).all()  # m control features in every row
+    with pytest.raises(ValueError, match="layout must be one of"):
+        control_bits.control_bit_rows(1, n, m, a, "middle")
+
+
+def test_analysis_commands_write_figures_and_notes(tmp_path):
+    assert run_analyze(["all", "--out", str(tmp_path)]) == 0
+    for name in ("invariance", "control_bits"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"![{name}]({name}.png)" in (tmp_path / f"{name}.md").read_text()
+    note = (tmp_path / "control_bits.md").read_text()
+    assert "| 100% | 0.000 | 0.000 | 0.000 | 0.000 |" in note  # p = 1 is RMSNorm: no error
+    assert not (tmp_path / "partial_error.md").exists()  # needs --run
+
+
+def test_partial_error_curves_on_constructed_rows():
+    rows = torch.ones(4, 64)
+    rows[:, :8] = 4.0  # the prefix holds the large features
+    curves = partial_error.error_curves({"layer": rows}, partials=(0.125, 0.5))["layer"]
+    full = math.sqrt((8 * 16 + 56) / 64)
+    assert dict(curves["prefix"])[0.125] == pytest.approx((4 - full) / full, rel=1e-6)
+    assert dict(curves["random subset"])[0.125] < dict(curves["prefix"])[0.125]
+    short = partial_error.error_curves({"tiny": torch.ones(2, 4)}, partials=(0.125, 0.5))["tiny"]
+    assert [p for p, _ in short["prefix"]] == [0.5]  # k = 0 is skipped
+
+
+def test_capture_reads_norm_inputs_as_rows():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), build_norm("rmsnorm", 4, conv=True),
+                          nn.Flatten(), nn.Linear(4 * 25, 8), LayerNorm(8), RMSNorm(8, partial=0.5))
+    x = torch.randn(2, 3, 5, 5)
+    captured = partial_error.capture_norm_inputs(model, lambda: model(x))
+    assert set(captured) == {"1", "4", "5"}
+    assert captured["1"].shape == (2 * 4, 25)  # a row per sample and channel, over H*W
+    torch.testing.assert_close(captured["1"], model[0](x).detach().reshape(8, 25))
+    assert captured["4"].shape == captured["5"].shape == (2, 8)
+
+
+@pytest.fixture(scope="module")
+def real_runs(tmp_path_factory, cifar_jpeg):  # noqa: F811
+    """Three short repro-train runs on the CIFAR fixture: LayerNorm and pRMSNorm seeds 1 and 2."""
+    from repro.train import train
+
+    root = tmp_path_factory.mktemp("real_runs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the CPUs are shared: one thread avoids oversubscription stalls
+    try:
+        for norm, seed in (("layernorm", 1), ("prmsnorm", 1), ("prmsnorm", 2)):
+            cfg = smoke_config(cifar_jpeg, f"norm={norm}", f"seed={seed}", "trainer.max_steps=4",
+                               "trainer.eval_every=4", "trainer.log_every=2", "trainer.norm_timing_every=2")
+            train(cfg, root / f"{norm}_{seed}")
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def test_tables_from_real_runs_match_their_files(real_runs, tmp_path):
+    runs = collect_local([real_runs])
+    assert {(r.norm, r.seed, r.status) for r in runs} == {("layernorm", 1, "completed"), ("prmsnorm", 1, "completed"),
+                                                         ("prmsnorm", 2, "completed")}
+    row = next(r for r in table10(runs).rows if r.norm == "prmsnorm")
+    assert row.partial == 0.0625 and len(row.runs) == 2
+    errors = [100 * (1 - json.loads((real_runs / f"prmsnorm_{s}" / "summary.json").read_text())["test/acc"])
+              for s in (1, 2)]
+    assert row.cells["error"].mean == pytest.approx(sum(errors) / 2)
+    step_ms = []
+    for s in (1, 2):
+        lines = (real_runs / f"prmsnorm_{s}" / "metrics.jsonl").read_text().splitlines()
+        train_rows = [json.loads(line) for line in lines if '"split": "train"' in line]
+        assert len(train_rows) == 2
+        step_ms.append(train_rows[1]["time/step_ms"])  # the first interval is warm-up
+    assert row.cells["step_ms"].mean == pytest.approx(sum(step_ms) / 2)
+    assert row.cells["norm_ms"].n == 2 and row.cells["norm_ms"].mean > 0
+    paths = write_tables(runs, tmp_path)
+    md = next(p for p in paths if p.name == "table10_cifar10.md").read_text()
+    assert "| pRMSNorm (p=6.25%) | 2 | 4 |" in md and "| LayerNorm | 1 | 4 |" in md
+
+
+def test_partial_error_on_a_trained_model(real_runs, tmp_path):
+    result = partial_error.run(tmp_path, real_runs / "prmsnorm_1")
+    assert len(result["layers"]) == 9  # ConvPool-CNN-C has 9 conv layers, each with its norm
+    for curves in result["curves"].values():
+        assert all(0 <= err < 10 and math.isfinite(err) for _, err in curves["prefix"])
+    note = (tmp_path / "partial_error.md").read_text()
+    assert "prmsnorm_1" in note and "| `features.1` |" in note
+    assert (tmp_path / "partial_error.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(FileNotFoundError, match="no checkpoints/last.pt"):
+        partial_error.run(tmp_path, tmp_path)

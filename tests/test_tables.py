@@ -1,0 +1,287 @@
+"""repro-tables on run trees written by the run store itself: every number checked against the run
+files (mean, sample std, seed counts, ratios), missing and partial sweeps rendered as such, W&B runs
+through a stand-in of the public API (no network) into the cache and back offline, the CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from repro.cli.tables import main
+from repro.tables import collect_local, dedupe, fetch_wandb, table4, table10, verdicts
+from repro.tables.collect import history_to_rows
+from repro.tables.render import to_csv, to_latex, to_markdown, write_tables
+from repro.track import RunStore
+
+
+def write_run(root: Path, name: str, *, task: str, norm: str, seed: int, partial=None, status="completed",
+              step_ms=(120.0, 50.0, 52.0), norm_ms=(3.0, 5.0), test: dict = None, val=(), batch_size=100,
+              val_size=5000, steps=30, wandb_id=None) -> Path:
+    """A run directory as repro.train.run writes it: config.yaml, metrics.jsonl, summary.json."""
+    run_dir = root / name
+    store = RunStore(run_dir)
+    store.write_config({
+        "seed": seed, "task": {"name": task}, "data": {"batch_size": batch_size, "val_size": val_size},
+        "norm": {"name": norm, "partial": partial if partial is not None else 0.0625, "backend": "auto"},
+    })
+    for i, ms in enumerate(step_ms):
+        store.log(10 * (i + 1), "train", {
+            "train/loss": 2.0 / (i + 1) + seed * 0.01, "time/step_ms": ms, "time/norm_fwd_ms": norm_ms[0],
+            "time/norm_bwd_ms": norm_ms[1], "time/norm_share": sum(norm_ms) / ms, "throughput/images_per_s": 1e3,
+        })
+    for step, metrics in val:
+        store.log(step, "val", metrics)
+    store.update_summary(status="running", task=task, norm=norm, partial=partial if norm == "prmsnorm" else None,
+                         seed=seed, environment={"device": "test-cpu", "torch": "x"})
+    store.update_summary(step=steps, status=status, **(test or {}), **{"time/step_ms": sum(step_ms) / len(step_ms)})
+    store.close()
+    if wandb_id:
+        (run_dir / "wandb_id.txt").write_text(wandb_id + "\n")
+    return run_dir
+
+
+def read_csv(path: Path) -> dict:
+    return {(r["norm"], r["partial"]): r for r in csv.DictReader(path.open())}
+
+
+@pytest.fixture
+def cifar_tree(tmp_path) -> Path:
+    root = tmp_path / "multirun"
+    accs = {"layernorm": [0.90, 0.88, 0.89], "rmsnorm": [0.91, 0.905], "prmsnorm": [0.87]}
+    for norm, values in accs.items():
+        for seed, acc in enumerate(values, 1):
+            write_run(root, f"{norm}_{seed}", task="cifar10_cnn", norm=norm, seed=seed,
+                      partial=0.125 if norm == "prmsnorm" else None, test={"test/acc": acc},
+                      step_ms=(500.0, 60.0 + seed, 62.0) if norm == "layernorm" else (400.0, 50.0 + seed, 49.0),
+                      norm_ms=(4.0, 6.0) if norm == "layernorm" else (2.0, 3.0),
+                      val=[(15, {"val/acc": acc - 0.1, "val/loss": 1.0}), (30, {"val/acc": acc, "val/loss": 0.5})])
+    write_run(root, "rmsnorm_crashed", task="cifar10_cnn", norm="rmsnorm", seed=9, status="failed")
+    write_run(root, "vit_1", task="cifar10_vit", norm="rmsnorm", seed=1, test={"test/acc": 0.7})
+    return root
+
+
+def test_table10_numbers_match_the_run_files(cifar_tree, tmp_path):
+    runs = collect_local([cifar_tree])
+    assert len(runs) == 8
+    table = table10(runs)
+    by_norm = {row.norm: row for row in table.rows}
+    assert list(by_norm) == ["layernorm", "rmsnorm", "prmsnorm"]  # the ViT run is not Table 10's
+
+    # recompute from the files: summary test/acc, metrics.jsonl step times after the first interval
+    def from_files(norm):
+        errors, step_times = [], []
+        for run_dir in sorted(cifar_tree.glob(f"{norm}_[0-9]")):
+            errors.append(100 * (1 - json.loads((run_dir / "summary.json").read_text())["test/acc"]))
+            rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            times = [r["time/step_ms"] for r in rows if r["split"] == "train"][1:]
+            step_times.append(sum(times) / len(times))
+        return errors, step_times
+
+    for norm, row in by_norm.items():
+        errors, step_times = from_files(norm)
+        assert row.cells["error"].n == len(errors) == len(row.runs)
+        assert row.cells["error"].mean == pytest.approx(statistics.fmean(errors))
+        assert row.cells["step_ms"].mean == pytest.approx(statistics.fmean(step_times))
+        # 45k training images at batch 100: 450 steps per epoch
+        assert row.cells["time"].mean == pytest.approx(statistics.fmean(step_times) * 450 / 1e3)
+        if len(errors) > 1:
+            assert row.cells["error"].std == pytest.approx(statistics.stdev(errors))
+        else:
+            assert row.cells["error"].std is None
+    assert "rmsnorm_crashed" in " ".join(table.notes)
+
+    write_tables(runs, tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "tables" / "table10_cifar10.csv")
+    ln_time = statistics.fmean(from_files("layernorm")[1])
+    rms_time = statistics.fmean(from_files("rmsnorm")[1])
+    assert float(rows[("rmsnorm", "")]["speedup_vs_layernorm"]) == pytest.approx(ln_time / rms_time)
+    assert rows[("prmsnorm", "0.125")]["error_n"] == "1" and rows[("prmsnorm", "0.125")]["error_std"] == ""
+    assert float(rows[("layernorm", "")]["norm_ms_mean"]) == pytest.approx(10.0)
+
+
+def test_markdown_shows_seeds_spread_verdicts_and_the_paper(cifar_tree):
+    table = table10(collect_local([cifar_tree]))
+    md = to_markdown(table)
+    assert "| RMSNorm | 2 | 30 | 9.25 ± 0.35 |" in md  # errors 9.0 and 9.5
+    assert "| pRMSNorm (p=12.5%) | 1 | 30 | 13.00 |" in md  # one seed: no spread shown
+    assert "10.49" in md and "GeForce RTX 2080 Ti" in md and "Table 10" in md  # the published numbers
+    lines = verdicts(table)
+    rms_quality = next(line for line in lines if line.startswith("quality") and "RMSNorm vs" in line
+                       and "pRMS" not in line)
+    # Δ = 9.25 - 11.0 = -1.75: better than LayerNorm by more than the tolerance
+    assert "Δ = -1.75" in rms_quality and "better" in rms_quality
+    prms_quality = next(line for line in lines if line.startswith("quality") and "pRMSNorm" in line)
+    assert "spread is unknown" in prms_quality  # one seed cannot make a firm call
+    speed = next(line for line in lines if line.startswith("speed") and "RMSNorm vs" in line and "pRMS" not in line)
+    assert "norm time 2.00x" in speed and "test-cpu" in speed and "paper: 1.26x" in speed
+
+
+def test_firm_and_undecided_quality_calls():
+    from repro.tables.collect import Stat
+    from repro.tables.render import quality_verdict
+
+    firm = quality_verdict("err", Stat([10.0, 10.1, 10.2]), Stat([10.1, 10.2, 10.0]), higher_is_better=False)
+    assert "kept (firm" in firm
+    noisy = quality_verdict("err", Stat([10.0, 11.0, 9.0]), Stat([10.1, 10.2, 10.0]), higher_is_better=False)
+    assert "within seed noise" in noisy
+    lost = quality_verdict("bleu", Stat([20.0, 20.1, 19.9]), Stat([25.0, 25.1, 24.9]), higher_is_better=True)
+    assert "NOT kept (firm" in lost and "worse" in lost
+    assert "missing" in quality_verdict("bleu", Stat([]), Stat([1.0]), higher_is_better=True)
+
+
+def test_table4_per_test_set_and_missing_cells(tmp_path):
+    root = tmp_path / "runs"
+    bleu = {"layernorm": [(30.0, 31.0), (30.4, 31.2)], "rmsnorm": [(30.3, 31.5)], "prmsnorm": [(29.0, None)]}
+    for norm, per_seed in bleu.items():
+        for seed, (b16, b17) in enumerate(per_seed, 1):
+            test = {"test/bleu": b16 - 1, "test/bleu_tok": b16, "test/test2016/bleu": b16 - 1,
+                    "test/test2016/bleu_tok": b16}
+            if b17 is not None:
+                test.update({"test/test2017/bleu": b17 - 1, "test/test2017/bleu_tok": b17})
+            write_run(root, f"{norm}{seed}", task="multi30k_transformer", norm=norm, seed=seed, test=test,
+                      partial=0.0625 if norm == "prmsnorm" else None, step_ms=(900.0, 100.0, 100.0))
+    table = table4(collect_local([root]))
+    headers = [c.header for c in table.columns]
+    assert headers[:4] == ["test2016 sacreBLEU", "test2016 BLEU (tok)", "test2017 sacreBLEU", "test2017 BLEU (tok)"]
+    md = to_markdown(table)
+    assert "| LayerNorm | 2 | 30 | 29.20 ± 0.28 | 30.20 ± 0.28 | 30.10 ± 0.14 | 31.10 ± 0.14 | 100.0 ± 0.0 |" in md
+    prms = next(line for line in md.splitlines() if line.startswith("| pRMSNorm"))
+    assert prms.count("missing") == 2  # no test2017 scores: shown as missing, not filled in
+    assert "26.6" in md and "Tesla V100" in md and "failed" in md  # paper: the no-norm model failed
+    quality = [line for line in verdicts(table) if line.startswith("quality")]
+    assert any("test2017 BLEU (tok): missing" in line and "pRMSNorm" in line for line in quality)
+    assert any("test2016 BLEU (tok): Δ = +0.10" in line and "RMSNorm vs" in line for line in quality)
+    tex = to_latex(table)
+    assert "$\\pm$" in tex and "\\begin{tabular}" in tex and "(p=6.25\\%)" in tex
+
+
+def test_an_empty_sweep_renders_every_cell_missing(tmp_path):
+    root = tmp_path / "empty"
+    write_run(root, "ln", task="cifar10_cnn", norm="layernorm", seed=1, status="failed")
+    runs = collect_local([root])
+    md = to_markdown(table10(runs))
+    assert "No runs found for this table" in md and "excluded, not completed" in md
+    assert "8.83" in md  # the paper's numbers are still shown
+    only_rms = tmp_path / "rms"
+    write_run(only_rms, "rms", task="cifar10_cnn", norm="rmsnorm", seed=1, test={"test/acc": 0.9})
+    table = table10(collect_local([only_rms]))
+    assert verdicts(table) == ["cifar10_cnn RMSNorm vs LayerNorm: no LayerNorm runs to compare with (missing)"]
+    assert "| RMSNorm | 1 | 30 | 10.00 |" in to_markdown(table) and to_markdown(table).count("missing") >= 1
+    assert to_csv(table).splitlines()[1].endswith(",")  # no speedup without LayerNorm
+
+
+class FakeRun:
+    """The attributes of wandb.apis.public.Run that repro-tables reads."""
+
+    def __init__(self, run_id, norm, seed, acc, group="g1", tags=("cifar10_cnn",), state="finished"):
+        self.id, self.name, self.state, self.group, self.tags = run_id, f"run-{run_id}", state, group, list(tags)
+        self.path = ["ent", "proj", run_id]
+        self.url = f"https://wandb.ai/ent/proj/runs/{run_id}"
+        self.config = {"seed": seed, "task": {"name": "cifar10_cnn"}, "norm": {"name": norm, "partial": 0.125},
+                       "data": {"batch_size": 100, "val_size": 5000}, "_wandb": {"x": 1}}
+        self.summary = {"status": "completed", "task": "cifar10_cnn", "norm": norm, "seed": seed,
+                        "partial": 0.125 if norm == "prmsnorm" else None, "test/acc": acc, "step": 20,
+                        "_runtime": 3.0}
+        self.scans = 0
+
+    def scan_history(self):
+        self.scans += 1
+        return [{"_step": 10, "train/loss": 1.0, "time/step_ms": 80.0, "lr": 0.1, "_runtime": 1.0},
+                {"_step": 20, "train/loss": 0.5, "time/step_ms": 40.0, "val/acc": 0.8, "test/acc": float("nan")}]
+
+
+class FakeApi:
+    def __init__(self, runs):
+        self._runs, self.calls = runs, []
+
+    def runs(self, path, filters=None):
+        self.calls.append((path, filters))
+        return self._runs
+
+
+def test_history_rows_are_split_like_the_run_store():
+    rows = history_to_rows(FakeRun("a", "rmsnorm", 1, 0.9).scan_history())
+    assert rows == [
+        {"step": 10, "split": "train", "train/loss": 1.0, "time/step_ms": 80.0, "lr": 0.1},
+        {"step": 20, "split": "train", "train/loss": 0.5, "time/step_ms": 40.0},
+        {"step": 20, "split": "val", "val/acc": 0.8},
+        {"step": 20, "split": "test", "test/acc": None},
+    ]
+
+
+def test_wandb_runs_are_cached_as_run_stores_and_rebuild_offline(tmp_path, cifar_tree):
+    fake = [FakeRun("a1", "layernorm", 1, 0.90), FakeRun("b2", "rmsnorm", 1, 0.92),
+            FakeRun("c3", "rmsnorm", 2, 0.91, group="other", tags=["x"])]
+    api = FakeApi(fake)
+    cache = tmp_path / "cache"
+    dirs = fetch_wandb("ent/proj", cache, group="g1", tags=["cifar10_cnn"], api=api)
+    assert api.calls == [("ent/proj", {"group": "g1", "tags": {"$in": ["cifar10_cnn"]}})]
+    runs = collect_local(dirs)
+    assert {(r.norm, r.seed, r.wandb_id) for r in runs} == {("layernorm", 1, "a1"), ("rmsnorm", 1, "b2"),
+                                                           ("rmsnorm", 2, "c3")}
+    assert all("_wandb" not in r.config and "_runtime" not in r.summary for r in runs)
+    row = next(r for r in table10(runs).rows if r.norm == "layernorm")
+    assert row.cells["error"].mean == pytest.approx(10.0) and row.cells["step_ms"].mean == 40.0
+
+    # finished runs are not fetched twice; the cache answers offline and when the API fails
+    fetch_wandb("ent/proj", cache, api=api)
+    assert all(run.scans == 1 for run in fake)
+    offline = fetch_wandb("ent/proj", cache, group="g1", offline=True)
+    assert {d.name for d in offline} == {"a1", "b2"}
+
+    class Down:
+        def runs(self, *args, **kwargs):
+            raise ConnectionError("no network")
+    assert {d.name for d in fetch_wandb("ent/proj", cache, tags=["x"], api=Down())} == {"c3"}
+    with pytest.raises(RuntimeError, match="--wandb ent/other: W&B unreachable"):
+        fetch_wandb("ent/other", cache, api=Down())
+
+    # a local run and its W&B copy count once
+    write_run(cifar_tree, "synced", task="cifar10_cnn", norm="layernorm", seed=7, wandb_id="a1",
+              test={"test/acc": 0.5})
+    both = dedupe(collect_local([cifar_tree]) + runs)
+    assert sum(r.wandb_id == "a1" for r in both) == 1
+    assert next(r for r in both if r.wandb_id == "a1").seed == 7  # the local one, found first
+
+
+def test_cli_writes_tables_and_figures(cifar_tree, tmp_path, capsys):
+    bench = tmp_path / "bench"
+    write_bench(bench / "test-gpu")
+    out = tmp_path / "results"
+    assert main(["--runs", str(cifar_tree), "--out", str(out), "--bench", str(bench)]) == 0
+    printed = capsys.readouterr().out
+    assert "8 runs collected" in printed and "Table 10: ConvPool-CNN-C on CIFAR-10: 3 groups" in printed
+    for stem in ("table4_transformer", "table10_cifar10"):
+        for ext in ("md", "csv", "tex"):
+            assert (out / "tables" / f"{stem}.{ext}").stat().st_size > 0
+    for name in ("loss_curves", "val_curves", "norm_share", "kernel_gbps"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def write_bench(device_dir: Path) -> None:
+    from repro.bench.report import RECORD_FIELDS
+
+    records = [dict.fromkeys(RECORD_FIELDS) | {"op": op, "label": label, "M": 4096, "N": n, "dtype": "bf16",
+                                               "pass": "fwd", "backend": "triton", "status": "ok", "ms": 0.01,
+                                               "gbps": g * n / 1024}
+               for op, label, g in (("layer_norm", "LayerNorm", 900.0), ("rms_norm", "RMSNorm", 1100.0))
+               for n in (256, 1024, 4096)]
+    device_dir.mkdir(parents=True)
+    (device_dir / "bench.json").write_text(json.dumps({"meta": {"device": "Test GPU", "copy_gbps": 3000.0},
+                                                       "records": records}))
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give at least one --runs DIR or --wandb ENTITY/PROJECT"),
+    (["--runs", "x", "--group", "g"], "--group needs --wandb ENTITY/PROJECT"),
+    (["--wandb", "noslash"], "--wandb must be ENTITY/PROJECT, got 'noslash'"),
+    (["--runs", "/nonexistent/runs"], "--runs /nonexistent/runs: no such directory"),
+])
+def test_cli_errors_name_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
