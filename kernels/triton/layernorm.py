@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from ..reference import compute_dtype
+from ._tiles import load_columns, load_tile, row_block, store_partials, store_tile
 from ._launch import (
     param_grad_partials, persistent_programs, reduce_partials, stats_block, tile_for,
 )
@@ -43,13 +44,11 @@ def _ln_fwd(
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, FUSED: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows, row_ok = row_block(tl.program_id(0), M, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rows < M
     col_ok = cols < N
     mask = row_ok[:, None] & col_ok[None, :]
-    x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-    x = x.to(R.dtype.element_ty)
+    x = load_tile(X, rows, cols, stride_x, mask, R.dtype.element_ty)
     if FUSED:
         mean = tl.sum(x, axis=1) / N
         xc = tl.where(mask, x - mean[:, None], 0.0)
@@ -62,10 +61,10 @@ def _ln_fwd(
         xc = x - mean[:, None]
     y = xc * r[:, None]
     if HAS_W:
-        y = y * tl.load(W + cols, mask=col_ok, other=0.0).to(y.dtype)[None, :]
+        y = y * load_columns(W, cols, col_ok, y.dtype)
     if HAS_B:
-        y = y + tl.load(B + cols, mask=col_ok, other=0.0).to(y.dtype)[None, :]
-    tl.store(Y + rows[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+        y = y + load_columns(B, cols, col_ok, y.dtype)
+    store_tile(Y, rows, cols, stride_y, mask, y)
 
 
 @triton.jit
@@ -103,39 +102,30 @@ def _ln_bwd(
     col_ok = cols < N
     acc_dtype = R.dtype.element_ty
     if HAS_W:
-        w = tl.load(W + cols, mask=col_ok, other=0.0).to(acc_dtype)
+        w = load_columns(W, cols, col_ok, acc_dtype)
     dw = tl.zeros([BLOCK_N], dtype=acc_dtype)
     db = tl.zeros([BLOCK_N], dtype=acc_dtype)
     for tile in range(pid, tl.cdiv(M, BLOCK_M), tl.num_programs(0)):
-        rows = (tile * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)
-        row_ok = rows < M
+        rows, row_ok = row_block(tile, M, BLOCK_M)
         mask = row_ok[:, None] & col_ok[None, :]
-        x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
-        dy = tl.load(DY + rows[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0)
-        dy = dy.to(acc_dtype)
+        x = load_tile(X, rows, cols, stride_x, mask, acc_dtype)
+        dy = load_tile(DY, rows, cols, stride_dy, mask, acc_dtype)
         mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
         r = tl.load(R + rows, mask=row_ok, other=0.0)
-        xhat = tl.where(mask, (x.to(acc_dtype) - mean[:, None]) * r[:, None], 0.0)
-        g = dy * w[None, :] if HAS_W else dy
+        xhat = tl.where(mask, (x - mean[:, None]) * r[:, None], 0.0)
+        g = dy * w if HAS_W else dy
         if FUSED:
             c1 = tl.sum(xhat * g, axis=1) / N
             c2 = tl.sum(g, axis=1) / N
         else:
             c1 = tl.load(C + 2 * rows, mask=row_ok, other=0.0)
             c2 = tl.load(C + 2 * rows + 1, mask=row_ok, other=0.0)
-        dx = (g - xhat * c1[:, None] - c2[:, None]) * r[:, None]
-        tl.store(
-            DX + rows[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask
-        )
+        store_tile(DX, rows, cols, stride_dx, mask, (g - xhat * c1[:, None] - c2[:, None]) * r[:, None])
         if HAS_W:
             dw += tl.sum(dy * xhat, axis=0)
         if HAS_B:
             db += tl.sum(dy, axis=0)
-    part = pid.to(tl.int64) * N + cols
-    if HAS_W:
-        tl.store(DW + part, dw, mask=col_ok)
-    if HAS_B:
-        tl.store(DB + part, db, mask=col_ok)
+    store_partials(DW, DB, dw, db, pid, N, cols, col_ok, HAS_W, HAS_B)
 
 
 def layer_norm_forward(x, weight, bias, eps):
