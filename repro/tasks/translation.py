@@ -1,0 +1,189 @@
+"""Machine translation (the paper's Table 4): token-batched Transformer training with label smoothing,
+evaluated by decoding (greedy or beam search) and scoring with sacreBLEU.
+
+Data come from `<root>/<split>.<lang>[.gz]` files (Multi30k, or WMT14 prepared locally) or, when
+`root` is null, from `datasets` (wmt/wmt14 de-en). Metrics: `val/loss` (label-smoothed, as
+train/loss), `val/nll`, `val/bleu`; `test/bleu` (sacreBLEU, detokenized, on the first test set),
+`test/bleu_tok` (tokenized BLEU as the paper reports it), and `test/<name>/bleu[_tok]` for each
+test set. Throughput counts target tokens.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from typing import Callable, Optional
+
+import sacrebleu
+from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+import torch
+from torch import nn
+
+from repro.data.translation import (
+    PAD, CorpusError, EncodedPairs, ParallelText, TokenBatches, Tokenizer, collate, eval_batches, filter_long,
+    load_hf_wmt, read_parallel, train_tokenizer,
+)
+from repro.decode import beam_search, greedy_search
+from repro.nn import NormFactory
+
+from .base import Task
+
+log = logging.getLogger(__name__)
+
+
+def label_smoothed_loss(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(smoothed loss summed over non-pad targets, nll summed likewise, number of targets). One
+    log-softmax serves both: smoothed = (1 - eps) * nll + eps * mean_v(-log p_v), torch's definition."""
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    mask = target != PAD
+    nll = -log_probs.gather(-1, target[..., None]).squeeze(-1)
+    uniform = -log_probs.mean(-1)
+    smoothed = (1 - smoothing) * nll + smoothing * uniform
+    return smoothed[mask].sum(), nll[mask].sum(), int(mask.sum())
+
+
+_COMPOUND = re.compile(r"(?<=\S)-(?=\S)")
+_TOKENIZE_13A = Tokenizer13a()
+
+
+def paper_tokenize(line: str) -> str:
+    """13a tokenization plus hyphenated compounds split into `a ##AT##-##AT## b`, as tensor2tensor's
+    get_ende_bleu.sh prepares text for the tokenized BLEU that the paper reports."""
+    return _COMPOUND.sub(" ##AT##-##AT## ", _TOKENIZE_13A(line))
+
+
+def tokenized_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """BLEU on paper_tokenize'd text, scored without further tokenization."""
+    return sacrebleu.corpus_bleu([paper_tokenize(h) for h in hypotheses], [[paper_tokenize(r) for r in references]],
+                                 tokenize="none").score
+
+
+def bleu(hypotheses: list[str], references: list[str]):
+    """sacreBLEU corpus BLEU of detokenized text (a BLEUScore: .score, str() = the score line) and
+    sacreBLEU's signature."""
+    metric = sacrebleu.metrics.BLEU()
+    return metric.corpus_score(hypotheses, [references]), str(metric.get_signature())
+
+
+class Translation(Task):
+    throughput_unit = "tokens"
+    eval_splits = ("val", "test")
+    monitor = ("val/bleu", "max")
+
+    def __init__(
+        self, name: str, model: Callable[..., nn.Module], *, tokenizer: str, vocab_size: int,
+        root: Optional[str] = None, hf_dataset: str = "wmt/wmt14", hf_config: str = "de-en",
+        src_lang: str = "en", tgt_lang: str = "de", train_split: str = "train", val_split: str = "val",
+        test_sets: Optional[dict] = None, empty_lines: str = "error", max_tokens: int = 4096,
+        batch_size: int = 1024, eval_max_tokens: int = 8192, max_len: Optional[int] = 256,
+        label_smoothing: float = 0.1, beam: int = 4, val_beam: int = 1, length_penalty: float = 0.6,
+        max_len_a: float = 1.2, max_len_b: int = 10, tokenizer_sentences: int = 2_000_000, seed: int = 0,
+    ):
+        self.name, self.make_model, self.seed = name, model, seed
+        self.tokenizer_path, self.vocab_size, self.tokenizer_sentences = tokenizer, vocab_size, tokenizer_sentences
+        self.root, self.hf = root, (hf_dataset, hf_config)
+        self.langs = (src_lang, tgt_lang)
+        self.split_names = {"train": train_split, "val": val_split}
+        self.test_sets = dict(test_sets or {"test": "test"})
+        if not self.test_sets:
+            raise CorpusError("data.test_sets is empty: name at least one test set (name: split)")
+        self.empty_lines, self.max_len = empty_lines, max_len
+        self.max_tokens, self.max_sentences, self.eval_max_tokens = max_tokens, batch_size, eval_max_tokens
+        self.smoothing, self.beam, self.val_beam, self.alpha = label_smoothing, beam, val_beam, length_penalty
+        self.max_len_a, self.max_len_b = max_len_a, max_len_b
+        for key, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens), ("beam", beam),
+                           ("val_beam", val_beam), ("vocab_size", vocab_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CorpusError(f"data.{key}={value!r} is not allowed: must be an integer >= 1")
+        if not 0 <= label_smoothing < 1:
+            raise CorpusError(f"data.label_smoothing={label_smoothing!r} is not allowed: must be in [0, 1)")
+        self.model: Optional[nn.Module] = None
+
+    # ---------------------------------------------------------------------------- set-up
+    def build_model(self, norm: NormFactory) -> nn.Module:
+        self.model = self.make_model(norm=norm, vocab_size=self.vocab_size, pad_id=PAD)
+        return self.model
+
+    def read(self, split: str) -> ParallelText:
+        """A split by its file stem (root set) or `datasets` split name; "dataset:config:split"
+        reads a split of another `datasets` set (e.g. wmt/wmt17:de-en:test for newstest2017)."""
+        src, tgt = self.langs
+        if self.root is not None:
+            return read_parallel(self.root, split, src, tgt, self.empty_lines)
+        dataset, config, name = split.split(":") if split.count(":") == 2 else (*self.hf, split)
+        return load_hf_wmt(dataset, config, name, src, tgt, self.empty_lines)
+
+    def setup(self, device, rank: int = 0, world_size: int = 1) -> None:
+        self.device = device
+        train = self.read(self.split_names["train"])
+        self.tokenizer = train_tokenizer([train.src, train.tgt], self.tokenizer_path, self.vocab_size,
+                                         max_sentences=self.tokenizer_sentences)
+        if len(self.tokenizer) > self.vocab_size:
+            raise CorpusError(f"tokenizer {self.tokenizer_path} has {len(self.tokenizer)} pieces, more than data.vocab_size={self.vocab_size}")
+        if self.model is not None:  # the checkpoint carries the tokenizer that defines its ids
+            self.model.vocabulary = self.tokenizer.proto
+        self.text = {"val": self.read(self.split_names["val"])}
+        self.text.update({f"test:{name}": self.read(split) for name, split in self.test_sets.items()})
+        self.encoded = {key: EncodedPairs.encode(self.tokenizer, text) for key, text in self.text.items()}
+        train_pairs = filter_long(EncodedPairs.encode(self.tokenizer, train), self.max_len)
+        self._train = TokenBatches(train_pairs, self.max_tokens, self.max_sentences, seed=self.seed, rank=rank,
+                                   world_size=world_size, device=device)
+
+    def attach(self, model: nn.Module, device) -> None:
+        """Decode with `model` and the tokenizer its checkpoint carries, without reading any corpus
+        (repro-translate)."""
+        if model.vocabulary is None:
+            raise CorpusError("the checkpoint carries no tokenizer (model.vocabulary is empty)")
+        self.tokenizer, self.device = Tokenizer(model.vocabulary), device
+
+    def train_batches(self) -> TokenBatches:
+        return self._train
+
+    # ------------------------------------------------------------------------ training
+    def loss(self, model: nn.Module, batch):
+        logits = model(batch.src, batch.tgt_in)
+        smoothed, nll, n = label_smoothed_loss(logits, batch.tgt_out, self.smoothing)
+        return smoothed / n, n, {"train/nll": nll.detach() / n}
+
+    # ---------------------------------------------------------------------- evaluation
+    def translate(self, model: nn.Module, pairs: EncodedPairs, beam: int) -> list[list[int]]:
+        """Token ids of the translation of every source of `pairs`, in corpus order."""
+        out: list = [None] * len(pairs)
+        for index in eval_batches(pairs, self.eval_max_tokens, self.max_sentences):
+            batch = collate(pairs, index).to(self.device)
+            options = dict(max_len_a=self.max_len_a, max_len_b=self.max_len_b)
+            hyps = (greedy_search(model, batch.src, **options) if beam == 1
+                    else beam_search(model, batch.src, beam=beam, alpha=self.alpha, **options))
+            for i, hyp in zip(index.tolist(), hyps):
+                out[i] = hyp
+        return out
+
+    def translate_text(self, model: nn.Module, lines: list[str], beam: int) -> list[str]:
+        """Detokenized translations of `lines`."""
+        pairs = EncodedPairs.encode(self.tokenizer, ParallelText(list(lines), [""] * len(lines)))
+        return self.tokenizer.decode(self.translate(model, pairs, beam))
+
+    def _score(self, model, key: str, beam: int) -> dict[str, float]:
+        pairs, text = self.encoded[key], self.text[key]
+        total = nll = 0.0
+        n = 0
+        for index in eval_batches(pairs, self.eval_max_tokens, self.max_sentences):
+            batch = collate(pairs, index).to(self.device)
+            s, l, k = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, self.smoothing)
+            total, nll, n = total + s.item(), nll + l.item(), n + k
+        hyps = self.translate_text(model, text.src, beam)
+        score, signature = bleu(hyps, text.tgt)
+        log.info("%s (beam %d): %s | %s", key, beam, score, signature)
+        return {"loss": total / n, "nll": nll / n, "bleu": score.score, "bleu_tok": tokenized_bleu(hyps, text.tgt)}
+
+    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
+        if split == "val":
+            return {f"val/{k}": v for k, v in self._score(model, "val", self.val_beam).items()}
+        if split != "test":
+            raise ValueError(f"split must be val or test, got {split!r}")
+        metrics = {}
+        for i, name in enumerate(self.test_sets):
+            scores = self._score(model, f"test:{name}", self.beam)
+            metrics.update({f"test/{name}/{k}": v for k, v in scores.items()})
+            if i == 0:  # the headline test set, under the DESIGN.md names
+                metrics.update({f"test/{k}": v for k, v in scores.items()})
+        return metrics
