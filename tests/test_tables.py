@@ -285,3 +285,37 @@ def test_cli_errors_name_the_flag(argv, message, capsys):
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_report_is_built_offline_with_the_standard_panels():
+    pytest.importorskip("wandb_workspaces")
+    from wandb_workspaces import expr
+
+    from repro.tables.report import build_report
+
+    report = build_report("ent/proj", group="g1", tags=["cifar10_cnn", "rmsnorm"])
+    assert (report.entity, report.project) == ("ent", "proj")
+    grids = [b for b in report.blocks if type(b).__name__ == "PanelGrid"]
+    plotted = {m for grid in grids for panel in grid.panels for m in (panel.y or [])}
+    assert {"train/loss", "val/loss", "val/bleu", "test/acc", "time/norm_share", "time/step_ms",
+            "throughput/tokens_per_s"} <= plotted
+    runset = grids[0].runsets[0]
+    assert runset.groupby == ["config.task.name", "config.norm.name", "config.norm.partial"]
+    filters = expr.string_to_filterexpr_list(runset.filters)
+    assert [f.key.name for f in filters] == ["Group", "Tags"]
+    assert filters[0].value == "g1" and filters[1].value == ["cifar10_cnn", "rmsnorm"]
+
+
+def test_report_without_wandb_workspaces_is_a_one_line_error(monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_workspaces(name, *args, **kwargs):
+        if name.startswith("wandb_workspaces"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_workspaces)
+    with pytest.raises(SystemExit):
+        main(["--wandb", "ent/proj", "--make-report", "--dry-run"])
+    assert "--make-report needs wandb-workspaces: pip install 'repro[report]'" in capsys.readouterr().err

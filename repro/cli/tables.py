@@ -50,16 +50,21 @@ def run_tables(argv: list[str]) -> int:
                         ("--offline", args.offline), ("--refresh", args.refresh)):
         if value and not args.wandb:
             p.error(f"{flag} needs --wandb ENTITY/PROJECT")
+    if args.dry_run and not args.make_report:
+        p.error("--dry-run goes with --make-report")
     if args.wandb and args.wandb.count("/") != 1:
         p.error(f"--wandb must be ENTITY/PROJECT, got {args.wandb!r}")
     if args.make_report:
         from repro.tables.report import build_report, save_report
 
-        report = build_report(args.wandb, group=args.group, tags=args.tags)
-        if args.dry_run:
-            print(f"report built, not saved (--dry-run): {len(report.blocks)} blocks")
-        else:
-            print(f"saved W&B report: {save_report(report)}")
+        try:
+            report = build_report(args.wandb, group=args.group, tags=args.tags)
+            if args.dry_run:
+                print(f"report built, not saved (--dry-run): {len(report.blocks)} blocks")
+            else:
+                print(f"saved W&B report: {save_report(report)}")
+        except RuntimeError as error:
+            p.error(str(error))
         return 0
     try:
         runs = collect_local(Path(d) for d in args.runs)
