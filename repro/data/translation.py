@@ -24,10 +24,39 @@ import torch
 # Token ids fixed by the tokenizer training below; the model and the decoder rely on them.
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 EMPTY_LINE_POLICIES = ("error", "skip")
+MIN_VOCAB = 300  # 4 special ids + 256 byte pieces (byte fallback) + the corpus's characters
 
 
 class CorpusError(ValueError):
     """A bad corpus file or setting; str(error) is a one-line message naming the file or key."""
+
+
+def check_translation_options(options: dict) -> None:
+    """Raise CorpusError naming the first bad `data.*` option of a translation task (the task and
+    repro.train.validate_config both call this, so the rules live in one place)."""
+    def fail(key, rule):
+        raise CorpusError(f"data.{key}={options[key]!r} is not allowed: must be {rule}")
+
+    def is_int(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for key in ("max_tokens", "eval_max_tokens", "batch_size", "beam", "val_beam"):
+        if key in options and (not is_int(options[key]) or options[key] < 1):
+            fail(key, "an integer >= 1")
+    if "vocab_size" in options and (not is_int(options["vocab_size"]) or options["vocab_size"] < MIN_VOCAB):
+        fail("vocab_size", f"an integer >= {MIN_VOCAB}")
+    if options.get("max_len") is not None and (not is_int(options["max_len"]) or options["max_len"] < 1):
+        fail("max_len", "an integer >= 1 or null")
+    if "empty_lines" in options and options["empty_lines"] not in EMPTY_LINE_POLICIES:
+        fail("empty_lines", f"one of {', '.join(EMPTY_LINE_POLICIES)}")
+    smoothing = options.get("label_smoothing", 0.0)
+    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
+        fail("label_smoothing", "a number in [0, 1)")
+    penalty = options.get("length_penalty", 0.0)
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty < 0:
+        fail("length_penalty", "a number >= 0")
+    if "test_sets" in options and not (isinstance(options["test_sets"], dict) and options["test_sets"]):
+        fail("test_sets", "a non-empty mapping of test set name to split")
 
 
 @dataclass
@@ -148,9 +177,7 @@ def train_tokenizer(texts: Sequence[Sequence[str]], path, vocab_size: int, *, ma
     the model's embedding size from config is an upper bound, never too small."""
     import sentencepiece as spm
 
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 300:
-        # 4 special ids + 256 byte pieces + the corpus's characters and merges
-        raise CorpusError(f"data.vocab_size={vocab_size!r} is not allowed: must be an integer >= 300")
+    check_translation_options({"vocab_size": vocab_size})
     path = Path(os.path.expanduser(str(path)))
     options = {"vocab_size": vocab_size, "model_type": "bpe", "byte_fallback": True, "max_sentences": max_sentences, "seed": seed}
     fingerprint = _fingerprint(texts, options)

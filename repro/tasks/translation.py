@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from repro.data.translation import (
-    PAD, CorpusError, EncodedPairs, ParallelText, TokenBatches, Tokenizer, collate, eval_batches, filter_long,
+    PAD, CorpusError, EncodedPairs, check_translation_options, ParallelText, TokenBatches, Tokenizer, collate, eval_batches, filter_long,
     load_hf_wmt, read_parallel, train_tokenizer,
 )
 from repro.decode import beam_search, greedy_search
@@ -78,24 +78,22 @@ class Translation(Task):
         label_smoothing: float = 0.1, beam: int = 4, val_beam: int = 1, length_penalty: float = 0.6,
         max_len_a: float = 1.2, max_len_b: int = 10, tokenizer_sentences: int = 2_000_000, seed: int = 0,
     ):
+        check_translation_options(dict(
+            vocab_size=vocab_size, test_sets=dict(test_sets) if test_sets is not None else {"test": "test"},
+            empty_lines=empty_lines, max_tokens=max_tokens, batch_size=batch_size, eval_max_tokens=eval_max_tokens,
+            max_len=max_len, label_smoothing=label_smoothing, beam=beam, val_beam=val_beam,
+            length_penalty=length_penalty,
+        ))
         self.name, self.make_model, self.seed = name, model, seed
         self.tokenizer_path, self.vocab_size, self.tokenizer_sentences = tokenizer, vocab_size, tokenizer_sentences
         self.root, self.hf = root, (hf_dataset, hf_config)
         self.langs = (src_lang, tgt_lang)
         self.split_names = {"train": train_split, "val": val_split}
-        self.test_sets = dict(test_sets or {"test": "test"})
-        if not self.test_sets:
-            raise CorpusError("data.test_sets is empty: name at least one test set (name: split)")
+        self.test_sets = dict(test_sets) if test_sets is not None else {"test": "test"}
         self.empty_lines, self.max_len = empty_lines, max_len
         self.max_tokens, self.max_sentences, self.eval_max_tokens = max_tokens, batch_size, eval_max_tokens
         self.smoothing, self.beam, self.val_beam, self.alpha = label_smoothing, beam, val_beam, length_penalty
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
-        for key, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens), ("beam", beam),
-                           ("val_beam", val_beam), ("vocab_size", vocab_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CorpusError(f"data.{key}={value!r} is not allowed: must be an integer >= 1")
-        if not 0 <= label_smoothing < 1:
-            raise CorpusError(f"data.label_smoothing={label_smoothing!r} is not allowed: must be in [0, 1)")
         self.model: Optional[nn.Module] = None
 
     # ---------------------------------------------------------------------------- set-up

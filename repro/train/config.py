@@ -9,6 +9,7 @@ from numbers import Integral, Real
 from omegaconf import DictConfig, OmegaConf
 
 from repro.data.cifar10 import PREPROCESS
+from repro.data.translation import CorpusError, check_translation_options
 from repro.nn import NORM_NAMES, NormFactory
 from repro.track import WANDB_MODES
 
@@ -133,6 +134,11 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
         _number(cfg, "data.zca_eps", 0, strict=True)
         _bool(cfg, "data.flip")
         _bool(cfg, "data.download")
+    if "max_tokens" in cfg.data:  # the translation tasks' data options (rules in repro.data.translation)
+        try:
+            check_translation_options(OmegaConf.to_container(cfg.data, resolve=True))
+        except CorpusError as error:
+            raise ConfigError(str(error)) from None
 
     if _choice(cfg, "logger.name", LOGGERS) == "wandb":
         _choice(cfg, "logger.mode", WANDB_MODES)
