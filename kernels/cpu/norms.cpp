@@ -13,6 +13,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include <array>
 #include <cmath>
 #include <tuple>
 #include <type_traits>
@@ -91,6 +92,37 @@ inline Vectorized<A> keep_valid(const Vectorized<A>& v, int64_t count) {
 template <typename A>
 inline A sum_lanes(const Vectorized<A>& v) {
   return at::vec::vec_reduce_all<A>([](auto a, auto b) { return a + b; }, v);
+}
+
+// Row sums: step(acc, i, len) adds the terms of columns [i, i + len) into acc, an array of
+// kSums vectors. Four independent sets of accumulators take turns, so a row in cache is not
+// bound by the latency of one chain of adds; they are combined in a fixed order.
+template <typename A, size_t kSums, typename Step>
+inline std::array<A, kSums> vec_sums(int64_t begin, int64_t end, const Step& step) {
+  using V = Vectorized<A>;
+  constexpr int64_t width = V::size();
+  constexpr int64_t chains = 4;
+  std::array<std::array<V, kSums>, chains> acc;
+  for (auto& a : acc) a.fill(V(A(0)));
+  int64_t i = begin;
+  for (; i + chains * width <= end; i += chains * width) {
+    for (int64_t c = 0; c < chains; ++c) step(acc[c], i + c * width, Full<A>{});
+  }
+  for (; i + width <= end; i += width) step(acc[0], i, Full<A>{});
+  if (i < end) step(acc[0], i, end - i);
+  std::array<A, kSums> out;
+  for (size_t s = 0; s < kSums; ++s) out[s] = sum_lanes((acc[0][s] + acc[1][s]) + (acc[2][s] + acc[3][s]));
+  return out;
+}
+
+// Sum of squares of x[:k]: pRMSNorm's statistic. The forward and the (eps outside) backward both
+// take it from here, so they see the same value.
+template <typename T, typename A = acc_t<T>>
+inline A sum_squares(const T* x, int64_t k) {
+  return vec_sums<A, 1>(0, k, [&](auto& acc, int64_t i, auto len) {
+    const auto v = load(x + i, len);
+    acc[0] = at::vec::fmadd(v, v, acc[0]);
+  })[0];
 }
 
 // Enough elements per task that a thread's share outweighs the cost of waking it.
@@ -208,12 +240,7 @@ std::tuple<Tensor, Tensor> rms_norm_forward(
       for (int64_t r = r0; r < r1; ++r) {
         const T* xr = xp + r * x_stride;
         T* yr = yp + r * n;
-        V ss(A(0));
-        vec_loop<A>(0, k, [&](int64_t i, auto len) {
-          const V xv = load(xr + i, len);
-          ss = at::vec::fmadd(xv, xv, ss);
-        });
-        const A ms = sum_lanes(ss) / static_cast<A>(k);
+        const A ms = sum_squares(xr, k) / static_cast<A>(k);
         const A s = eps_outside ? A(1) / (std::sqrt(ms) + eps_a) : A(1) / std::sqrt(ms + eps_a);
         rp[r] = s;
         const V sv(s);
@@ -275,20 +302,13 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
         dyr[j] = dyp + (r0 + j) * dy_stride;
         dxr[j] = dxp + (r0 + j) * n;
         s[j] = sp[r0 + j];
-        V c(A(0)), ss(A(0));
-        vec_loop<A>(0, k, [&](int64_t i, auto len) {
-          const V xv = load(xr[j] + i, len);
-          c = at::vec::fmadd(load(dyr[j] + i, len) * load(wp + i, len), xv, c);
-          if (eps_outside) ss = at::vec::fmadd(xv, xv, ss);
-        });
-        vec_loop<A>(k, n, [&](int64_t i, auto len) {
-          c = at::vec::fmadd(load(dyr[j] + i, len) * load(wp + i, len), load(xr[j] + i, len), c);
-        });
-        const A c_sum = sum_lanes(c);
+        const A c_sum = vec_sums<A, 1>(0, n, [&](auto& acc, int64_t i, auto len) {
+          acc[0] = at::vec::fmadd(load(dyr[j] + i, len) * load(wp + i, len), load(xr[j] + i, len), acc[0]);
+        })[0];
         if (eps_outside) {
-          // same loop as the forward's, so the same rms; an all-zero prefix has no gradient
-          // through the statistic (its term is 0 * inf otherwise)
-          const A rms = std::sqrt(sum_lanes(ss) / k_a);
+          // the forward's rms, recomputed (from rstd it would lose digits where rms << eps); an
+          // all-zero prefix has no gradient through the statistic (its term is 0 * inf otherwise)
+          const A rms = std::sqrt(sum_squares(xr[j], k) / k_a);
           a[j] = rms > A(0) ? s[j] * s[j] * c_sum / (k_a * rms) : A(0);
         } else {
           a[j] = s[j] * s[j] * s[j] * c_sum / k_a;
@@ -352,16 +372,15 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
       for (int64_t r = r0; r < r1; ++r) {
         const T* xr = xp + r * x_stride;
         T* yr = yp + r * n;
-        V sum(A(0));
-        vec_loop<A>(0, n, [&](int64_t i, auto len) { sum = sum + load(xr + i, len); });
-        const A mu = sum_lanes(sum) / n_a;
+        const A mu = vec_sums<A, 1>(0, n, [&](auto& acc, int64_t i, auto len) {
+          acc[0] = acc[0] + load(xr + i, len);
+        })[0] / n_a;
         const V muv(mu);
-        V sq(A(0));
-        vec_loop<A>(0, n, [&](int64_t i, auto len) {
+        const A var = vec_sums<A, 1>(0, n, [&](auto& acc, int64_t i, auto len) {
           const V d = keep_valid(load(xr + i, len) - muv, len);
-          sq = at::vec::fmadd(d, d, sq);
-        });
-        const A s = A(1) / std::sqrt(sum_lanes(sq) / n_a + eps_a);
+          acc[0] = at::vec::fmadd(d, d, acc[0]);
+        })[0] / n_a;
+        const A s = A(1) / std::sqrt(var + eps_a);
         mp[r] = mu;
         rp[r] = s;
         const V sv(s);
@@ -425,14 +444,13 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
         s[j] = sp[r0 + j];
         const V muv(mu[j]), sv(s[j]);
         // zero-filled tail lanes give g = 0, so both sums stay exact without masking
-        V g_sum(A(0)), gxh_sum(A(0));
-        vec_loop<A>(0, n, [&](int64_t i, auto len) {
+        const auto [g_sum, gxh_sum] = vec_sums<A, 2>(0, n, [&](auto& acc, int64_t i, auto len) {
           const V g = load(dyr[j] + i, len) * load(wp + i, len);
-          g_sum = g_sum + g;
-          gxh_sum = at::vec::fmadd(g, (load(xr[j] + i, len) - muv) * sv, gxh_sum);
+          acc[0] = acc[0] + g;
+          acc[1] = at::vec::fmadd(g, (load(xr[j] + i, len) - muv) * sv, acc[1]);
         });
-        g_mean[j] = sum_lanes(g_sum) * inv_n;
-        gxh_mean[j] = sum_lanes(gxh_sum) * inv_n;
+        g_mean[j] = g_sum * inv_n;
+        gxh_mean[j] = gxh_sum * inv_n;
       }
       vec_loop<A>(0, n, [&](int64_t i, auto len) {
         const V wv = load(wp + i, len);
