@@ -185,7 +185,7 @@ def test_command_writes_table_json_csv_png(tmp_path, small_cache, restore_thread
     (["--N", "4k"], "--N", "integers >= 1"),
     (["--partials", "1.5"], "--partials", "(0, 1]"),
     (["--budget", "-3"], "--budget", "> 0"),
-    (["--threads", "1,2"], "--threads", "one number"),
+    (["--threads", "1,2"], "--threads", "an integer >= 1"),
 ])
 def test_bad_arguments_name_the_flag_and_what_is_allowed(args, flag, allowed, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -1,4 +1,4 @@
-"""`repro-bench`: time LayerNorm, RMSNorm and pRMSNorm kernels on this machine.
+"""repro-bench: time LayerNorm, RMSNorm and pRMSNorm kernels on this machine.
 
     repro-bench --quick                      # small grid, ~1-2 minutes on a 2-core CPU
     repro-bench                              # the standard grid of the device (GPU: up to N=256K)
@@ -35,6 +35,12 @@ def _list_of(allowed):
                 f"unknown value {bad[0] if bad else text!r}; allowed: {', '.join(allowed)} (comma-separated)")
         return list(dict.fromkeys(items))
     return parse
+
+
+def _positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def _positive_ints(text: str) -> list[int]:
@@ -88,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtypes (default grid: bf16 plus a few fp16/fp32 shapes on a GPU, fp32 on a CPU)")
     p.add_argument("--M", type=_positive_ints, help="rows, comma-separated (replaces the default grid)")
     p.add_argument("--N", type=_positive_ints, help="row lengths, comma-separated (replaces the default grid)")
-    p.add_argument("--threads", type=_positive_ints, metavar="N",
+    p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="torch.set_num_threads(N) before timing (default: torch's choice; recorded either way)")
     p.add_argument("--budget", type=_seconds, metavar="SECONDS",
                    help="start no new case after this many seconds; the rest is recorded as skipped")
@@ -111,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.threads:
-        if len(args.threads) > 1:
-            parser.error(f"--threads: expected one number, got {len(args.threads)}")
-        torch.set_num_threads(args.threads[0])
+        torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
     except ValueError as err:
