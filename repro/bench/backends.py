@@ -93,14 +93,16 @@ def _build_native(op: Op) -> Optional[NormFn]:
 
 
 def _build_liger(op: Op) -> Optional[NormFn]:
-    from liger_kernel.transformers.functional import liger_layer_norm, liger_rms_norm
+    # the autograd Functions themselves: liger_kernel.transformers would also import HF transformers
+    from liger_kernel.ops import LigerLayerNormFunction, LigerRMSNormFunction
 
     if op.family == "layer_norm":
-        return lambda x, w, b: liger_layer_norm(x, w, b, LN_EPS)
+        return lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, LN_EPS)
     if op.family == "rms_norm":
-        # in_place=False: Liger's default writes dx into dy, which would corrupt the dy that
-        # repeated timed backward passes reuse; the bytes moved are the same either way.
-        return lambda x, w, b: liger_rms_norm(x, w, RMS_EPS, in_place=False)
+        # (X, W, eps, offset, casting_mode, in_place): in_place=False because Liger's default
+        # writes dx into dy, which would corrupt the dy that repeated timed backward passes
+        # reuse; the bytes moved are the same either way.
+        return lambda x, w, b: LigerRMSNormFunction.apply(x, w, RMS_EPS, 0.0, "llama", False)
     return None
 
 
