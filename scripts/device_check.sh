@@ -18,19 +18,21 @@
 # PyPI, then carry .whl). Without it the bench reports Liger as unavailable and goes on.
 # A copied tree without .git can name its commit in REPRO_GIT_SHA for the bench's metadata.
 #
-# Time boxes (seconds, override by environment): SETUP_TIMEOUT_S=120, PYTEST_TIMEOUT_S=90,
-# BENCH_BUDGET_S=100 (the bench starts no new case after it and writes what it has; it is
-# stopped with SIGTERM at BENCH_BUDGET_S+60 and still writes). A failing step does not stop the next one;
-# the script's exit code is the first failing step's.
+# Time boxes (seconds, override by environment): TOTAL_S=290 for the whole script,
+# SETUP_TIMEOUT_S=120, PYTEST_TIMEOUT_S=90, and BENCH_BUDGET_S, by default what is left of
+# TOTAL_S minus 60 s of margin: the bench starts no new case once that much of its run has
+# passed and writes what it has (a case already running may overrun it; at BENCH_BUDGET_S+40
+# the bench is stopped with SIGTERM and still writes). The grid is ordered so that a cut run still spans N = 512..256K.
+# A failing step does not stop the next one; the exit code is the first failing step's.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
 OUT=${OUT:-results/device}
 PYTHON=${PYTHON:-python3}
 WHEELS=${WHEELS:-.whl}
+TOTAL_S=${TOTAL_S:-290}
 SETUP_TIMEOUT_S=${SETUP_TIMEOUT_S:-120}
 PYTEST_TIMEOUT_S=${PYTEST_TIMEOUT_S:-90}
-BENCH_BUDGET_S=${BENCH_BUDGET_S:-100}
 mkdir -p "$OUT/bench"
 export PYTHONUNBUFFERED=1
 status=0
@@ -97,7 +99,8 @@ step "pytest-gpu" "$OUT/pytest-gpu.log" timeout -k 10 "$PYTEST_TIMEOUT_S" \
     "$PYTHON" -m pytest -m gpu -p no:cacheprovider -q --continue-on-collection-errors \
     --junitxml="$OUT/pytest-gpu.xml" ${gpu_tests:-tests}
 
-step "bench" "$OUT/bench.log" timeout -k 30 "$((BENCH_BUDGET_S + 60))" \
+BENCH_BUDGET_S=${BENCH_BUDGET_S:-$((TOTAL_S - SECONDS - 60 > 30 ? TOTAL_S - SECONDS - 60 : 30))}
+step "bench" "$OUT/bench.log" timeout -k 20 "$((BENCH_BUDGET_S + 40))" \
     "$PYTHON" -m repro.cli.bench --budget "$BENCH_BUDGET_S" --out "$OUT/bench"
 
 echo "device_check: done, exit $status; results in $OUT" | tee -a "$OUT/summary.txt"

@@ -36,7 +36,7 @@ class BenchConfig:
     backends: list[str]               # registry names requested, in column order
     passes: list[str]
     quick: bool = False
-    budget_s: Optional[float] = None  # stop starting new cases after this many seconds
+    budget_s: Optional[float] = None  # start no case after this many seconds of the run
     progress: Optional[bool] = None   # None: a progress bar only on a terminal
     command: list[str] = field(default_factory=lambda: list(sys.argv))
 
@@ -62,7 +62,7 @@ def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
 
     copy_gbps, copy_bytes = copy_bandwidth(info, timer)
     records = run_grid(config.ops, config.shapes, runnable, config.passes, info, timer, copy_gbps,
-                       config.budget_s, config.progress)
+                       config.budget_s, config.progress, start=started)
     meta = {
         "device": info.name, "device_type": config.device.type, "device_slug": info.slug,
         "device_details": info.details, "threads": info.threads, "cache_bytes": info.cache_bytes,

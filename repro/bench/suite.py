@@ -143,12 +143,16 @@ def _pass_fn(pass_: str, fn, op: Op, pool: InputPool):
 def run_grid(
     ops: list[Op], shapes: list[Shape], backends: list[Backend], passes: Iterable[str],
     info: DeviceInfo, timer: Timer, copy_gbps: Optional[float],
-    budget_s: Optional[float] = None, progress: Optional[bool] = None,
+    budget_s: Optional[float] = None, progress: Optional[bool] = None, start: Optional[float] = None,
 ) -> list[dict]:
-    """Time every case; returns one record per (shape, op, backend, pass), in grid order."""
+    """Time every case; returns one record per (shape, op, backend, pass), in grid order.
+
+    No case starts once `budget_s` seconds have passed since `start` (a time.perf_counter()
+    reading; default: now).
+    """
     passes = list(passes)
     records = []
-    start = time.perf_counter()
+    start = time.perf_counter() if start is None else start
     stop = None  # why the remaining cases are skipped: the budget ran out, or Ctrl-C / SIGINT
     bar = tqdm(total=len(shapes) * len(ops) * len(backends), desc="repro-bench", unit="case",
                disable=None if progress is None else not progress)

@@ -97,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, metavar="N",
                    help="torch.set_num_threads(N) before timing (default: torch's choice; recorded either way)")
     p.add_argument("--budget", type=_seconds, metavar="SECONDS",
-                   help="start no new case after this many seconds; the rest is recorded as skipped")
+                   help="start no new case after this many seconds of the run (set-up included); "
+                        "the rest is recorded as skipped")
     return p
 
 
