@@ -130,6 +130,10 @@ def test_firm_and_undecided_quality_calls():
     lost = quality_verdict("bleu", Stat([20.0, 20.1, 19.9]), Stat([25.0, 25.1, 24.9]), higher_is_better=True)
     assert "NOT kept (firm" in lost and "worse" in lost
     assert "missing" in quality_verdict("bleu", Stat([]), Stat([1.0]), higher_is_better=True)
+    # far better than LayerNorm keeps quality; equal is neither better nor worse
+    better = quality_verdict("err", Stat([5.0, 5.1, 4.9]), Stat([10.0, 10.1, 9.9]), higher_is_better=False)
+    assert "better than LayerNorm" in better and "kept (firm" in better
+    assert "(same as LayerNorm) -> kept" in quality_verdict("bleu", Stat([3.0]), Stat([3.0]), higher_is_better=True)
 
 
 def test_table4_per_test_set_and_missing_cells(tmp_path):
@@ -319,3 +323,23 @@ def test_report_without_wandb_workspaces_is_a_one_line_error(monkeypatch, capsys
     with pytest.raises(SystemExit):
         main(["--wandb", "ent/proj", "--make-report", "--dry-run"])
     assert "--make-report needs wandb-workspaces: pip install 'repro[report]'" in capsys.readouterr().err
+
+
+def test_seed_curves_average_the_common_steps_and_fall_back_to_the_test_split(tmp_path):
+    from repro.tables.figures import EVAL_CURVES, plot_curves, seed_curves
+
+    root = tmp_path / "runs"
+    for seed, acc in ((1, 0.5), (2, 0.7)):
+        write_run(root, f"rms{seed}", task="cifar10_cnn", norm="rmsnorm", seed=seed, step_ms=(1.0, 1.0, 1.0) + (1.0,) * (seed - 1),
+                  val=[(20, {"test/acc": acc}), (40, {"test/acc": acc + 0.1})])
+    runs = collect_local([root])
+    for run in runs:  # these runs evaluated on the test split only
+        for row in run.rows:
+            if "test/acc" in row:
+                row["split"] = "test"
+    steps, mean, low, high = seed_curves(runs, "train/loss", "train")
+    assert steps == [10, 20, 30]  # seed 2 logged a 4th interval, seed 1 did not
+    assert mean == pytest.approx([2.0 + 0.015, 1.0 + 0.015, 2 / 3 + 0.015]) and low[0] == pytest.approx(2.01)
+    assert seed_curves(runs, "test/acc", "test")[1] == pytest.approx([0.6, 0.7])
+    assert plot_curves(runs, tmp_path / "eval.png", EVAL_CURVES, "Evaluation").read_bytes()[:4] == b"\x89PNG"
+    assert plot_curves(runs, tmp_path / "none.png", (("val", "val/bleu"),), "BLEU") is None

@@ -17,7 +17,10 @@ from .render import NORM_ORDER, norm_label, norm_share
 
 log = logging.getLogger(__name__)
 NORM_COLORS = {norm: f"C{i}" for i, norm in enumerate(NORM_ORDER)}
-VAL_METRICS = ("val/bleu", "val/acc", "val/loss")  # the first one a task logs is drawn
+# Evaluation curves: the first (split, metric) a task logs is drawn; runs without a validation
+# split (CIFAR-10 as the paper trains it, on all 50k images) fall back to the test split.
+EVAL_CURVES = (("val", "val/bleu"), ("val", "val/acc"), ("test", "test/bleu"), ("test", "test/acc"),
+               ("val", "val/loss"))
 
 
 def _plt():
@@ -61,18 +64,20 @@ def _norm_rank(key: tuple) -> tuple:
     return (NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER), norm, partial or 0.0)
 
 
-def plot_curves(runs: list[Run], path: Path, split: str, metrics: tuple[str, ...], title: str) -> Optional[Path]:
-    """One panel per task: `metrics[0]` (or the first the task logs) over steps, one line per norm."""
+def plot_curves(runs: list[Run], path: Path, curves: tuple[tuple[str, str], ...], title: str) -> Optional[Path]:
+    """One panel per task: the first (split, metric) of `curves` the task logs, over steps, one
+    line per norm."""
     tasks = {}
     for task, groups in _by_task(runs).items():
-        metric = next((m for m in metrics if any(run.series(m, split) for g in groups.values() for run in g)), None)
-        if metric:
-            tasks[task] = (metric, groups)
+        found = next(((split, m) for split, m in curves
+                      if any(run.series(m, split) for g in groups.values() for run in g)), None)
+        if found:
+            tasks[task] = (*found, groups)
     if not tasks:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.4, 5.2 * len(tasks)), 4.0), squeeze=False)
-    for ax, (task, (metric, groups)) in zip(axes[0], tasks.items()):
+    for ax, (task, (split, metric, groups)) in zip(axes[0], tasks.items()):
         for (_, norm, partial), group in groups.items():
             curve = seed_curves(group, metric, split)
             if curve is None:
@@ -185,8 +190,8 @@ def write_figures(runs: list[Run], out: Path, bench_root: Optional[Path] = None)
     out = Path(out) / "figures"
     out.mkdir(parents=True, exist_ok=True)
     made = [
-        plot_curves(runs, out / "loss_curves.png", "train", ("train/loss",), "Training loss"),
-        plot_curves(runs, out / "val_curves.png", "val", VAL_METRICS, "Validation metric"),
+        plot_curves(runs, out / "loss_curves.png", (("train", "train/loss"),), "Training loss"),
+        plot_curves(runs, out / "val_curves.png", EVAL_CURVES, "Evaluation metric"),
         plot_norm_share(runs, out / "norm_share.png"),
     ]
     if bench_root is not None and Path(bench_root).is_dir():

@@ -190,26 +190,26 @@ def _baseline(table: Table, row: Row) -> Optional[Row]:
 
 
 def quality_verdict(name: str, ours: Stat, base: Stat, higher_is_better: bool) -> str:
-    """|Δ| ≤ 0.5 is "kept"; whether the seeds can tell: with two standard errors of the
-    difference (Welch) inside the tolerance the call is firm, straddling it undecided."""
+    """Quality is kept when the norm is at most 0.5 points worse than LayerNorm (better is always
+    fine). Whether the seeds can tell: with two standard errors of the difference (Welch) on the
+    right side of the tolerance the call is firm, straddling it within seed noise."""
     if not ours.n or not base.n:
         return f"{name}: {MISSING} (runs: {ours.n} vs LayerNorm {base.n})"
     delta = ours.mean - base.mean
-    better = delta > 0 if higher_is_better else delta < 0
-    text = f"{name}: Δ = {delta:+.2f} ({'better' if better else 'worse'} than LayerNorm)"
+    worse_by = -delta if higher_is_better else delta  # > 0: worse than LayerNorm
+    side = "worse than" if worse_by > 0 else "better than" if worse_by < 0 else "same as"
+    text = f"{name}: Δ = {delta:+.2f} ({side} LayerNorm)"
+    kept = worse_by <= QUALITY_TOLERANCE
     if ours.std is None or base.std is None:
-        kept = abs(delta) <= QUALITY_TOLERANCE
-        return (f"{text} -> {'kept' if kept else 'NOT kept'} at |Δ| ≤ {QUALITY_TOLERANCE}, but with "
+        return (f"{text} -> {'kept' if kept else 'NOT kept'} (at most {QUALITY_TOLERANCE} worse), but with "
                 f"{ours.n} vs {base.n} seed(s) the spread is unknown: not a firm call")
     margin = 2 * math.sqrt(ours.std ** 2 / ours.n + base.std ** 2 / base.n)
-    if abs(delta) + margin <= QUALITY_TOLERANCE:
-        call = "kept (firm: |Δ| + 2·SE within tolerance)"
-    elif abs(delta) - margin > QUALITY_TOLERANCE:
-        call = "NOT kept (firm: |Δ| − 2·SE beyond tolerance)"
-    elif not better and abs(delta) > QUALITY_TOLERANCE:
-        call = "NOT kept, but within seed noise"
+    if worse_by + margin <= QUALITY_TOLERANCE:
+        call = "kept (firm: Δ + 2·SE within the tolerance)"
+    elif worse_by - margin > QUALITY_TOLERANCE:
+        call = "NOT kept (firm: Δ − 2·SE beyond the tolerance)"
     else:
-        call = "kept, but within seed noise" if abs(delta) <= QUALITY_TOLERANCE else "undecided"
+        call = f"{'kept' if kept else 'NOT kept'}, but within seed noise"
     return f"{text}, 2·SE = {margin:.2f} over {ours.n}+{base.n} seeds -> {call}"
 
 

@@ -1,0 +1,42 @@
+"""scripts/reproduce.sh mini --cpu-smoke end to end: sweeps on generated data, tables, figures and
+analyses (a couple of minutes on a CPU, hence slow)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro.tables import collect_local
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_cpu_smoke_reproduces_every_table_figure_and_analysis(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run(["bash", "scripts/reproduce.sh", "mini", "--cpu-smoke", "--seeds", "1", "--runs", str(runs),
+                    "--out", str(out)], cwd=ROOT, env=env, check=True, timeout=900)
+    runs_found = collect_local([runs])
+    assert sorted((r.task, r.norm, r.status) for r in runs_found) == sorted(
+        (task, norm, "completed") for task in ("cifar10_cnn", "multi30k_transformer")
+        for norm in ("layernorm", "rmsnorm", "prmsnorm"))
+    table4 = (out / "tables" / "table4_transformer.md").read_text()
+    assert "| LayerNorm | 1 |" in table4 and "test_2016_flickr BLEU (tok)" in table4
+    assert "| pRMSNorm (p=6.25%) | 1 |" in (out / "tables" / "table10_cifar10.md").read_text()
+    for name in ("loss_curves", "val_curves", "norm_share"):
+        assert (out / "figures" / f"{name}.png").is_file()
+    for name in ("invariance", "control_bits", "partial_error"):
+        assert (out / "analysis" / f"{name}.md").is_file() and (out / "analysis" / f"{name}.png").is_file()
+
+
+def test_bad_arguments_are_one_line_errors():
+    for args, message in ((["weekly"], "mode must be mini or full, got 'weekly'"),
+                          (["mini", "--fast"], "unknown option '--fast'"),
+                          (["full", "--cpu-smoke"], "--cpu-smoke goes with mini"),
+                          (["mini", "--seeds", "a,b"], "--seeds must be a comma list of ints")):
+        result = subprocess.run(["bash", "scripts/reproduce.sh", *args], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr
