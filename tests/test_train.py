@@ -43,6 +43,7 @@ def test_smoke_run_writes_a_complete_run_store(norm, fmt, request, tmp_path):
     cfg = smoke_config(root, f"norm={norm}", "trainer.max_steps=2", "trainer.eval_every=2", "trainer.log_every=1",
                        "trainer.norm_timing_every=2")
     summary = train(cfg, tmp_path)
+    assert not torch.are_deterministic_algorithms_enabled()  # trainer.deterministic is scoped to the run
 
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert config["norm"]["name"] == norm and config["data"]["root"] == str(root)
@@ -65,11 +66,11 @@ def test_smoke_run_writes_a_complete_run_store(norm, fmt, request, tmp_path):
 
 def test_loss_goes_down(cifar_jpeg, tmp_path):
     cfg = smoke_config(cifar_jpeg, "model.width=16", "model.dropout=0", "optim.schedule.name=constant",
-                       "trainer.max_steps=40", "trainer.log_every=8", "trainer.eval_every=40",
+                       "trainer.max_steps=64", "trainer.log_every=16", "trainer.eval_every=64",
                        "trainer.norm_timing_every=0")
     train(cfg, tmp_path)
     losses = train_losses(tmp_path)
-    assert len(losses) == 5 and losses[-1] < 0.85 * losses[0], losses
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses
     assert read_metrics(tmp_path)[-1]["test/acc"] > 0.3  # 10 classes: chance is 0.1
 
 

@@ -89,6 +89,9 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     dist.init(world, device)
     tracker = None
     status = "failed"
+    # Global switches set below; restored at the end so in-process callers (tests) are unaffected.
+    saved_switches = (torch.are_deterministic_algorithms_enabled(),
+                      torch.is_deterministic_algorithms_warn_only_enabled(), torch.backends.cudnn.benchmark)
     try:
         # Rank 0's run dir everywhere: all ranks resume from the checkpoint rank 0 writes.
         run_dir = Path(dist.broadcast_object(str(Path(run_dir).resolve()), world))
@@ -154,3 +157,5 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         if tracker is not None:
             tracker.finish(status)
         dist.shutdown(world)
+        torch.use_deterministic_algorithms(saved_switches[0], warn_only=saved_switches[1])
+        torch.backends.cudnn.benchmark = saved_switches[2]
