@@ -99,6 +99,22 @@ def test_translation_configs_compose_and_validate(task):
     assert cfg.data.label_smoothing == 0.1 and cfg.data.beam == 4 and cfg.data.length_penalty == 0.6
 
 
+@pytest.mark.parametrize("experiment, model_dim, tokens_per_step", [
+    ("wmt14_table4", 512, 25000), ("multi30k_table4_mini", 256, 4096),
+])
+def test_table4_experiments_sweep_the_papers_norms(experiment, model_dim, tokens_per_step):
+    from hydra import compose, initialize_config_dir
+
+    from train_helpers import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", [f"experiment={experiment}"], return_hydra_config=True)
+    validate_config(cfg)
+    assert cfg.hydra.sweeper.params.norm.split(",") == ["none", "layernorm", "rmsnorm", "prmsnorm"]
+    assert cfg.norm.partial == 0.0625 and cfg.model.dim == model_dim and not cfg.model.pre_norm
+    assert cfg.data.max_tokens * cfg.trainer.accumulate == tokens_per_step
+
+
 @pytest.mark.parametrize("override, message", [
     ("data.max_tokens=0", r"data\.max_tokens=0 is not allowed: must be an integer >= 1"),
     ("data.beam=0", r"data\.beam=0 is not allowed: must be an integer >= 1"),
