@@ -114,7 +114,8 @@ class TimingPlan:
                 f"(stops adding calls after {self.cpu_budget_s:g} s) after {self.cpu_warmup} warm-up calls")
 
 
-QUICK_PLAN = TimingPlan(warmup_ms=10, rep_ms=30, cpu_warmup=2, cpu_reps=15, cpu_min_reps=5, cpu_budget_s=0.25)
+# quick: at least 3 timed calls, so a slow backend on a busy 2-core host still ends in minutes
+QUICK_PLAN = TimingPlan(warmup_ms=10, rep_ms=30, cpu_warmup=1, cpu_reps=15, cpu_min_reps=3, cpu_budget_s=0.25)
 STANDARD_PLAN = TimingPlan(warmup_ms=10, rep_ms=40, cpu_warmup=3, cpu_reps=50, cpu_min_reps=5, cpu_budget_s=1.5)
 
 
