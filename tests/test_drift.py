@@ -97,6 +97,16 @@ def test_only_sampled_steps_are_observed_and_micro_batches_average():
     assert metrics["drift/0/mean_over_rms"] == pytest.approx((0 + 1 / math.sqrt(2)) / 2, rel=1e-6)
     assert monitor.collect() == ({}, [])  # a sample is returned once
     assert not DriftMonitor(model, every=0).due(4)
+    # a due step that must not be observed (its norms are being timed) passes the sample on
+    with monitor.observe(4, defer=True):
+        model(shifted_rows(2, 64, 0.5))
+    assert monitor.collect() == ({}, [])
+    with monitor.observe(5):
+        model(shifted_rows(2, 64, 0.0))
+    assert monitor.collect()[0] == {"drift/0/mean_over_rms": 0.0}
+    with monitor.observe(7):
+        model(shifted_rows(2, 64, 0.0))
+    assert monitor.collect() == ({}, [])
 
 
 def test_warns_once_per_layer_and_never_for_layernorm_means():

@@ -18,7 +18,7 @@ mean, so its value is logged for comparison but never warned about.
 Use (the trainer, around one training step's forward pass):
 
     drift = DriftMonitor(model, every=100, mean_threshold=0.5, partial_threshold=0.2)
-    with drift.observe(step):          # hooks attached only on sampled steps
+    with drift.observe(step, defer=norms_timed_this_step):  # hooks only on sampled steps
         loss = model(batch) ...
     metrics, warnings = drift.collect()  # {} and [] on steps that were not sampled
 
@@ -99,16 +99,21 @@ class DriftMonitor:
                 self.layers[name or type(module).__name__] = (module, *layout)
         self.warned: set[tuple[str, str]] = set()
         self._sample: Optional[dict] = None
+        self._pending = False
 
     def due(self, step: int) -> bool:
         return self.every > 0 and bool(self.layers) and step % self.every == 0
 
     @contextmanager
-    def observe(self, step: int):
-        """Record the norm inputs of the forward passes inside the block when `step` is due."""
-        if not self.due(step):
+    def observe(self, step: int, *, defer: bool = False):
+        """Record the norm inputs of the forward passes inside the block when `step` is due.
+        `defer=True` (e.g. on a step whose norms are being timed, where the hooks would count as
+        norm time) moves a due sample to the next step observed without it."""
+        self._pending = self._pending or self.due(step)
+        if not self._pending or defer:
             yield
             return
+        self._pending = False
         sample: dict[str, list] = {}
 
         def hook(name, to_rows, partial):
