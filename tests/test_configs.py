@@ -10,7 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from repro.cli.train import check_group_choices
+from repro.cli.train import check_group_choices, check_sweep, sweep_jobs
 from repro.nn import NORM_NAMES, NormLayer
 from repro.train import ConfigError, norm_factory, validate_config
 from train_helpers import CONF_DIR, compose_config, one_thread  # noqa: F401
@@ -108,6 +108,20 @@ def test_unknown_group_option_exits_with_one_line_listing_the_options(args, caps
     assert "\n" not in message and "is not allowed: must be one of" in message
     group = args[-1].split("=")[0]
     assert all(p.stem in message for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_sweep_jobs_cross_the_command_line_with_the_experiments_sweep():
+    jobs = sweep_jobs(["-m", "experiment=cifar10_table10", "seed=1,2", "trainer.max_steps=3"], CONF_DIR)
+    assert len(jobs) == 2 * 6
+    assert ["experiment=cifar10_table10", "seed=2", "trainer.max_steps=3", "norm=prmsnorm"] in jobs
+
+
+def test_a_bad_value_in_any_sweep_job_stops_the_sweep_before_it_starts():
+    check_sweep(["-m", "norm=layernorm,rmsnorm", "seed=1,2"], CONF_DIR)  # all valid: no exit
+    with pytest.raises(SystemExit) as exit_:
+        check_sweep(["-m", "norm=layernorm,rmsnorm", "norm.eps=1e-5,-1"], CONF_DIR)
+    message = str(exit_.value.code)
+    assert "\n" not in message and message.startswith("error: norm.eps") and "norm.eps=-1" in message
 
 
 def test_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path):

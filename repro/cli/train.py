@@ -2,10 +2,12 @@
 
 conf/ lives at the repository root (the install is editable); REPRO_CONF_DIR points elsewhere.
 Group choices are checked against conf/ before Hydra starts, and config values by
-repro.train.validate_config before any work, so mistakes are one-line errors.
+repro.train.validate_config before any work (for a multirun: every job's, before the first job),
+so mistakes are one-line errors.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -31,6 +33,43 @@ def check_group_choices(args: list[str], conf_dir: Path) -> None:
                 sys.exit(f"error: {key}={choice!r} is not allowed: must be one of {', '.join(options)}")
 
 
+def sweep_jobs(args: list[str], conf_dir: Path) -> list[list[str]]:
+    """The override lists of every job a multirun launches: the command line's sweeps (`a,b`,
+    `range(...)`) crossed with the experiment's `hydra.sweeper.params` not set on the command line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    with initialize_config_dir(str(conf_dir.resolve()), version_base="1.3"):
+        base = compose("config", [o.input_line for o in parsed if not o.is_sweep_override()],
+                       return_hydra_config=True)
+    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
+            else [o.input_line] for o in parsed]
+    given = {o.key_or_group for o in parsed}
+    params = base.hydra.sweeper.get("params") or {}
+    for key, values in params.items():
+        if key not in given:
+            axes += [[f"{key}={v}" for v in OverridesParser.create().parse_override(f"{key}={values}")
+                      .sweep_string_iterator()]]
+    return [list(job) for job in itertools.product(*axes)]
+
+
+def check_sweep(args: list[str], conf_dir: Path) -> None:
+    """Validate every job of a multirun before the first one starts."""
+    from hydra import compose, initialize_config_dir
+
+    from repro.train import ConfigError, validate_config
+
+    jobs = sweep_jobs(args, conf_dir)
+    with initialize_config_dir(str(conf_dir.resolve()), version_base="1.3"):
+        for job in jobs:
+            try:
+                validate_config(compose("config", job))
+            except ConfigError as error:
+                sys.exit(f"error: {error} (in the sweep job {' '.join(job)})")
+
+
 def _run(cfg: DictConfig) -> None:
     from repro.train import ConfigError, train
 
@@ -47,6 +86,8 @@ def main() -> None:
         sys.exit(f"error: no Hydra config at {CONF_DIR}/config.yaml; run from a repro checkout (pip install -e .) "
                  f"or set REPRO_CONF_DIR to its conf/ folder")
     check_group_choices(sys.argv[1:], CONF_DIR)
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        check_sweep(sys.argv[1:], CONF_DIR)
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_run)()
 
 
