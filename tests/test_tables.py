@@ -15,6 +15,7 @@ from repro.tables import collect_local, dedupe, fetch_wandb, table4, table10, ve
 from repro.tables.collect import history_to_rows
 from repro.tables.render import to_csv, to_latex, to_markdown, write_tables
 from repro.track import RunStore
+from train_helpers import cifar_jpeg, one_thread  # noqa: F401
 
 
 def write_run(root: Path, name: str, *, task: str, norm: str, seed: int, partial=None, status="completed",
@@ -343,3 +344,21 @@ def test_seed_curves_average_the_common_steps_and_fall_back_to_the_test_split(tm
     assert seed_curves(runs, "test/acc", "test")[1] == pytest.approx([0.6, 0.7])
     assert plot_curves(runs, tmp_path / "eval.png", EVAL_CURVES, "Evaluation").read_bytes()[:4] == b"\x89PNG"
     assert plot_curves(runs, tmp_path / "none.png", (("val", "val/bleu"),), "BLEU") is None
+
+
+def test_an_offline_wandb_run_and_its_cached_copy_count_once(cifar_jpeg, tmp_path, monkeypatch):  # noqa: F811
+    """A real run with the W&B sink offline: its run store carries the W&B run id, so the same run
+    fetched later from W&B (here a stand-in with that id) is not counted twice."""
+    from repro.train import train
+    from train_helpers import smoke_config
+
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_dir = tmp_path / "runs" / "offline"
+    train(smoke_config(cifar_jpeg, "logger=wandb", "logger.mode=offline", "trainer.max_steps=2",
+                       "trainer.eval_every=2", "trainer.log_every=1"), run_dir)
+    [local] = collect_local([tmp_path / "runs"])
+    assert local.wandb_id and list((run_dir / "wandb").glob(f"offline-run-*-{local.wandb_id}"))
+    fetched = FakeRun(local.wandb_id, local.norm, local.seed, 0.1)
+    dirs = fetch_wandb("ent/proj", tmp_path / "cache", api=FakeApi([fetched]))
+    runs = dedupe([local] + collect_local(dirs))
+    assert runs == [local]
