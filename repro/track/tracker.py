@@ -23,7 +23,7 @@ class Tracker:
     def finish(self, status: str) -> None:
         """Close every sink; W&B's finish runs whatever the status, so sweeps never merge runs."""
         try:
-            self.store.update_summary(status=status)
+            self.update_summary(status=status)
             self.store.close()
         finally:
             if self.wandb is not None:
