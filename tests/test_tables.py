@@ -256,12 +256,14 @@ def test_cli_writes_tables_and_figures(cifar_tree, tmp_path, capsys):
     bench = tmp_path / "bench"
     write_bench(bench / "test-gpu")
     out = tmp_path / "results"
-    assert main(["--runs", str(cifar_tree), "--out", str(out), "--bench", str(bench)]) == 0
+    assert main(["--runs", str(cifar_tree), "--out", str(out), "--bench", str(bench),
+                 "--note", "Budget: 30 steps per run"]) == 0
     printed = capsys.readouterr().out
     assert "8 runs collected" in printed and "Table 10: ConvPool-CNN-C on CIFAR-10: 3 groups" in printed
     for stem in ("table4_transformer", "table10_cifar10"):
         for ext in ("md", "csv", "tex"):
             assert (out / "tables" / f"{stem}.{ext}").stat().st_size > 0
+        assert "**Budget: 30 steps per run**" in (out / "tables" / f"{stem}.md").read_text()
     for name in ("loss_curves", "val_curves", "norm_share", "kernel_gbps"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -36,6 +36,7 @@ def tables_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="use the W&B cache only, no network")
     p.add_argument("--out", metavar="DIR", default="results", help="output folder (default results)")
     p.add_argument("--bench", metavar="DIR", help="repro-bench results for the GB/s figure (default results/bench)")
+    p.add_argument("--note", metavar="TEXT", help="a line printed under each table, e.g. the budget the runs had")
     p.add_argument("--make-report", action="store_true", help="save a W&B report of the runs (with --wandb)")
     p.add_argument("--dry-run", action="store_true", help="with --make-report: build the report, do not save it")
     return p
@@ -77,7 +78,7 @@ def run_tables(argv: list[str]) -> int:
     runs = dedupe(runs)
     out = Path(args.out)
     bench = Path(args.bench) if args.bench else out / "bench"
-    paths = write_tables(runs, out) + write_figures(runs, out, bench)
+    paths = write_tables(runs, out, note=args.note) + write_figures(runs, out, bench)
     print(f"{len(runs)} runs collected")
     for table in (table4(runs), table10(runs)):
         print(f"{table.title}: {len(table.rows)} groups")

@@ -311,8 +311,8 @@ def _hardware_lines(table: Table) -> list[str]:
     return [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows]
 
 
-def to_markdown(table: Table) -> str:
-    parts = [f"# {table.title} (regenerated)", ""]
+def to_markdown(table: Table, note: Optional[str] = None) -> str:
+    parts = [f"# {table.title} (regenerated)", ""] + ([f"**{note}**", ""] if note else [])
     if table.rows:
         parts += [_md_table(*_grid(table)), "",
                   "Cells: mean ± sample std over seeds (n = cells with fewer runs than the row); "
@@ -369,13 +369,14 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
 
-def write_tables(runs: list[Run], out: Path) -> list[Path]:
+def write_tables(runs: list[Run], out: Path, note: Optional[str] = None) -> list[Path]:
+    """Both tables as Markdown, CSV and LaTeX under out/tables; `note` heads the Markdown."""
     out = Path(out) / "tables"
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for table in (table4(runs), table10(runs)):
-        for ext, render in (("md", to_markdown), ("csv", to_csv), ("tex", to_latex)):
+        for ext, text in (("md", to_markdown(table, note)), ("csv", to_csv(table)), ("tex", to_latex(table))):
             path = out / f"{table.key}.{ext}"
-            path.write_text(render(table))
+            path.write_text(text)
             paths.append(path)
     return paths
