@@ -262,7 +262,8 @@ std::tuple<Tensor, Tensor> rms_norm_forward(
 // With g = dy * w, c = sum_j g_j x_j over the whole row and s = rstd:
 //   dx_j = s g_j - [j < k] a x_j,  a = s^3 c / k                        (eps inside)
 //                                  a = s^2 c / (k rms), rms = sqrt(ms)   (eps outside; 0 if rms = 0)
-// The statistic only sees x[:k], so only those features get the second term.
+// The statistic only sees x[:k], so only those features get the second term. (eps is unused:
+// rstd already holds it.)
 std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& rstd,
     double eps, int64_t k, bool eps_outside, bool has_bias) {
