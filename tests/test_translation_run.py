@@ -3,6 +3,9 @@ its checkpoint translates on its own (tokenizer inside), checkpoint averaging; M
 from __future__ import annotations
 
 import gzip
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -124,6 +127,21 @@ def test_table4_experiments_sweep_the_papers_norms(experiment, model_dim, tokens
 def test_bad_translation_settings_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         validate_config(compose_config("task=multi30k_transformer", override))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_and_evaluate(corpus, tmp_path):
+    """torchrun with 2 CPU processes (gloo): token batches split over ranks, one tokenizer."""
+    run_dir = tmp_path / "run"
+    subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "-m", "repro.cli.train",
+         "experiment=translation_smoke", f"data.root={corpus}", f"data.tokenizer={tmp_path}/spm.model",
+         "trainer.devices=2", f"hydra.run.dir={run_dir}"],
+        check=True, timeout=900, capture_output=True,
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["world_size"] == 2 and summary["step"] == 6
+    assert "test/bleu" in summary and summary["throughput/tokens_per_s"] > 0
 
 
 # ------------------------------------------------------------------------------------- real data

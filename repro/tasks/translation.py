@@ -113,8 +113,14 @@ class Translation(Task):
     def setup(self, device, rank: int = 0, world_size: int = 1) -> None:
         self.device = device
         train = self.read(self.split_names["train"])
-        self.tokenizer = train_tokenizer([train.src, train.tgt], self.tokenizer_path, self.vocab_size,
-                                         max_sentences=self.tokenizer_sentences)
+        def tokenizer():
+            return train_tokenizer([train.src, train.tgt], self.tokenizer_path, self.vocab_size,
+                                   max_sentences=self.tokenizer_sentences)
+        if world_size > 1:  # rank 0 trains (or checks) the cached model; the others then load it
+            if rank == 0:
+                tokenizer()
+            torch.distributed.barrier()
+        self.tokenizer = tokenizer()
         if len(self.tokenizer) > self.vocab_size:
             raise CorpusError(f"tokenizer {self.tokenizer_path} has {len(self.tokenizer)} pieces, more than data.vocab_size={self.vocab_size}")
         if self.model is not None:  # the checkpoint carries the tokenizer that defines its ids
