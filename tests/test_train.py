@@ -102,7 +102,9 @@ def test_crash_then_resume_repeats_the_uninterrupted_run_exactly(cifar_jpeg, tmp
     assert without_timing(read_metrics(broken)) == without_timing(read_metrics(full))
     resumed, uninterrupted = final_params(broken), final_params(full)
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
-    assert json.loads((broken / "summary.json").read_text())["status"] == "completed"
+    resumed_summary = json.loads((broken / "summary.json").read_text())
+    assert resumed_summary["status"] == "completed" and resumed_summary["error"] is None
+    assert resumed_summary["resumed_from"].endswith("last.pt")
 
 
 def test_accumulated_micro_batches_equal_one_large_batch(cifar_jpeg, tmp_path):

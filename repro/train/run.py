@@ -137,6 +137,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
                 partial=cfg.norm.partial if cfg.norm.name == "prmsnorm" else None, seed=cfg.seed,
                 parameters=parameter_count(model), precision=precision, world_size=world.world_size,
                 environment=environment(), resumed_from=str(resume) if resume else None,
+                error=None,  # a resumed run's summary.json still holds the crash that stopped it
             )
         started = time.time()
         task.setup(device, world.rank, world.world_size)
