@@ -78,8 +78,9 @@ class Translation(Task):
         label_smoothing: float = 0.1, beam: int = 4, val_beam: int = 1, length_penalty: float = 0.6,
         max_len_a: float = 1.2, max_len_b: int = 10, tokenizer_sentences: int = 2_000_000, seed: int = 0,
     ):
+        test_sets = dict(test_sets) if test_sets is not None else {"test": "test"}
         check_translation_options(dict(
-            vocab_size=vocab_size, test_sets=dict(test_sets) if test_sets is not None else {"test": "test"},
+            vocab_size=vocab_size, test_sets=test_sets,
             empty_lines=empty_lines, max_tokens=max_tokens, batch_size=batch_size, eval_max_tokens=eval_max_tokens,
             max_len=max_len, label_smoothing=label_smoothing, beam=beam, val_beam=val_beam,
             length_penalty=length_penalty,
@@ -89,7 +90,7 @@ class Translation(Task):
         self.root, self.hf = root, (hf_dataset, hf_config)
         self.langs = (src_lang, tgt_lang)
         self.split_names = {"train": train_split, "val": val_split}
-        self.test_sets = dict(test_sets) if test_sets is not None else {"test": "test"}
+        self.test_sets = test_sets
         self.empty_lines, self.max_len = empty_lines, max_len
         self.max_tokens, self.max_sentences, self.eval_max_tokens = max_tokens, batch_size, eval_max_tokens
         self.smoothing, self.beam, self.val_beam, self.alpha = label_smoothing, beam, val_beam, length_penalty
@@ -113,6 +114,7 @@ class Translation(Task):
     def setup(self, device, rank: int = 0, world_size: int = 1) -> None:
         self.device = device
         train = self.read(self.split_names["train"])
+
         def tokenizer():
             return train_tokenizer([train.src, train.tgt], self.tokenizer_path, self.vocab_size,
                                    max_sentences=self.tokenizer_sentences)
@@ -120,9 +122,7 @@ class Translation(Task):
             if rank == 0:
                 tokenizer()
             torch.distributed.barrier()
-        self.tokenizer = tokenizer()
-        if len(self.tokenizer) > self.vocab_size:
-            raise CorpusError(f"tokenizer {self.tokenizer_path} has {len(self.tokenizer)} pieces, more than data.vocab_size={self.vocab_size}")
+        self.tokenizer = tokenizer()  # at most vocab_size pieces: the model's embedding fits it
         if self.model is not None:  # the checkpoint carries the tokenizer that defines its ids
             self.model.vocabulary = self.tokenizer.proto
         self.text = {"val": self.read(self.split_names["val"])}
