@@ -60,6 +60,7 @@ sweep() {
     repro-train -m "$@" "hydra.sweep.dir=$runs/$name" 'hydra.sweep.subdir=${task.name}_${norm.name}_seed${seed}'
 }
 
+translation=multi30k
 if [[ "$cpu_smoke" == 1 ]]; then
     fixtures="$runs/fixtures"
     python -m repro.data.fixtures "$fixtures/cifar10" >/dev/null
@@ -75,12 +76,22 @@ elif [[ "$mode" == "mini" ]]; then
 else
     sweep cifar10 experiment=cifar10_table10 "data.root=$data/cifar10-jpg" \
         norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm "seed=$seeds"
+    translation=wmt14
     sweep wmt14 task=wmt14_transformer norm=none,layernorm,rmsnorm,prmsnorm "seed=$seeds"
 fi
 
 echo "== tables and figures -> $out"
-repro-tables --runs "$runs" --out "$out"
+# Only the two sweeps: the shift-training runs below are CIFAR-10 runs too, but not Table 10's.
+repro-tables --runs "$runs/cifar10" --runs "$runs/$translation" --out "$out"
 # The partial-RMS analysis reads the activations of a trained pRMSNorm CNN.
 trained="$(ls -d "$runs"/cifar10/*_prmsnorm_seed* | head -n 1)"
 repro-tables analyze all --run "$trained" --out "$out/analysis"
+# Shift sensitivity: four short CIFAR-10 runs (LayerNorm/RMSNorm x weights centred at 0 / 0.2).
+if [[ "$cpu_smoke" == 1 ]]; then
+    repro-tables analyze shift-training --data-root "$fixtures/cifar10" --steps 6 --runs "$runs/shift_training" \
+        --out "$out/analysis" --set experiment=smoke
+else
+    repro-tables analyze shift-training --data-root "$data/cifar10-jpg" --steps 3000 --runs "$runs/shift_training" \
+        --out "$out/analysis"
+fi
 echo "== done: $out/tables, $out/figures, $out/analysis"

@@ -2,6 +2,7 @@
 control-bit layout); tables and the partial-RMS analysis from real short repro-train runs."""
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -14,6 +15,7 @@ from repro.analysis.cli import run_analyze
 from repro.nn import LayerNorm, RMSNorm, build_norm
 from repro.tables import collect_local, table10
 from repro.tables.render import write_tables
+from repro.tasks import CifarClassification
 from train_helpers import cifar_jpeg, one_thread, smoke_config  # noqa: F401
 
 
@@ -138,3 +140,40 @@ def test_partial_error_on_a_trained_model(real_runs, tmp_path):
     assert (tmp_path / "partial_error.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(FileNotFoundError, match="no checkpoints/last.pt"):
         partial_error.run(tmp_path, tmp_path)
+
+
+def test_shifted_init_task_shifts_every_conv_and_linear_weight(cifar_jpeg):  # noqa: F811
+    from repro.analysis import shift_training
+    from repro.models import ConvPoolCNNC
+    from repro.nn import NormFactory
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2), RMSNorm(2))
+    before = [p.clone() for p in model.parameters()]
+    assert shift_training.shift_weights(model, 0.2) == 2
+    after = list(model.parameters())
+    torch.testing.assert_close(after[0], before[0] + 0.2)  # conv weight
+    torch.testing.assert_close(after[1], before[1])        # conv bias untouched
+    torch.testing.assert_close(after[4], before[4])        # the norm's gain untouched
+
+    options = dict(name="cifar10_cnn", model=functools.partial(ConvPoolCNNC, width=8), root=str(cifar_jpeg))
+    norm = NormFactory("rmsnorm")
+    torch.manual_seed(0)
+    plain = CifarClassification(**options).build_model(norm)
+    torch.manual_seed(0)
+    shifted = shift_training.shifted_init_task("repro.tasks.CifarClassification", 0.2, **options).build_model(norm)
+    convs = [(a, b) for a, b in zip(plain.modules(), shifted.modules()) if isinstance(a, nn.Conv2d)]
+    assert len(convs) == 10  # nine conv layers and the 1x1 classifier
+    for a, b in convs:
+        torch.testing.assert_close(b.weight, a.weight + 0.2)
+
+
+def test_shift_training_runs_the_trainer_and_writes_its_note(cifar_jpeg, tmp_path):  # noqa: F811
+    assert run_analyze(["shift-training", "--data-root", str(cifar_jpeg), "--steps", "2", "--runs",
+                        str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--set", "experiment=smoke",
+                        "trainer.max_steps=2"]) == 0
+    runs = collect_local([tmp_path / "runs"])
+    assert sorted((r.norm, r.config["task"]["init_center"]) for r in runs) == [
+        ("layernorm", 0.0), ("layernorm", 0.2), ("rmsnorm", 0.0), ("rmsnorm", 0.2)]
+    assert all(r.status == "completed" and r.summary["step"] == 2 for r in runs)
+    note = (tmp_path / "out" / "shift_training.md").read_text()
+    assert "| rmsnorm | 0.2 |" in note and (tmp_path / "out" / "shift_training.png").is_file()

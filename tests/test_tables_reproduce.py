@@ -20,16 +20,19 @@ def test_cpu_smoke_reproduces_every_table_figure_and_analysis(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run(["bash", "scripts/reproduce.sh", "mini", "--cpu-smoke", "--seeds", "1", "--runs", str(runs),
                     "--out", str(out)], cwd=ROOT, env=env, check=True, timeout=900)
-    runs_found = collect_local([runs])
+    runs_found = collect_local([runs / "cifar10", runs / "multi30k"])
     assert sorted((r.task, r.norm, r.status) for r in runs_found) == sorted(
         (task, norm, "completed") for task in ("cifar10_cnn", "multi30k_transformer")
         for norm in ("layernorm", "rmsnorm", "prmsnorm"))
     table4 = (out / "tables" / "table4_transformer.md").read_text()
     assert "| LayerNorm | 1 |" in table4 and "test_2016_flickr BLEU (tok)" in table4
-    assert "| pRMSNorm (p=6.25%) | 1 |" in (out / "tables" / "table10_cifar10.md").read_text()
+    table10 = (out / "tables" / "table10_cifar10.md").read_text()
+    # one run per norm: the shift-training runs (CIFAR-10 too) are not counted in Table 10
+    assert "| pRMSNorm (p=6.25%) | 1 |" in table10 and "| LayerNorm | 1 |" in table10
+    assert len(collect_local([runs / "shift_training"])) == 4
     for name in ("loss_curves", "val_curves", "norm_share"):
         assert (out / "figures" / f"{name}.png").is_file()
-    for name in ("invariance", "control_bits", "partial_error"):
+    for name in ("invariance", "control_bits", "partial_error", "shift_training"):
         assert (out / "analysis" / f"{name}.md").is_file() and (out / "analysis" / f"{name}.png").is_file()
 
 

@@ -1,10 +1,11 @@
-"""`repro-tables analyze NAME`: run one of the analyses (or all that need no run) into --out."""
+"""`repro-tables analyze NAME`: run one of the analyses into --out. `all` runs those that need no
+training (and partial-error when --run is given); shift-training trains four short runs."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-ANALYSES = ("invariance", "control-bits", "partial-error", "all")
+ANALYSES = ("invariance", "control-bits", "partial-error", "shift-training", "all")
 
 
 def run_analyze(argv: list[str]) -> int:
@@ -12,10 +13,21 @@ def run_analyze(argv: list[str]) -> int:
     p.add_argument("name", choices=ANALYSES, help="which analysis; all = every one (partial-error needs --run)")
     p.add_argument("--out", metavar="DIR", default="results/analysis", help="output folder (default results/analysis)")
     p.add_argument("--run", metavar="RUN_DIR", help="partial-error: a finished repro-train run (config.yaml, checkpoints/)")
-    p.add_argument("--data-root", metavar="DIR", help="partial-error: data.root, when the run's own is not here")
+    p.add_argument("--data-root", metavar="DIR",
+                   help="CIFAR-10 folder: shift-training's data; partial-error: the run's data.root when its own is not here")
+    p.add_argument("--steps", type=int, default=300, help="shift-training: steps per run (default 300)")
+    p.add_argument("--center", type=float, default=0.2, help="shift-training: the weights' centre (default 0.2)")
+    p.add_argument("--runs", metavar="DIR", default="multirun/shift_training",
+                   help="shift-training: where its runs go (default multirun/shift_training)")
+    p.add_argument("--set", metavar="KEY=VALUE", nargs="+", default=[],
+                   help="shift-training: extra repro-train overrides, e.g. model.width=32")
     args = p.parse_args(argv)
     if args.name == "partial-error" and not args.run:
         p.error("partial-error needs --run RUN_DIR (a finished repro-train run)")
+    if args.name == "shift-training" and not args.data_root:
+        p.error("shift-training needs --data-root DIR (a CIFAR-10 folder)")
+    if args.steps < 1:
+        p.error(f"--steps must be >= 1, got {args.steps}")
     out = Path(args.out)
     wrote = []
     if args.name in ("invariance", "all"):
@@ -36,6 +48,12 @@ def run_analyze(argv: list[str]) -> int:
         except (FileNotFoundError, ValueError) as error:
             p.error(str(error))
         wrote.append("partial_error")
+    if args.name == "shift-training":
+        from . import shift_training
+
+        shift_training.run(out, args.data_root, Path(args.runs), steps=args.steps, center=args.center,
+                           overrides=args.set)
+        wrote.append("shift_training")
     for name in wrote:
         print(f"wrote {out / name}.md and {out / name}.png")
     return 0
