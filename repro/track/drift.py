@@ -1,7 +1,7 @@
 """Drift monitor: does the input of each norm layer still satisfy what its statistic assumes?
 
 RMSNorm drops LayerNorm's re-centering on the assumption that its inputs have a mean near zero,
-an assumption the paper's authors say "needs monitoring in production"; pRMSNorm further assumes
+an assumption that needs monitoring in production (nothing in training enforces it); pRMSNorm assumes
 that the first k features estimate the RMS of the whole row. Every `every` steps, for one forward
 pass, the monitor hooks each `repro.nn.NormLayer` and measures over the rows that layer normalizes:
 
