@@ -170,19 +170,25 @@ std::tuple<Tensor, Tensor> accumulate_param_grads(
     }
   });
 
-  auto reduce = [&](const A* parts) {
-    Tensor out = at::empty({n}, acc_opts);
-    A* o = out.data_ptr<A>();
-    at::parallel_for(0, n, kMinElementsPerTask / std::max<int64_t>(blocks, 1), [&](int64_t j0, int64_t j1) {
+  // Both gradients in one parallel region (each region costs a wake-up of every thread), and
+  // in the calling thread unless the partials are large: adding them is cheap next to the rows.
+  Tensor dw = need_dw ? at::empty({n}, acc_opts) : Tensor();
+  Tensor db = need_db ? at::empty({n}, acc_opts) : Tensor();
+  const std::array<std::pair<const A*, A*>, 2> sums = {
+      std::pair<const A*, A*>{dw_partials, need_dw ? dw.data_ptr<A>() : nullptr},
+      std::pair<const A*, A*>{db_partials, need_db ? db.data_ptr<A>() : nullptr}};
+  const int64_t reads_per_column = std::max<int64_t>(blocks * n_partials, 1);
+  at::parallel_for(0, n, 8 * kMinElementsPerTask / reads_per_column, [&](int64_t j0, int64_t j1) {
+    for (const auto& [parts, out] : sums) {
+      if (!out) continue;
       vec_loop<A>(j0, j1, [&](int64_t j, auto len) {
         Vectorized<A> acc(A(0));
         for (int64_t b = 0; b < blocks; ++b) acc = acc + load(parts + b * n + j, len);
-        store(o + j, acc, len);
+        store(out + j, acc, len);
       });
-    });
-    return out;
-  };
-  return {need_dw ? reduce(dw_partials) : Tensor(), need_db ? reduce(db_partials) : Tensor()};
+    }
+  });
+  return {dw, db};
 }
 
 // ------------------------------------------------------------------ argument handling
