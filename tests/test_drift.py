@@ -13,6 +13,7 @@ from torch import nn
 from repro import kernels
 from repro.nn import BatchNorm2d, ConvNorm, LayerNorm, RMSNorm, build_norm
 from repro.track.drift import DriftMonitor, DriftWarning, row_stats
+from train_helpers import cifar_jpeg, one_thread  # noqa: F401
 
 
 def shifted_rows(rows: int, dim: int, shift: float) -> torch.Tensor:
@@ -149,3 +150,39 @@ def test_monitors_a_model_built_by_the_factory_under_autograd():
 def test_bad_arguments_are_one_line_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DriftMonitor(nn.Sequential(RMSNorm(4)), **kwargs)
+
+
+def test_track_drift_in_a_real_run(cifar_jpeg, tmp_path):  # noqa: F811
+    """track.drift=true in repro-train: drift rows in metrics.jsonl, warnings in summary.json."""
+    import json
+
+    from repro.track import read_metrics
+    from repro.train import train
+    from train_helpers import smoke_config
+
+    cfg = smoke_config(cifar_jpeg, "norm=prmsnorm", "trainer.max_steps=4", "trainer.norm_timing_every=2",
+                       "track.drift=true", "track.drift_every=2", "track.drift_mean_threshold=1e-6",
+                       "track.drift_partial_threshold=1e-6")
+    with pytest.warns(DriftWarning):
+        train(cfg, tmp_path)
+    drift_rows = [r for r in read_metrics(tmp_path) if any(k.startswith("drift/") for k in r)]
+    # steps 2 and 4 are timed, so the step-2 sample moves to step 3 (step 4's would be step 5)
+    assert [(r["step"], r["split"]) for r in drift_rows] == [(3, "train")]
+    layers = {k.split("/")[1] for k in drift_rows[0] if k.startswith("drift/")}
+    assert len(layers) == 9 and all(0 <= drift_rows[0][f"drift/{name}/mean_over_rms"] <= 1 for name in layers)
+    warned = json.loads((tmp_path / "summary.json").read_text())["drift/warnings"]
+    assert warned.count("drift: norm layer") == 18  # each of the 9 layers, both statistics, once
+
+
+def test_track_drift_is_off_by_default_and_its_options_are_checked(cifar_jpeg, tmp_path):  # noqa: F811
+    from repro.track import read_metrics
+    from repro.train import train
+    from repro.train.config import ConfigError
+    from train_helpers import smoke_config
+
+    train(smoke_config(cifar_jpeg, "trainer.max_steps=2"), tmp_path)
+    assert not any(k.startswith("drift/") for r in read_metrics(tmp_path) for k in r)
+    for override, key in (("track.drift_every=0", "track.drift_every"),
+                          ("track.drift_mean_threshold=0", "track.drift_mean_threshold")):
+        with pytest.raises(ConfigError, match=key):
+            train(smoke_config(cifar_jpeg, "track.drift=true", override), tmp_path / "bad")

@@ -121,6 +121,11 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
             f"trainer.resume={resume!r} is not allowed: must be auto, none, or an existing checkpoint or run dir"
         )
 
+    _bool(cfg, "track.drift")
+    _int(cfg, "track.drift_every", 1)
+    _number(cfg, "track.drift_mean_threshold", 0, strict=True)
+    _number(cfg, "track.drift_partial_threshold", 0, strict=True)
+
     batch_size = _int(cfg, "data.batch_size", 1)
     if batch_size % world_size:
         raise ConfigError(

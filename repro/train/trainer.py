@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from repro.tasks.base import Task
 from repro.track import NormTimer, Tracker
+from repro.track.drift import DriftMonitor
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -42,6 +43,9 @@ class TrainerSettings:
     accumulate: int = 1
     grad_clip: float = 0.0
     norm_timing_every: int = 0
+    drift_every: int = 0  # 0: no drift monitor
+    drift_mean_threshold: float = 0.5
+    drift_partial_threshold: float = 0.2
     progress_bar: bool = True
 
 
@@ -151,6 +155,9 @@ class Trainer:
             torch.nn.parallel.DistributedDataParallel(self.model) if self.world.enabled else self.model
         )
         timer = NormTimer(self.model, self.s.norm_timing_every, self.device)
+        drift = DriftMonitor(self.model, self.s.drift_every, mean_threshold=self.s.drift_mean_threshold,
+                             partial_threshold=self.s.drift_partial_threshold)
+        drift_warnings = []
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=not (self.world.is_main and self.s.progress_bar),
             dynamic_ncols=True, desc=f"{self.task.name}",
@@ -171,7 +178,8 @@ class Trainer:
             if sampled:
                 self._sync()
                 started = time.perf_counter()
-            with timer.measure() if sampled else contextlib.nullcontext():
+            # A drift sample due on a timed step moves to the next one: its hooks would count as norm time.
+            with timer.measure() if sampled else contextlib.nullcontext(), drift.observe(self.step + 1, defer=sampled):
                 self._train_step(train_model, micro)
             if sampled:
                 self._sync()
@@ -181,6 +189,12 @@ class Trainer:
                 self.interval.samples.append({**norm, "time/sampled_step_ms": step_ms})
             self.step += 1
             self.interval.steps += 1
+            drift_metrics, new_warnings = drift.collect()
+            if drift_metrics and self.tracker is not None:
+                self.tracker.log(self.step, "train", drift_metrics)
+            if new_warnings and self.tracker is not None:
+                drift_warnings += new_warnings
+                self.tracker.update_summary(**{"drift/warnings": " | ".join(drift_warnings)})
             bar.update(1)
 
             if self.step % self.s.log_every == 0 or self.step == self.total_steps:
