@@ -177,3 +177,11 @@ def test_shift_training_runs_the_trainer_and_writes_its_note(cifar_jpeg, tmp_pat
     assert all(r.status == "completed" and r.summary["step"] == 2 for r in runs)
     note = (tmp_path / "out" / "shift_training.md").read_text()
     assert "| rmsnorm | 0.2 |" in note and (tmp_path / "out" / "shift_training.png").is_file()
+    # the same command again reuses the finished runs (only redraws); a changed option retrains
+    stamps = {r.path.name: (r.path / "summary.json").stat().st_mtime_ns for r in runs}
+    args = ["shift-training", "--data-root", str(cifar_jpeg), "--steps", "2", "--runs", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "out"), "--set", "experiment=smoke", "trainer.max_steps=2"]
+    assert run_analyze(args) == 0
+    assert {r.path.name: (r.path / "summary.json").stat().st_mtime_ns for r in collect_local([tmp_path / "runs"])} == stamps
+    assert run_analyze(args[:-1] + ["trainer.max_steps=2", "seed=2"]) == 0
+    assert all((tmp_path / "runs" / name / "summary.json").stat().st_mtime_ns != t for name, t in stamps.items())

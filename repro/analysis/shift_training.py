@@ -49,9 +49,21 @@ def shifted_init_task(base_target: str, init_center: float, **options):
     return task
 
 
+def _finished_with(run_dir: Path, config: dict) -> bool:
+    """A completed run of exactly this config is reused, so a re-run only redraws."""
+    import json
+
+    import yaml
+
+    summary, stored = run_dir / "summary.json", run_dir / "config.yaml"
+    return (summary.exists() and stored.exists() and json.loads(summary.read_text()).get("status") == "completed"
+            and yaml.safe_load(stored.read_text()) == config)
+
+
 def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: float = 0.2, seed: int = 1,
         overrides: Optional[list[str]] = None, command: str = "repro-tables analyze shift-training") -> dict:
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from repro.cli.train import CONF_DIR
     from repro.tables import collect_local
@@ -70,7 +82,8 @@ def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: floa
                     f"task._target_={FACTORY}", "+task.base_target=repro.tasks.CifarClassification",
                     f"+task.init_center={c}", *(overrides or []),
                 ])
-            train(cfg, run_dir)
+            if not _finished_with(run_dir, OmegaConf.to_container(cfg, resolve=True)):
+                train(cfg, run_dir)
             [record] = collect_local([run_dir])
             results[(norm, c)] = record
 
@@ -82,7 +95,7 @@ def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: floa
         style = dict(color=colors[norm], ls="-" if c == 0 else "--", label=f"{norm}, weights centred at {c:g}")
         left.plot(*zip(*record.series("train/loss", "train")), **style)
         right.plot(*zip(*record.series(eval_key)), marker="o", ms=3, **style)
-    left.set(xlabel="step", ylabel="train/loss", yscale="log", title="training loss")
+    left.set(xlabel="step", ylabel="train/loss", title="training loss")
     right.set(xlabel="step", ylabel=eval_key, title=f"{eval_key.split('/')[0]} accuracy")
     for ax in (left, right):
         ax.grid(alpha=0.3)
