@@ -107,6 +107,17 @@ def test_crash_then_resume_repeats_the_uninterrupted_run_exactly(cifar_jpeg, tmp
     assert resumed_summary["resumed_from"].endswith("last.pt")
 
 
+def test_keep_checkpoints_keeps_the_newest_step_checkpoints(cifar_jpeg, tmp_path):
+    overrides = ("trainer.max_steps=8", "trainer.eval_every=4", "trainer.checkpoint_every=2",
+                 "trainer.keep_checkpoints=2")
+    train(smoke_config(cifar_jpeg, *overrides), tmp_path)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.pt"))
+    assert kept == ["step_00000006.pt", "step_00000008.pt"]
+    assert ckpt.load(tmp_path / "checkpoints" / "step_00000006.pt")["step"] == 6
+    newest, last = (ckpt.load(tmp_path / "checkpoints" / n)["model"] for n in ("step_00000008.pt", "last.pt"))
+    assert all(torch.equal(newest[k], last[k]) for k in last)
+
+
 def test_accumulated_micro_batches_equal_one_large_batch(cifar_jpeg, tmp_path):
     common = ("model.dropout=0", "trainer.max_steps=3", "trainer.eval_every=3", "norm=rmsnorm")
     train(smoke_config(cifar_jpeg, *common, "data.batch_size=16"), tmp_path / "large")

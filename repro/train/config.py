@@ -102,6 +102,7 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
     for key in ("eval_every", "log_every", "checkpoint_every", "accumulate"):
         _int(cfg, f"{t}.{key}", 1)
     _int(cfg, f"{t}.norm_timing_every", 0)
+    _int(cfg, f"{t}.keep_checkpoints", 0)
     _number(cfg, f"{t}.grad_clip", 0)
     _choice(cfg, f"{t}.precision", PRECISIONS)
     device = _choice(cfg, f"{t}.device", DEVICES)

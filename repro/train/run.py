@@ -117,7 +117,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
             task, model, optimizer, schedule,
             TrainerSettings(
                 max_steps=t.max_steps, max_epochs=t.max_epochs, eval_every=t.eval_every, log_every=t.log_every,
-                checkpoint_every=t.checkpoint_every, accumulate=t.accumulate, grad_clip=t.grad_clip,
+                checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, accumulate=t.accumulate, grad_clip=t.grad_clip,
                 norm_timing_every=t.norm_timing_every, progress_bar=t.progress_bar,
                 drift_every=cfg.track.drift_every if cfg.track.drift else 0,
                 drift_mean_threshold=cfg.track.drift_mean_threshold,

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,7 @@ class TrainerSettings:
     eval_every: int
     log_every: int
     checkpoint_every: int
+    keep_checkpoints: int = 0  # also keep the newest N step checkpoints (for averaging)
     accumulate: int = 1
     grad_clip: float = 0.0
     norm_timing_every: int = 0
@@ -141,6 +144,20 @@ class Trainer:
         }
         ckpt.save_atomic(state, self.ckpt_dir / name)
 
+    def _keep_step_checkpoint(self) -> None:
+        """Keep last.pt as step_<step>.pt and drop all but the newest keep_checkpoints of them.
+        A hard link costs no copy: last.pt is later replaced by a rename, never rewritten."""
+        if self.s.keep_checkpoints < 1 or not self.world.is_main:
+            return
+        kept = self.ckpt_dir / f"step_{self.step:08d}.pt"
+        kept.unlink(missing_ok=True)
+        try:
+            os.link(self.ckpt_dir / "last.pt", kept)
+        except OSError:  # a filesystem without hard links
+            shutil.copy2(self.ckpt_dir / "last.pt", kept)
+        for old in sorted(self.ckpt_dir.glob("step_*.pt"))[: -self.s.keep_checkpoints]:
+            old.unlink()
+
     # -------------------------------------------------------------------------- loop
     def fit(self) -> dict:
         batches = self.task.train_batches()
@@ -208,6 +225,7 @@ class Trainer:
                     self._evaluate()
                 if self.step % self.s.checkpoint_every == 0 or self.step == self.total_steps:
                     self._save("last.pt")
+                    self._keep_step_checkpoint()
                 clock = time.perf_counter()
         bar.close()
         return self._final()
