@@ -11,7 +11,9 @@ import warnings
 import pytest
 import torch
 
-from kernel_cases import EPS, GRID_DTYPES, Case, check_case, covering_grid, full_grid, make_inputs, run_op
+from kernel_cases import (
+    EPS, GRID_DTYPES, Case, check_case, covering_grid, forward_backward, full_grid, make_inputs, run_op,
+)
 from repro.kernels import cpu as cpu_kernels
 from repro.kernels import layer_norm, ops, reference, rms_norm
 
@@ -60,6 +62,38 @@ def test_every_option_matches_reference(case):
 @pytest.mark.parametrize("case", list(full_grid(dtypes=DTYPES)), ids=str)
 def test_full_grid_matches_reference(case):
     check_case(case, BACKEND)
+
+
+# ------------------------------------------------------------------------------ streaming stores
+# Outputs over a size threshold are written with non-temporal stores (aligned fp32/fp64 rows
+# only). Threshold 0 sends these small shapes down that path: N = 16 and 4096 give aligned rows,
+# 123 and 1000 rows whose alignment varies (so both store kinds meet in one tensor).
+STREAM_CASES = list(covering_grid(ns=(16, 123, 1000, 4096), ms=(1, 5, 67), dtypes=(torch.float32, torch.float64)))
+
+
+@pytest.mark.parametrize("case", STREAM_CASES, ids=_ids(STREAM_CASES))
+def test_streaming_stores_match_reference_and_normal_stores_bit_for_bit(case):
+    x, w, b, dy = make_inputs(case)
+    with cpu_kernels.stream_threshold(0):
+        check_case(case, BACKEND)
+        streamed = forward_backward(case, x, w, b, dy, BACKEND)
+    with cpu_kernels.stream_threshold(2**62):
+        stored = forward_backward(case, x, w, b, dy, BACKEND)
+    for got, want in zip(streamed, stored):
+        assert (got is None and want is None) or torch.equal(got, want), case
+
+
+def test_stream_threshold_is_restored_and_rejects_negative_sizes():
+    ops_ns = cpu_kernels.load()
+    before = ops_ns.set_stream_threshold(123)
+    try:
+        with cpu_kernels.stream_threshold(0):
+            assert ops_ns.set_stream_threshold(0) == 0
+        assert ops_ns.set_stream_threshold(123) == 123
+        with pytest.raises(RuntimeError, match="streaming threshold must be >= 0"):
+            ops_ns.set_stream_threshold(-1)
+    finally:
+        ops_ns.set_stream_threshold(before)
 
 
 # ------------------------------------------------------------------------------ gradcheck

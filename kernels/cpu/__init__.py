@@ -7,6 +7,7 @@ Where it cannot be built (no C++ compiler, no ninja, ...), `available()` says so
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -117,3 +118,15 @@ def layer_norm_forward(x: Tensor, weight, bias, eps: float):
 
 def layer_norm_backward(dy: Tensor, x: Tensor, weight, mean: Tensor, rstd: Tensor, has_bias: bool):
     return load().layer_norm_backward(dy, x, weight, mean, rstd, has_bias)
+
+
+@contextlib.contextmanager
+def stream_threshold(nbytes: int):
+    """Within the block, outputs of at least `nbytes` are written with streaming (non-temporal)
+    stores (default: REPRO_CPU_STREAM_BYTES or 32 MiB; see norms.cpp). 0 streams every aligned
+    fp32/fp64 output, which is how the tests reach that path on small shapes."""
+    previous = load().set_stream_threshold(int(nbytes))
+    try:
+        yield
+    finally:
+        load().set_stream_threshold(previous)

@@ -90,6 +90,7 @@ def render_table(records: list[dict], meta: dict) -> str:
         f"{NOISY_SPREAD:.0%} of the median)",
         f"GB/s: {meta['bytes_model']}; %copy: of the copy bandwidth; 'X vs Y' = Y time / X time (>1: X is faster)",
         *(f"not available: {b}: {info['reason']}" for b, info in meta["backends"].items() if not info["available"]),
+        *([f"allocator: {meta['cpu_allocator']}"] if meta.get("cpu_allocator") else []),
         *_load_warning(meta),
         "",
         _grid(rows, header, right_from=1),

@@ -17,7 +17,7 @@ import torch
 
 from .backends import BACKEND_REGISTRY, Op
 from .suite import Shape, run_grid
-from .timing import QUICK_PLAN, STANDARD_PLAN, copy_bandwidth, describe_device, make_timer
+from .timing import QUICK_PLAN, STANDARD_PLAN, copy_bandwidth, describe_device, keep_freed_memory, make_timer
 
 BYTES_MODEL = ("bytes that must move: fwd x+y+weight(+bias); bwd dy+x+dx+weight+dweight(+dbias)+fp32 row "
                "stats; fwd+bwd the sum")
@@ -48,6 +48,7 @@ def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
     info = describe_device(config.device)
     plan = QUICK_PLAN if config.quick else STANDARD_PLAN
     timer = make_timer(config.device, plan)
+    allocator = keep_freed_memory() if config.device.type == "cpu" else None
 
     status = {}
     for name in config.backends:
@@ -71,7 +72,7 @@ def run_benchmark(config: BenchConfig) -> tuple[dict, list[dict]]:
         "copy_gbps": copy_gbps, "copy_bytes": copy_bytes,
         "timing": plan.describe(config.device), "bytes_model": BYTES_MODEL, "forward_mode": FORWARD_MODE,
         "params": "weight (and LayerNorm's bias) in the input's dtype; eps 1e-5 (LayerNorm), 1e-6 (RMSNorm)",
-        "quick": config.quick, "budget_s": config.budget_s,
+        "quick": config.quick, "budget_s": config.budget_s, "cpu_allocator": allocator,
         "backends": status, "ours": ours,
         "torch": torch.__version__, "triton": _version("triton"), "liger_kernel": _version("liger-kernel"),
         "python": platform.python_version(),

@@ -7,6 +7,8 @@ not move the number.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import platform
@@ -119,6 +121,30 @@ QUICK_PLAN = TimingPlan(warmup_ms=10, rep_ms=30, cpu_warmup=1, cpu_reps=15, cpu_
 STANDARD_PLAN = TimingPlan(warmup_ms=10, rep_ms=40, cpu_warmup=3, cpu_reps=50, cpu_min_reps=5, cpu_budget_s=1.5)
 
 
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> Optional[str]:
+    """Tell glibc's malloc to keep freed memory for reuse (CPU runs); returns what was done, or None.
+
+    glibc serves blocks over 32 MiB with a fresh mmap and unmaps them on free, so every call that
+    returns such a tensor page-faults its output in again: measured on a 2-core Xeon VM, 20-25 ms
+    to allocate and fill 64 MiB against 4-5 ms to fill it in place. That cost is the allocator's,
+    the same for every backend, and it hid the kernels' differences. Allocating everything from the
+    heap and never trimming it removes it (as a caching allocator does on a GPU).
+    """
+    name = ctypes.util.find_library("c")
+    if platform.system() != "Linux" or not name:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return None
+    return "glibc mallopt(M_MMAP_MAX=0, M_TRIM_THRESHOLD=2^31-1): freed memory is reused, not unmapped" if ok else None
+
+
 def make_timer(device: torch.device, plan: TimingPlan) -> Timer:
     """A function timing `fn()` per call on the device."""
     if device.type == "cuda":
@@ -147,7 +173,9 @@ def copy_bandwidth(info: DeviceInfo, timer: Timer) -> tuple[float, int]:
     """GB/s of a plain same-device copy (bytes read + bytes written), and the buffer size used.
 
     Source and destination are each twice the cache (at least 256 MiB, at most 1 GiB), so the
-    copy streams from memory, as the rotated benchmark inputs do.
+    copy streams from memory, as the rotated benchmark inputs do. On a CPU the copy uses normal
+    stores, which first read each destination line (read for ownership); kernels that write
+    large outputs with streaming stores (the cpu backend) skip that read and can exceed 100 %.
     """
     nbytes = min(max(2 * info.cache_bytes, 256 * 2**20), 2**30)
     src = torch.ones(nbytes, dtype=torch.uint8, device=info.device)
