@@ -6,7 +6,8 @@
 #   scripts/reproduce.sh full [--seeds 1,2,3] [--runs DIR] [--out DIR] [--data DIR]
 #
 # mini       CIFAR-10 ConvPool-CNN-C (every Table 10 norm, 30 epochs instead of 200) and a small
-#            Transformer on Multi30k En-De (LayerNorm / RMSNorm / pRMSNorm, 8k steps), 3 seeds:
+#            Transformer on Multi30k En-De (experiment multi30k_table4_mini: none / LayerNorm /
+#            RMSNorm / pRMSNorm p = 6.25 %, 6k steps), 3 seeds:
 #            sized for a few hours on one GPU (an estimate, not yet timed end to end); data from
 #            --data (default ../shared/data).
 # --cpu-smoke  the same pipeline on generated tiny data, a few steps per run: minutes on a CPU.
@@ -71,8 +72,8 @@ if [[ "$cpu_smoke" == 1 ]]; then
 elif [[ "$mode" == "mini" ]]; then
     sweep cifar10 experiment=cifar10_table10 "data.root=$data/cifar10-jpg" trainer.max_epochs=30 \
         norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm "seed=$seeds"
-    sweep multi30k task=multi30k_transformer "data.root=$data/multi30k" \
-        norm=layernorm,rmsnorm,prmsnorm "seed=$seeds"
+    sweep multi30k experiment=multi30k_table4_mini "data.root=$data/multi30k" \
+        norm=none,layernorm,rmsnorm,prmsnorm "seed=$seeds"
 else
     sweep cifar10 experiment=cifar10_table10 "data.root=$data/cifar10-jpg" \
         norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm "seed=$seeds"
@@ -90,8 +91,11 @@ repro-tables analyze all --run "$trained" --out "$out/analysis"
 if [[ "$cpu_smoke" == 1 ]]; then
     repro-tables analyze shift-training --data-root "$fixtures/cifar10" --steps 6 --runs "$runs/shift_training" \
         --out "$out/analysis" --set experiment=smoke
+    repro-tables analyze control-bits-training --data-root "$fixtures/cifar10" --steps 2 --out "$out/analysis"
 else
     repro-tables analyze shift-training --data-root "$data/cifar10-jpg" --steps 3000 --runs "$runs/shift_training" \
         --out "$out/analysis"
+    # pRMSNorm with large channels inside / outside its prefix: 24 small MLPs, minutes on a CPU
+    repro-tables analyze control-bits-training --data-root "$data/cifar10-jpg" --out "$out/analysis"
 fi
 echo "== done: $out/tables, $out/figures, $out/analysis"

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from repro.analysis import control_bits, invariance, partial_error
+from repro.analysis import control_bits, control_bits_training, invariance, partial_error
 from repro.analysis.cli import run_analyze
 from repro.nn import LayerNorm, RMSNorm, build_norm
 from repro.tables import collect_local, table10
@@ -185,3 +185,61 @@ def test_shift_training_runs_the_trainer_and_writes_its_note(cifar_jpeg, tmp_pat
     assert {r.path.name: (r.path / "summary.json").stat().st_mtime_ns for r in collect_local([tmp_path / "runs"])} == stamps
     assert run_analyze(args[:-1] + ["trainer.max_steps=2", "seed=2"]) == 0
     assert all((tmp_path / "runs" / name / "summary.json").stat().st_mtime_ns != t for name, t in stamps.items())
+
+
+# ------------------------------------------------------------------ control bits in training
+def _clusters(n_train=512, n_test=256, dim=32, classes=4, seed=0):
+    """Gaussian clusters: a task an MLP learns in a few dozen steps."""
+    gen = torch.Generator().manual_seed(seed)
+    centers = 3 * torch.randn(classes, dim, generator=gen)
+
+    def split(n):
+        y = torch.randint(classes, (n,), generator=gen)
+        return centers[y] + torch.randn(n, dim, generator=gen), y
+    return {"train": split(n_train), "test": split(n_test)}
+
+
+def test_control_gain_places_the_large_channels():
+    assert control_bits_training.control_gain(16, 3, 8.0, "none").eq(1).all()
+    head = control_bits_training.control_gain(16, 3, 8.0, "head")
+    tail = control_bits_training.control_gain(16, 3, 8.0, "tail")
+    assert head[:3].eq(8).all() and head[3:].eq(1).all()
+    assert tail[-3:].eq(8).all() and tail[:-3].eq(1).all()
+    with pytest.raises(ValueError, match="head and tail"):
+        control_bits.control_positions(16, 3, "random")
+
+
+def test_control_bits_training_errors_follow_the_layout():
+    # one step from the same init: the first norm input is the gained Linear output, so the partial
+    # estimate is far too high with the large channels in the prefix, too low with them outside
+    setup = control_bits_training.Setup(steps=1, hidden=128, controls=4, magnitude=16.0, seeds=(1,))
+    data = _clusters()
+    err = {layout: control_bits_training.train_one(data, 0.0625, layout, 1, setup)["partial_rel_err"]
+           for layout in ("none", "head", "tail")}
+    assert err["head"] > 2.0 and 0.5 < err["tail"] < 1.0 and err["none"] < 0.4, err
+    assert control_bits_training.train_one(data, 1.0, "tail", 1, setup)["partial_rel_err"] < 1e-6
+
+
+def test_control_bits_training_learns_and_is_reproducible():
+    setup = control_bits_training.Setup(steps=60, hidden=32, controls=2, seeds=(1, 2))
+    data = _clusters()
+    a = control_bits_training.train_one(data, 0.25, "none", 1, setup)
+    b = control_bits_training.train_one(data, 0.25, "none", 1, setup)
+    assert a["losses"] == b["losses"]
+    assert a["test_acc"] > 0.8 and a["final_loss"] < a["losses"][0] / 2
+    results = control_bits_training.measure(data, setup, partials=(0.25, 1.0), layouts=("none", "tail"))
+    table = control_bits_training.summarize(results)
+    accs = [results["runs"][(1.0, "tail", s)]["test_acc"] for s in (1, 2)]
+    mean, std = table[(1.0, "tail")]["test_acc"]
+    assert mean == pytest.approx(sum(accs) / 2) and std == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+
+
+def test_control_bits_training_command_writes_its_note(cifar_jpeg, tmp_path):  # noqa: F811
+    out = tmp_path / "out"
+    assert run_analyze(["control-bits-training", "--data-root", str(cifar_jpeg), "--steps", "2",
+                        "--out", str(out)]) == 0
+    note = (out / "control_bits_training.md").read_text()
+    assert (out / "control_bits_training.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| 100% |" in note and "| 6.25% |" in note and "--steps 2" in note
+    with pytest.raises(SystemExit):
+        run_analyze(["control-bits-training"])  # needs --data-root

@@ -32,7 +32,7 @@ def test_cpu_smoke_reproduces_every_table_figure_and_analysis(tmp_path):
     assert len(collect_local([runs / "shift_training"])) == 4
     for name in ("loss_curves", "val_curves", "norm_share"):
         assert (out / "figures" / f"{name}.png").is_file()
-    for name in ("invariance", "control_bits", "partial_error", "shift_training"):
+    for name in ("invariance", "control_bits", "control_bits_training", "partial_error", "shift_training"):
         assert (out / "analysis" / f"{name}.md").is_file() and (out / "analysis" / f"{name}.png").is_file()
 
 

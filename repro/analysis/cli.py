@@ -1,11 +1,12 @@
 """`repro-tables analyze NAME`: run one of the analyses into --out. `all` runs those that need no
-training (and partial-error when --run is given); shift-training trains four short runs."""
+training (and partial-error when --run is given); shift-training trains four short runs with
+repro-train; control-bits-training trains small MLPs on CIFAR-10 (24 runs, minutes on a CPU)."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-ANALYSES = ("invariance", "control-bits", "partial-error", "shift-training", "all")
+ANALYSES = ("invariance", "control-bits", "control-bits-training", "partial-error", "shift-training", "all")
 
 
 def run_analyze(argv: list[str]) -> int:
@@ -14,8 +15,10 @@ def run_analyze(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", default="results/analysis", help="output folder (default results/analysis)")
     p.add_argument("--run", metavar="RUN_DIR", help="partial-error: a finished repro-train run (config.yaml, checkpoints/)")
     p.add_argument("--data-root", metavar="DIR",
-                   help="CIFAR-10 folder: shift-training's data; partial-error: the run's data.root when its own is not here")
-    p.add_argument("--steps", type=int, default=300, help="shift-training: steps per run (default 300)")
+                   help="CIFAR-10 folder: shift-training's and control-bits-training's data; partial-error: "
+                        "the run's data.root when its own is not here")
+    p.add_argument("--steps", type=int, default=None,
+                   help="steps per run: shift-training (default 300), control-bits-training (default 600)")
     p.add_argument("--center", type=float, default=0.2, help="shift-training: the weights' centre (default 0.2)")
     p.add_argument("--runs", metavar="DIR", default="multirun/shift_training",
                    help="shift-training: where its runs go (default multirun/shift_training)")
@@ -24,9 +27,9 @@ def run_analyze(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.name == "partial-error" and not args.run:
         p.error("partial-error needs --run RUN_DIR (a finished repro-train run)")
-    if args.name == "shift-training" and not args.data_root:
-        p.error("shift-training needs --data-root DIR (a CIFAR-10 folder)")
-    if args.steps < 1:
+    if args.name in ("shift-training", "control-bits-training") and not args.data_root:
+        p.error(f"{args.name} needs --data-root DIR (a CIFAR-10 folder)")
+    if args.steps is not None and args.steps < 1:
         p.error(f"--steps must be >= 1, got {args.steps}")
     out = Path(args.out)
     wrote = []
@@ -51,9 +54,16 @@ def run_analyze(argv: list[str]) -> int:
     if args.name == "shift-training":
         from . import shift_training
 
-        shift_training.run(out, args.data_root, Path(args.runs), steps=args.steps, center=args.center,
+        shift_training.run(out, args.data_root, Path(args.runs), steps=args.steps or 300, center=args.center,
                            overrides=args.set)
         wrote.append("shift_training")
+    if args.name == "control-bits-training":
+        from . import control_bits_training as cbt
+
+        setup = cbt.Setup() if args.steps is None else cbt.Setup(steps=args.steps)
+        command = "repro-tables analyze " + " ".join(argv)
+        cbt.run(out, cbt.load_cifar(args.data_root), setup, command=command)
+        wrote.append("control_bits_training")
     for name in wrote:
         print(f"wrote {out / name}.md and {out / name}.png")
     return 0

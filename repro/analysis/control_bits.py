@@ -38,14 +38,21 @@ def control_bit_rows(rows: int, dim: int, controls: int, magnitude: float, layou
          else torch.ones(rows, dim, dtype=torch.float64))
     if layout == "none":
         return x
-    if layout == "head":
-        where = torch.arange(controls).expand(rows, controls)
-    elif layout == "tail":
-        where = torch.arange(dim - controls, dim).expand(rows, controls)
-    else:
+    if layout == "random":
         where = torch.rand(rows, dim, generator=gen).argsort(-1)[:, :controls]
+    else:
+        where = control_positions(dim, controls, layout).expand(rows, controls)
     signs = torch.randint(0, 2, (rows, controls), generator=gen, dtype=torch.float64) * 2 - 1
     return x.scatter(1, where, magnitude * signs)
+
+
+def control_positions(dim: int, controls: int, layout: str) -> torch.Tensor:
+    """Fixed control-feature positions: the first `controls` features (head) or the last (tail)."""
+    if layout == "head":
+        return torch.arange(controls)
+    if layout == "tail":
+        return torch.arange(dim - controls, dim)
+    raise ValueError(f"fixed control positions exist for layouts head and tail, got {layout!r}")
 
 
 def partial_error(rows: torch.Tensor, partial: float) -> float:
@@ -110,9 +117,8 @@ def run(out: Path, command: str = "repro-tables analyze control-bits") -> dict:
         "and fails per row: its error is the spread of how many control features happen to fall "
         "in the prefix. The right panel shows the error growing with the control features' "
         "magnitude for every layout that has them. The same statistic is logged in training by the "
-        "drift monitor as `drift/<layer>/partial_rel_err`.",
-        "", "Not measured here yet: the effect on training of a model whose control features sit outside "
-        "the prefix.",
+        "drift monitor as `drift/<layer>/partial_rel_err`. Its effect on training is measured by "
+        "`repro-tables analyze control-bits-training` (control_bits_training.md).",
     ]
     write_note(out, "control_bits", 'pRMSNorm\'s "control bits" failure, measured', body, command)
     return results
