@@ -19,7 +19,7 @@ import torch
 
 from repro.track.drift import row_stats
 
-from .common import md_table, pyplot, write_note
+from .common import md_table, pyplot, save_figure, write_note
 
 LAYOUTS = ("none", "head", "random", "tail")
 PARTIALS = tuple(2.0 ** -e for e in range(7, -1, -1))  # 1/128 ... 1
@@ -89,13 +89,7 @@ def run(out: Path, command: str = "repro-tables analyze control-bits") -> dict:
     right.set(xscale="log", yscale="log", xlabel="control-feature magnitude |x| (background: unit normal)",
               ylabel="relative error of the partial RMS", title=f"error vs magnitude at p = {s['partial'] * 100:g}%")
     right.set_xscale("log", base=2)
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(title="control features at", fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "control_bits.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, (left, right), out, "control_bits", legend_title="control features at")
 
     err = {layout: dict(points) for layout, points in results["by_partial"].items()}
     p0 = s["partial"]

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from repro.nn import RMSNorm
 from repro.track.drift import row_stats
 
-from .common import md_table, pyplot, write_note
+from .common import md_table, pyplot, save_figure, write_note
 from .control_bits import control_positions
 
 LAYOUTS = ("none", "head", "tail")
@@ -149,13 +149,7 @@ def run(out: Path, data: dict, setup: Setup = Setup(), data_name: str = "CIFAR-1
         smooth = curve.unfold(0, window, window).mean(-1) if len(curve) >= window else curve
         right.plot([(i + 1) * window for i in range(len(smooth))], smooth, color=colors[layout], label=layout)
     right.set(xlabel="step", ylabel="training loss", title=f"p = {p_low * 100:g}%, seed {s.seeds[0]}")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(title="control channels at", fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "control_bits_training.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, (left, right), out, "control_bits_training", legend_title="control channels at")
 
     def cell(p, layout, key, fmt):
         mean, std = table[(p, layout)][key]

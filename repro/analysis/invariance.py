@@ -19,7 +19,7 @@ import torch
 
 from repro.nn import LayerNorm, RMSNorm
 
-from .common import md_table, pyplot, write_note
+from .common import md_table, pyplot, save_figure, write_note
 
 SCALES = tuple(10.0 ** e for e in (-4, -3, -2, -1, -0.5, 0.5, 1, 2, 3, 4))
 SHIFTS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -83,12 +83,7 @@ def run(out: Path, command: str = "repro-tables analyze invariance") -> dict:
         ax.set(xscale="log", yscale="log", ylabel="relative output change ‖y′−y‖/‖y‖",
                xlabel="scale factor δ" if kind == "re-scaling" else "shift (γ, or c in units of RMS(a))",
                title=f"{kind}: LayerNorm vs RMSNorm (float64, default eps)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "invariance.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, axes, out, "invariance", legend_size=7)
 
     worst = {norm: max(c for case, per in results.items() if "re-scaling" in case for m, c in per[norm] if m >= 1)
              for norm in ("LayerNorm", "RMSNorm")}

@@ -17,7 +17,7 @@ from torch import nn
 from repro.nn import NormLayer
 from repro.track.drift import norm_rows_layout, row_stats
 
-from .common import md_table, pyplot, write_note
+from .common import md_table, pyplot, save_figure, write_note
 
 PARTIALS = tuple(2.0 ** -e for e in range(7, 0, -1))  # 1/128 ... 1/2
 
@@ -107,12 +107,7 @@ def run(out: Path, run_dir: Path, data_root: Optional[str] = None,
     ax.set(xlabel="p (share of features in the statistic)", ylabel="relative error of the partial RMS",
            title=f"Partial RMS error on {cfg.task.name} activations ({cfg.norm.name} model, step "
                  f"{_trained_steps(run_dir)})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "partial_error.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, [ax], out, "partial_error")
 
     shown = [p for p in (0.0625, 0.125, 0.25) if p in PARTIALS]
     header = ["layer", "N", *[f"prefix p={p * 100:g}%" for p in shown], *[f"random p={p * 100:g}%" for p in shown]]

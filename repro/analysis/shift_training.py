@@ -17,7 +17,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .common import md_table, pyplot, write_note
+from .common import md_table, pyplot, save_figure, write_note
 
 NORMS = ("layernorm", "rmsnorm")
 FACTORY = "repro.analysis.shift_training.shifted_init_task"
@@ -97,14 +97,8 @@ def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: floa
         right.plot(*zip(*record.series(eval_key)), marker="o", ms=3, **style)
     left.set(xlabel="step", ylabel="train/loss", title="training loss")
     right.set(xlabel="step", ylabel=eval_key, title=f"{eval_key.split('/')[0]} accuracy")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
     fig.suptitle(f"ConvPool-CNN-C on CIFAR-10, {steps} steps: default init vs every weight + {center:g}")
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "shift_training.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, (left, right), out, "shift_training")
 
     rows = []
     for (norm, c), record in results.items():
