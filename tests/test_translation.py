@@ -16,21 +16,14 @@ from repro.data.translation import (
     BOS, EOS, PAD, CorpusError, EncodedPairs, ParallelText, TokenBatches, check_pairs, collate, filter_long,
     read_parallel, token_batches, train_tokenizer,
 )
-from repro.data.translation_fixtures import fixture_pairs, write_fixture, write_parallel
+from repro.data.translation_fixtures import fixture_pairs, write_parallel
 from repro.decode import beam_search, greedy_search
 from repro.models import Transformer
 from repro.nn import NORM_NAMES, NormFactory, NormLayer
 from repro.tasks.translation import Translation, label_smoothed_loss, paper_tokenize, tokenized_bleu
-from train_helpers import one_thread  # noqa: F401
+from train_helpers import corpus, one_thread  # noqa: F401
 
 TINY = dict(dim=32, ffn=64, heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0, max_positions=64)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fixture_corpus")
-    write_fixture(root)
-    return root
 
 
 @pytest.fixture(scope="module")

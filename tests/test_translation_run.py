@@ -13,17 +13,9 @@ import torch
 from conftest import SHARED_DATA
 from repro.cli.translate import average_checkpoints, main as translate_main
 from repro.data.translation import read_parallel
-from repro.data.translation_fixtures import write_fixture
 from repro.track import read_metrics
 from repro.train import ConfigError, train, validate_config
-from train_helpers import compose_config, one_thread  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fixture_corpus")
-    write_fixture(root)
-    return root
+from train_helpers import compose_config, corpus, one_thread  # noqa: F401
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
-"""Shared fixtures of the trainer/data/config tests: tiny CIFAR-10 in both on-disk formats,
-config composition and in-process training runs. Test files import what they use from here."""
+"""Shared fixtures of the trainer/data/config tests: tiny CIFAR-10 in both on-disk formats, the
+translation fixture corpus, config composition and in-process training runs. Test files import what they use from here."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,10 +8,19 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from repro.data import translation_fixtures
 from repro.data.fixtures import write_fixture
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 N_TRAIN, N_TEST = 200, 100
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """A folder with the translation fixture corpus: <split>.en / <split>.de."""
+    root = tmp_path_factory.mktemp("fixture_corpus")
+    translation_fixtures.write_fixture(root)
+    return root
 
 
 @pytest.fixture(scope="session")
