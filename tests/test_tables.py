@@ -257,13 +257,15 @@ def test_cli_writes_tables_and_figures(cifar_tree, tmp_path, capsys):
     write_bench(bench / "test-gpu")
     out = tmp_path / "results"
     assert main(["--runs", str(cifar_tree), "--out", str(out), "--bench", str(bench),
-                 "--note", "Budget: 30 steps per run"]) == 0
+                 "--note", "Budget: 30 steps per run", "--note", "table10=Width 16"]) == 0
     printed = capsys.readouterr().out
     assert "8 runs collected" in printed and "Table 10: ConvPool-CNN-C on CIFAR-10: 3 groups" in printed
     for stem in ("table4_transformer", "table10_cifar10"):
         for ext in ("md", "csv", "tex"):
             assert (out / "tables" / f"{stem}.{ext}").stat().st_size > 0
-        assert "**Budget: 30 steps per run**" in (out / "tables" / f"{stem}.md").read_text()
+        md = (out / "tables" / f"{stem}.md").read_text()
+        assert "**Budget: 30 steps per run**" in md
+        assert ("**Width 16**" in md) == (stem == "table10_cifar10")  # a TABLE= note goes to that table only
     for name in ("loss_curves", "val_curves", "norm_share", "kernel_gbps"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -283,6 +285,7 @@ def write_bench(device_dir: Path) -> None:
 
 @pytest.mark.parametrize("argv, message", [
     ([], "give at least one --runs DIR or --wandb ENTITY/PROJECT"),
+    (["--runs", "x", "--note", "table4="], "the note is empty"),
     (["--runs", "x", "--group", "g"], "--group needs --wandb ENTITY/PROJECT"),
     (["--wandb", "noslash"], "--wandb must be ENTITY/PROJECT, got 'noslash'"),
     (["--runs", "/nonexistent/runs"], "--runs /nonexistent/runs: no such directory"),

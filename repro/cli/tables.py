@@ -19,7 +19,7 @@ from pathlib import Path
 
 from repro.tables import collect_local, dedupe, fetch_wandb, verdicts
 from repro.tables.figures import write_figures
-from repro.tables.render import table4, table10, write_tables
+from repro.tables.render import TABLE_NAMES, table4, table10, write_tables
 
 DEFAULT_CACHE = Path(os.environ.get("REPRO_CACHE", "~/.cache/repro")).expanduser() / "wandb"
 
@@ -36,10 +36,27 @@ def tables_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="use the W&B cache only, no network")
     p.add_argument("--out", metavar="DIR", default="results", help="output folder (default results)")
     p.add_argument("--bench", metavar="DIR", help="repro-bench results for the GB/s figure (default results/bench)")
-    p.add_argument("--note", metavar="TEXT", help="a line printed under each table, e.g. the budget the runs had")
+    p.add_argument("--note", metavar="[TABLE=]TEXT", action="append", default=[],
+                   help="a line printed under the title of each table, e.g. the budget the runs had; "
+                        "table4=TEXT or table10=TEXT puts it under that table only (repeatable)")
     p.add_argument("--make-report", action="store_true", help="save a W&B report of the runs (with --wandb)")
     p.add_argument("--dry-run", action="store_true", help="with --make-report: build the report, do not save it")
     return p
+
+
+def parse_notes(p: argparse.ArgumentParser, values: list[str]) -> dict[str, list[str]]:
+    """--note values -> {table: [notes]}; a note without a known TABLE= prefix goes to every table."""
+    notes = {name: [] for name in TABLE_NAMES}
+    for value in values:
+        name, sep, text = value.partition("=")
+        targets = [name] if sep and name in TABLE_NAMES else list(TABLE_NAMES)
+        text = text if sep and name in TABLE_NAMES else value
+        if not text.strip():
+            p.error(f"--note {value!r}: the note is empty (use TEXT, or TABLE=TEXT with TABLE one of "
+                    f"{', '.join(TABLE_NAMES)})")
+        for target in targets:
+            notes[target].append(text)
+    return notes
 
 
 def run_tables(argv: list[str]) -> int:
@@ -53,6 +70,7 @@ def run_tables(argv: list[str]) -> int:
             p.error(f"{flag} needs --wandb ENTITY/PROJECT")
     if args.dry_run and not args.make_report:
         p.error("--dry-run goes with --make-report")
+    notes = parse_notes(p, args.note)
     if args.wandb and args.wandb.count("/") != 1:
         p.error(f"--wandb must be ENTITY/PROJECT, got {args.wandb!r}")
     if args.make_report:
@@ -78,7 +96,7 @@ def run_tables(argv: list[str]) -> int:
     runs = dedupe(runs)
     out = Path(args.out)
     bench = Path(args.bench) if args.bench else out / "bench"
-    paths = write_tables(runs, out, note=args.note) + write_figures(runs, out, bench)
+    paths = write_tables(runs, out, notes) + write_figures(runs, out, bench)
     print(f"{len(runs)} runs collected")
     for table in (table4(runs), table10(runs)):
         print(f"{table.title}: {len(table.rows)} groups")

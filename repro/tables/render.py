@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 from .collect import Run, Stat, group_runs
 from .paper import TABLE4, TABLE10, PaperTable
@@ -311,8 +311,8 @@ def _hardware_lines(table: Table) -> list[str]:
     return [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows]
 
 
-def to_markdown(table: Table, note: Optional[str] = None) -> str:
-    parts = [f"# {table.title} (regenerated)", ""] + ([f"**{note}**", ""] if note else [])
+def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
+    parts = [f"# {table.title} (regenerated)", ""] + [line for note in notes for line in (f"**{note}**", "")]
     if table.rows:
         parts += [_md_table(*_grid(table)), "",
                   "Cells: mean ± sample std over seeds (n = cells with fewer runs than the row); "
@@ -369,13 +369,19 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
 
-def write_tables(runs: list[Run], out: Path, note: Optional[str] = None) -> list[Path]:
-    """Both tables as Markdown, CSV and LaTeX under out/tables; `note` heads the Markdown."""
+TABLE_NAMES = ("table4", "table10")  # what --note TABLE=TEXT may name
+
+
+def write_tables(runs: list[Run], out: Path, notes: Optional[dict[str, list[str]]] = None) -> list[Path]:
+    """Both tables as Markdown, CSV and LaTeX under out/tables; `notes` ({"table4": [...],
+    "table10": [...]}) head each table's Markdown."""
     out = Path(out) / "tables"
     out.mkdir(parents=True, exist_ok=True)
+    notes = notes or {}
     paths = []
     for table in (table4(runs), table10(runs)):
-        for ext, text in (("md", to_markdown(table, note)), ("csv", to_csv(table)), ("tex", to_latex(table))):
+        table_notes = notes.get(table.key.split("_")[0], [])
+        for ext, text in (("md", to_markdown(table, table_notes)), ("csv", to_csv(table)), ("tex", to_latex(table))):
             path = out / f"{table.key}.{ext}"
             path.write_text(text)
             paths.append(path)
