@@ -111,3 +111,30 @@ def check_case(case: Case, backend: str, device="cpu"):
         torch.testing.assert_close(
             g.double(), r.double(), atol=atol * scale, rtol=rtol, msg=lambda m: f"{case} {name}: {m}"
         )
+
+
+def force_looped_path(monkeypatch) -> None:
+    """Send the Triton kernels down their looped path (statistics kernel + column-chunk apply,
+    per-row coefficients + column tiles in the backward) on small rows."""
+    from repro.kernels.triton import _launch
+
+    monkeypatch.setattr(_launch, "FUSED_FWD_N", 1)
+    monkeypatch.setattr(_launch, "FUSED_BWD_N", 1)
+    monkeypatch.setattr(_launch, "LOOP_BLOCK_N", 16)
+
+
+def parameter_grads_over_thread_counts(case: Case, backend: str, counts=(None, None, 1, 3)) -> list:
+    """[dx, dw, db] of one case, once per thread count (None: this process's count): for checking
+    that gradients are bit-identical run to run and across thread counts."""
+    x, w, b, dy = make_inputs(case)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n_threads in counts:
+            torch.set_num_threads(n_threads or threads)
+            leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+            run_op(case, *leaves, backend).backward(dy)
+            grads.append([t.grad for t in leaves])
+    finally:
+        torch.set_num_threads(threads)
+    return grads

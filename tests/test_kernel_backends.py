@@ -1,0 +1,235 @@
+"""What every kernel backend must do, run against each of them: the C++ CPU kernels ("cpu"), the
+Triton kernels on their fused path ("triton") and on their looped path forced onto small rows
+("triton-looped"). Gradcheck, partial = 1, layouts, edge rows, deterministic parameter gradients,
+torch.compile and the custom-op checks. The references' own gradcheck is here too.
+
+What only one backend has (its shape grids, dispatch and build fallback, streaming stores, the
+GPU-only shapes) stays in test_cpu_kernels.py and test_triton_kernels.py.
+"""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from kernel_cases import EPS, Case, force_looped_path, make_inputs, parameter_grads_over_thread_counts, run_op
+from repro.kernels import cpu as cpu_kernels
+from repro.kernels import layer_norm, ops, reference, rms_norm
+
+NO_COMPILER = shutil.which("c++") is None and shutil.which("g++") is None
+
+
+@pytest.fixture(params=["cpu", "triton", "triton-looped"])
+def backend(request, monkeypatch):
+    """The backend name to pass to the ops (the looped variant is "triton" with small limits)."""
+    if request.param == "cpu":
+        if NO_COMPILER:
+            pytest.skip("no C++ compiler: the CPU kernels cannot be built here")
+        # a compiler is present, so a failed build is a bug to report, not a reason to skip
+        assert cpu_kernels.available(), f"the CPU kernels failed to build: {cpu_kernels.build_error()}"
+    if request.param == "triton-looped":
+        force_looped_path(monkeypatch)
+    return request.param.split("-")[0]
+
+
+# ------------------------------------------------------------------------------ gradcheck
+def _gradcheck(fn, m, n, fast_mode=False):
+    """fast_mode checks random projections of the Jacobian: one numerical derivative per input
+    instead of one per element, which the interpreter-run Triton kernels need to stay quick."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(m, n, dtype=torch.float64, generator=g, requires_grad=True)
+    w = (1 + 0.3 * torch.randn(n, dtype=torch.float64, generator=g)).requires_grad_(True)
+    b = (0.3 * torch.randn(n, dtype=torch.float64, generator=g)).requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (x, w, b), fast_mode=fast_mode)
+
+
+RMS_VARIANTS = [(p, mode) for p in (1.0, 0.5, 0.125) for mode in ("inside", "outside")]
+
+
+@pytest.mark.parametrize("partial,eps_mode", RMS_VARIANTS)
+def test_reference_rms_gradcheck(partial, eps_mode):
+    _gradcheck(
+        lambda x, w, b: reference.rms_norm(x, w, b, eps=EPS[eps_mode], partial=partial, eps_mode=eps_mode), 3, 16
+    )
+
+
+def test_reference_ln_gradcheck():
+    _gradcheck(lambda x, w, b: reference.layer_norm(x, w, b), 3, 16)
+
+
+@pytest.mark.parametrize("partial,eps_mode", RMS_VARIANTS)
+def test_kernel_rms_gradcheck(partial, eps_mode, backend):
+    _gradcheck(
+        lambda x, w, b: rms_norm(x, w, EPS[eps_mode], partial=partial, eps_mode=eps_mode, backend=backend, bias=b),
+        3, 40, fast_mode=backend == "triton",
+    )
+
+
+def test_kernel_ln_gradcheck(backend):
+    _gradcheck(lambda x, w, b: layer_norm(x, w, b, backend=backend), 3, 40, fast_mode=backend == "triton")
+
+
+# ------------------------------------------------------------------------------ partial statistic
+def test_partial_one_is_rmsnorm_bit_for_bit(backend):
+    x, w, _, dy = make_inputs(Case("rms", 5, 300, torch.bfloat16, "fp32", False))
+    outs = []
+    for kwargs in ({}, {"partial": 1.0}, {"partial": 1.0 - 1e-12}):  # floor(p * N) = N - 1 for the last
+        leaf = x.clone().requires_grad_(True)
+        y = rms_norm(leaf, w, backend=backend, **kwargs)
+        y.backward(dy)
+        outs.append((y, leaf.grad))
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+    assert not torch.equal(outs[0][0], outs[2][0])  # k = N - 1 is a different statistic
+
+
+def test_partial_statistic_ignores_the_tail(backend):
+    """pRMSNorm's output depends on x[k:] only through those elements themselves."""
+    x = torch.randn(4, 64)
+    x2 = x.clone()
+    x2[:, 8:] *= 100.0  # k = 8 for p = 0.125
+    y, y2 = (rms_norm(t, partial=0.125, backend=backend) for t in (x, x2))
+    torch.testing.assert_close(y[:, :8], y2[:, :8])
+    torch.testing.assert_close(y2[:, 8:], 100.0 * y[:, 8:], rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ layouts
+def check_layout(x, op, backend, dy=None):
+    n = x.shape[-1]
+    w, b = torch.randn(n), torch.randn(n)
+    case = Case(op, 0, n, x.dtype, "fp32", True, 0.5, "outside")
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    refs = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    y = run_op(case, *leaves, backend=backend)
+    y_ref = run_op(case, *refs, backend="torch")
+    assert y.shape == x.shape
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    dy = torch.randn_like(y) if dy is None else dy
+    y.backward(dy)
+    y_ref.backward(dy)
+    for a, r in zip(leaves, refs):
+        torch.testing.assert_close(a.grad, r.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_row_strided_input_is_read_in_place(backend):
+    wide = torch.randn(6, 80)
+    x = wide[:, :50]
+    rows = ops.as_rows(x)
+    assert rows.data_ptr() == x.data_ptr() and rows.stride(0) == 80  # the strided view, not a copy
+    check_layout(x, "rms", backend)
+    check_layout(x, "ln", backend)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.randn(2, 3, 33),
+        lambda: torch.randn(2, 3, 4, 33),
+        lambda: torch.randn(2, 33, 5).transpose(1, 2),  # last dim not contiguous: copied
+        lambda: torch.randn(4, 6, 40)[:, 1:5, :33],  # leading dims not collapsible: copied
+        lambda: torch.randn(33),  # a single row
+    ],
+    ids=["3d", "4d", "transposed", "sliced-3d", "1d"],
+)
+@pytest.mark.parametrize("op", ["rms", "ln"])
+def test_any_layout_matches_reference(make, op, backend):
+    x = make()
+    # a gradient whose rows are strided too: the backward reads it in place
+    dy = torch.randn(*x.shape[:-1], x.shape[-1] + 7)[..., : x.shape[-1]]
+    check_layout(x, op, backend, dy)
+
+
+# ------------------------------------------------------------------------------ edge rows
+@pytest.mark.parametrize("op,eps_mode", [("rms", "inside"), ("rms", "outside"), ("ln", "inside")])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_all_zero_rows_are_finite(op, eps_mode, dtype, backend):
+    x = torch.zeros(3, 40, dtype=dtype)
+    x[1] = torch.randn(40)
+    leaves = [x.clone().requires_grad_(True), torch.randn(40, requires_grad=True), torch.randn(40, requires_grad=True)]
+    y = run_op(Case(op, 3, 40, dtype, "fp32", True, 0.25, eps_mode), *leaves, backend)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    for t in [y] + [leaf.grad for leaf in leaves]:
+        assert torch.isfinite(t).all()
+    if op == "rms":
+        # a zero row has no gradient through its statistic: dx = rstd * dy * w exactly as far as
+        # the statistic term goes, with rstd = 1/sqrt(eps) inside and 1/eps outside
+        eps = EPS[eps_mode]
+        rstd = eps ** -0.5 if eps_mode == "inside" else 1.0 / eps
+        want = (rstd * dy[0].float() * leaves[1].detach()).to(dtype)
+        torch.testing.assert_close(leaves[0].grad[0], want, rtol=1e-2 if dtype == torch.bfloat16 else 1e-6, atol=0)
+
+
+@pytest.mark.parametrize("eps_mode", ["inside", "outside"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tiny_rows_where_eps_placement_matters(eps_mode, dtype, backend):
+    """Rows at 1e-7 scale: eps = 1e-8 inside vs outside the root give visibly different scales."""
+    case = Case("rms", 4, 64, dtype, "x", True, 0.5, eps_mode)
+    x, w, b, dy = make_inputs(case)
+    x = 1e-7 * x
+    got = [rms_norm(x, w, 1e-8, eps_mode=mode, partial=0.5, backend=backend) for mode in ("inside", "outside")]
+    assert (got[0] - got[1]).abs().max() > 1e-3  # the modes are not interchangeable at this scale
+    leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+    refs = [t.double().requires_grad_(True) for t in (x, w, b)]
+    y = rms_norm(leaves[0], leaves[1], 1e-8, eps_mode=eps_mode, partial=0.5, backend=backend, bias=leaves[2])
+    y_ref = reference.rms_norm(refs[0], refs[1], refs[2], 1e-8, partial=0.5, eps_mode=eps_mode)
+    y.backward(dy)
+    y_ref.backward(dy.double())
+    rtol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(y.double(), y_ref.detach(), rtol=rtol, atol=rtol)
+    for a, r in zip(leaves, refs):  # dx is ~1e7: compare relative to its size
+        torch.testing.assert_close(a.grad.double(), r.grad, rtol=rtol, atol=rtol * r.grad.abs().max().item())
+
+
+def test_empty_batch_gives_empty_outputs_and_zero_parameter_grads(backend):
+    for op in ("rms", "ln"):
+        x = torch.empty(0, 16, requires_grad=True)
+        w = torch.ones(16, requires_grad=True)
+        b = torch.zeros(16, requires_grad=True)
+        y = run_op(Case(op, 0, 16, torch.float32, "fp32", True), x, w, b, backend)
+        assert y.shape == (0, 16)
+        y.sum().backward()
+        assert x.grad.shape == (0, 16)
+        assert torch.equal(w.grad, torch.zeros(16)) and torch.equal(b.grad, torch.zeros(16))
+
+
+@pytest.mark.parametrize("op", ["rms", "ln"])
+def test_parameter_grads_are_deterministic(op, backend):
+    # the thread count only matters to the CPU kernels; the interpreter-run Triton ones just rerun
+    counts = (None, None, 1, 3) if backend == "cpu" else (None, None)
+    grads = parameter_grads_over_thread_counts(Case(op, 67, 41, torch.float32, "fp32", True, 0.5), backend, counts)
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------ torch.compile
+def test_compiles_fullgraph_with_autograd(backend, monkeypatch):
+    if backend == "cpu":
+        # as if this were the process's first use: the extension gets loaded while dynamo traces
+        monkeypatch.setattr(cpu_kernels, "_ops", None)
+
+    def f(x, w, b):
+        return layer_norm(rms_norm(x, w, partial=0.5, backend=backend) * 2, w, b, backend=backend).sum()
+
+    x = torch.randn(3, 32, requires_grad=True)
+    w = torch.randn(32, requires_grad=True)
+    b = torch.randn(32, requires_grad=True)
+    # inductor for the CPU kernels; the interpreter-run Triton kernels go through aot_eager (the
+    # inductor test of the Triton ops needs a GPU: test_triton_kernels.py)
+    compiled = torch.compile(f, fullgraph=True, backend="inductor" if backend == "cpu" else "aot_eager")
+    compiled(x, w, b).backward()
+    got = [t.grad.clone() for t in (x, w, b)]
+    for t in (x, w, b):
+        t.grad = None
+    f(x, w, b).backward()
+    for g, t in zip(got, (x, w, b)):
+        torch.testing.assert_close(g, t.grad)
+
+
+@pytest.mark.parametrize("eps_outside", [False, True])
+def test_ops_pass_the_custom_op_checks(eps_outside, backend):
+    """torch.library's opcheck: schema, fake (meta) impls and autograd registration agree."""
+    x, w = torch.randn(3, 16), torch.randn(16)
+    torch.library.opcheck(torch.ops.repro.rms_norm_fwd, (x, w, None, 1e-6, 8, eps_outside, backend))
+    torch.library.opcheck(torch.ops.repro.layer_norm_fwd, (x, w, torch.randn(16), 1e-5, backend))
