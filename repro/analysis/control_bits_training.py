@@ -12,6 +12,7 @@ the drift monitor would log on the trained model's first norm input.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -124,7 +125,9 @@ def summarize(results: dict) -> dict:
 def load_cifar(data_root: str) -> dict:
     from repro.data.cifar10 import load_cifar10, prepare_cifar10
 
-    splits = prepare_cifar10(load_cifar10(data_root, download=False))
+    # decoded JPEGs are cached where repro-train caches them (conf/data/cifar10.yaml's cache_dir)
+    cache_dir = os.environ.get("REPRO_CACHE", "~/.cache/repro")
+    splits = prepare_cifar10(load_cifar10(data_root, cache_dir, download=False))
     return {"train": splits.train, "test": splits.test}
 
 
