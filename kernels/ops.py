@@ -140,6 +140,13 @@ def as_rows(t: Tensor) -> Tensor:
         return t.contiguous().view(-1, n)
 
 
+def _dense(p: Optional[Tensor]) -> Optional[Tensor]:
+    """A parameter the kernels can index as p[j]: the kernels read weight and bias at unit
+    stride, so a strided or expanded view (stride 0) is copied. Parameters are N elements,
+    so the copy is free next to the M x N input; autograd carries the gradient back to the view."""
+    return p if p is None or p.is_contiguous() else p.contiguous()
+
+
 def _grad_rows(dy: Tensor, shape) -> Tensor:
     return as_rows(dy.reshape(shape) if dy.shape != shape else dy)
 
@@ -293,6 +300,7 @@ def rms_norm(
     backend = resolve_backend(backend, x)
     if backend == "torch":
         return reference.rms_norm(x, weight, bias, eps=eps, partial=partial, eps_mode=eps_mode)
+    weight, bias = _dense(weight), _dense(bias)
     y, _ = _rms_norm_fwd(x, weight, bias, float(eps), k, eps_mode == "outside", backend)
     return y
 
@@ -313,5 +321,6 @@ def layer_norm(
     backend = resolve_backend(backend, x)
     if backend == "torch":
         return reference.layer_norm(x, weight, bias, eps=eps)
+    weight, bias = _dense(weight), _dense(bias)
     y, _, _ = _layer_norm_fwd(x, weight, bias, float(eps), backend)
     return y

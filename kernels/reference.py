@@ -5,13 +5,26 @@ fp64), return the input's dtype, and are plain autograd graphs, so `gradcheck` a
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 
 def partial_size(n: int, partial: float) -> int:
-    """k = floor(partial * n): how many leading features pRMSNorm's statistic uses."""
-    return int(partial * n)
+    """k = floor(partial * n): how many leading features pRMSNorm's statistic uses.
+
+    The one place k is computed (kernels, drift monitor and analyses all call this). p is a
+    decimal the user wrote (0.29, 0.0625), which a binary float only approximates: 0.29 * 100
+    is 28.999999999999996, and a plain int() would keep 28 features. A product within 1e-9
+    (relative) of an integer is that integer; anything else is floored, as the authors'
+    int(p * d) does.
+    """
+    product = partial * n
+    nearest = round(product)
+    if abs(product - nearest) <= 1e-9 * max(1.0, abs(product)):
+        return int(nearest)
+    return math.floor(product)
 
 
 def compute_dtype(x: Tensor) -> torch.dtype:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from repro.kernels import layer_norm, reference, rms_norm
+from repro.kernels.reference import partial_size
 
 TOLERANCES = {  # (atol, rtol) for outputs and gradients
     torch.float64: (1e-10, 1e-10),
@@ -50,7 +51,7 @@ def full_grid(ns=GRID_N, ms=GRID_M, dtypes=GRID_DTYPES):
     for n, m, dtype, weight, bias in itertools.product(ns, ms, dtypes, ("none", "fp32", "x"), (False, True)):
         yield Case("ln", m, n, dtype, weight, bias)
         for p, mode in itertools.product(GRID_PARTIALS, ("inside", "outside")):
-            if int(p * n) >= 1:
+            if partial_size(n, p) >= 1:
                 yield Case("rms", m, n, dtype, weight, bias, p, mode)
 
 
@@ -60,7 +61,7 @@ def covering_grid(ns=GRID_N, ms=GRID_M, dtypes=GRID_DTYPES):
     for i, (n, m, dtype) in enumerate(itertools.product(ns, ms, dtypes)):
         weight, bias, p, mode = options[(i * 7) % len(options)]
         yield Case("ln", m, n, dtype, weight, bias)
-        while int(p * n) < 1:
+        while partial_size(n, p) < 1:
             p = GRID_PARTIALS[GRID_PARTIALS.index(p) + 1]
         yield Case("rms", m, n, dtype, weight, bias, p, mode)
 

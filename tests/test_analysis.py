@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from repro.analysis import control_bits, control_bits_training, invariance, partial_error
+from repro.kernels.reference import partial_size
 from repro.analysis.cli import run_analyze
 from repro.nn import LayerNorm, RMSNorm, build_norm
 from repro.tables import collect_local, table10
@@ -46,7 +47,7 @@ def test_control_bit_errors_match_the_closed_form():
     n, m, a = 64, 4, 8.0
     full = math.sqrt((n - m + m * a * a) / n)
     for p in (0.125, 0.25, 0.5):
-        k = int(p * n)
+        k = partial_size(n, p)
         tail = control_bits.control_bit_rows(3, n, m, a, "tail", background="ones")
         assert control_bits.partial_error(tail, p) == pytest.approx(abs(1 - full) / full, rel=1e-6)
         head = control_bits.control_bit_rows(3, n, m, a, "head", background="ones")

@@ -14,6 +14,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from repro.kernels.reference import partial_size
 from repro.nn import NormLayer
 from repro.track.drift import norm_rows_layout, row_stats
 
@@ -52,7 +53,7 @@ def error_curves(rows_by_layer: dict, partials=PARTIALS, seed: int = 0) -> dict:
     curves = {}
     for name, rows in rows_by_layer.items():
         shuffled = rows[:, torch.randperm(rows.shape[-1], generator=gen)]
-        usable = [p for p in partials if int(p * rows.shape[-1]) >= 1]
+        usable = [p for p in partials if partial_size(rows.shape[-1], p) >= 1]
         curves[name] = {
             "prefix": [(p, row_stats(rows, p)["partial_rel_err"]) for p in usable],
             "random subset": [(p, row_stats(shuffled, p)["partial_rel_err"]) for p in usable],

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from repro import kernels
+from repro.kernels.reference import partial_size
 from repro.nn import BatchNorm, BatchNorm2d, ConvNorm, LayerNorm, NormLayer, RMSNorm
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def row_stats(rows: Tensor, partial: Optional[float] = None) -> dict[str, float]
     tiny = torch.finfo(torch.float32).tiny
     stats = {"mean_over_rms": (x.mean(-1).abs() / rms.clamp_min(tiny)).mean().item()}
     if partial is not None and partial < 1.0:
-        k = int(partial * x.shape[-1])
+        k = partial_size(x.shape[-1], partial)
         partial_rms = x[:, :k].square().mean(-1).sqrt()
         stats["partial_rel_err"] = ((partial_rms - rms).abs() / rms.clamp_min(tiny)).mean().item()
     return stats
