@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from repro.cli.train import check_group_choices, check_sweep, sweep_jobs
 from repro.nn import NORM_NAMES, NormLayer
-from repro.train import ConfigError, norm_factory, validate_config
+from repro.nn import norm_factory
+from repro.train import ConfigError, validate_config
 from train_helpers import CONF_DIR, compose_config, one_thread  # noqa: F401
 
 TASKS = {"cifar10_cnn": "ConvPoolCNNC", "cifar10_vit": "ViT"}

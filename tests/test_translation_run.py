@@ -149,18 +149,16 @@ def test_multi30k_loads_with_the_documented_sizes():
 @pytest.mark.realdata
 def test_multi30k_short_run_loss_falls(tmp_path):
     """30 steps of a tiny model on real Multi30k through the task: the training loss falls."""
-    from hydra.utils import instantiate
-
-    from repro.train import norm_factory
+    from repro.tasks import build_task_and_model
 
     cfg = compose_config(
         "task=multi30k_transformer", f"data.root={MULTI30K}", f"data.tokenizer={tmp_path}/spm.model",
         "data.vocab_size=1000", "data.tokenizer_sentences=20000", "data.max_tokens=1500",
         "model.dim=64", "model.ffn=128", "model.encoder_layers=1", "model.decoder_layers=1", "model.dropout=0",
+        "seed=0",
     )
     torch.manual_seed(0)
-    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=0, **cfg.data)
-    model = task.build_model(norm_factory(cfg.norm))
+    task, model = build_task_and_model(cfg)
     task.setup(torch.device("cpu"))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
     losses = []

@@ -64,11 +64,10 @@ def error_curves(rows_by_layer: dict, partials=PARTIALS, seed: int = 0) -> dict:
 def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str = "last.pt"):
     """(task, model) of a finished run: its config.yaml rebuilt as repro-train builds it, the
     checkpoint's weights loaded, the task's data set up on the CPU."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from repro.tasks import build_task_and_model
     from repro.train import checkpoint as ckpt
-    from repro.train.config import norm_factory
 
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / checkpoint
@@ -77,8 +76,7 @@ def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str
     cfg = OmegaConf.load(run_dir / "config.yaml")
     if data_root:
         cfg.data.root = data_root
-    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
-    model = task.build_model(norm_factory(cfg.norm))
+    task, model = build_task_and_model(cfg)
     model.load_state_dict(ckpt.load(path)["model"])
     model.eval()
     task.setup(torch.device("cpu"))

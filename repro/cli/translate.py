@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from repro.data.translation import CorpusError, read_lines
+from repro.tasks import build_task_and_model
 from repro.tasks.translation import bleu
-from repro.train import norm_factory
 from repro.train.checkpoint import load
 
 
@@ -41,8 +40,7 @@ def load_translator(paths: list[Path], device: torch.device):
     cfg = OmegaConf.create(state["config"])
     if "Translation" not in str(cfg.task.get("_target_", "")):
         raise CorpusError(f"{paths[-1]} is a {cfg.task.name} checkpoint, not a translation one")
-    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
-    model = task.build_model(norm_factory(cfg.norm))
+    task, model = build_task_and_model(cfg)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     task.attach(model, device)

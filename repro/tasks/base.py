@@ -23,6 +23,9 @@ The trainer (repro.train) drives any Task through these members only:
 - `monitor`: (metric, "max" | "min") that selects `checkpoints/best.pt`.
 - `throughput_unit`: "images", "tokens", ...
 - `name`: the task's config name (W&B tags, run-store summary).
+- `check_options(data, world_size)` (a classmethod): raise repro.util.ConfigError, one line, on
+  the first bad option of the `data` group, before anything is built. The task owns its options;
+  repro.train calls this on the class `task._target_` names and knows no particular task.
 
 A translation task (token batching, BLEU, tokens/s) implements the same members; the trainer
 does not change.
@@ -30,12 +33,14 @@ does not change.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Mapping, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from repro.nn import NormFactory
+from repro.util import ConfigError, check_options
+from repro.util.schema import Rule, check_value
 
 
 class Batches(Protocol):
@@ -49,6 +54,20 @@ class Task(abc.ABC):
     throughput_unit: str
     eval_splits: tuple[str, ...]
     monitor: tuple[str, str]
+    options: Optional[type] = None  # the data group's schema (a repro.util.schema dataclass)
+
+    @classmethod
+    def check_options(cls, data: Mapping, world_size: int = 1) -> None:
+        """Check the `data` group against `options`; every task batches, and a global batch
+        splits evenly over the processes."""
+        batch_size = data.get("batch_size", "<absent>")
+        check_value("data.batch_size", batch_size, int, Rule(minimum=1))
+        if batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={batch_size} is not allowed: must be a multiple of trainer.devices={world_size}"
+            )
+        if cls.options is not None:
+            check_options(data, cls.options, "data")
 
     @abc.abstractmethod
     def build_model(self, norm: NormFactory) -> nn.Module: ...

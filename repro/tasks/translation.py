@@ -24,6 +24,8 @@ from repro.data.translation import (
 )
 from repro.decode import beam_search, greedy_search
 from repro.nn import NormFactory
+from repro.util import ConfigError
+from repro.util.schema import as_dict
 
 from .base import Task
 
@@ -96,6 +98,14 @@ class Translation(Task):
         self.smoothing, self.beam, self.val_beam, self.alpha = label_smoothing, beam, val_beam, length_penalty
         self.max_len_a, self.max_len_b = max_len_a, max_len_b
         self.model: Optional[nn.Module] = None
+
+    @classmethod
+    def check_options(cls, data, world_size: int = 1) -> None:
+        super().check_options(data, world_size)
+        try:  # the rules live with the corpus code, which checks them again when it runs
+            check_translation_options(as_dict(data))
+        except CorpusError as error:
+            raise ConfigError(str(error)) from None
 
     # ---------------------------------------------------------------------------- set-up
     def build_model(self, norm: NormFactory) -> nn.Module:

@@ -6,13 +6,43 @@ from the step alone.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import nn
 
+from repro.util import ConfigError, check_options, option
+
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "paper", "inverse_sqrt", "cosine")
+
+
+@dataclass
+class ScheduleConfig:
+    """The schema of `optim.schedule` (see lr_multiplier)."""
+    name: str = option("paper", choices=SCHEDULES)
+    warmup_steps: int = option(0, minimum=0)
+    decay_start: float = option(0.5, minimum=0, maximum=1, max_strict=True)
+
+
+@dataclass
+class OptimConfig:
+    """The `optim` config group's schema."""
+    name: str = option(choices=OPTIMIZERS)
+    lr: float = option(minimum=0, strict=True)
+    weight_decay: float = option(0.0, minimum=0)
+    betas: list = option(default_factory=lambda: [0.9, 0.999])
+    momentum: float = option(0.9, minimum=0)
+    nesterov: bool = option(False)
+    schedule: dict = option(default_factory=dict)
+
+    def check(self) -> ScheduleConfig:
+        """The schedule, checked (rules between options included)."""
+        schedule = check_options(self.schedule, ScheduleConfig, "optim.schedule")
+        if schedule.name == "inverse_sqrt" and schedule.warmup_steps < 1:
+            raise ConfigError("optim.schedule.warmup_steps=0 is not allowed with inverse_sqrt: must be >= 1")
+        return schedule
 
 
 def build_optimizer(params, *, name: str, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),

@@ -15,15 +15,16 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 import repro
-from repro.track import RunStore, Tracker, WandbSink
+from repro.tasks import build_task_and_model
+from repro.track import DriftSettings, RunStore, Tracker, WandbSink
+from repro.util import ConfigError, check_options
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .config import ConfigError, norm_factory, validate_config
+from .config import validate_config
 from .optim import build_optimizer, parameter_count
 from .trainer import Trainer, TrainerSettings
 
@@ -85,7 +86,8 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     """Train as `cfg` says, recording into `run_dir`; return the final summary (rank 0's)."""
     world = dist.world_from_env()
     validate_config(cfg, world.world_size)
-    device = resolve_device(cfg.trainer.device, world)
+    t = check_options(cfg.trainer, TrainerSettings, "trainer")
+    device = resolve_device(t.device, world)
     dist.init(world, device)
     tracker = None
     status = "failed"
@@ -95,34 +97,25 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     try:
         # Rank 0's run dir everywhere: all ranks resume from the checkpoint rank 0 writes.
         run_dir = Path(dist.broadcast_object(str(Path(run_dir).resolve()), world))
-        if cfg.trainer.deterministic:
+        if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # warn_only: some CUDA backward kernels (max-pool) have no deterministic version.
             torch.use_deterministic_algorithms(True, warn_only=True)
         # Fixed input shapes every step: let cuDNN pick its fastest algorithms unless asked not to.
-        torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
+        torch.backends.cudnn.benchmark = not t.deterministic
         ckpt.seed_everything(cfg.seed)
 
-        task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
         try:
-            model = task.build_model(norm_factory(cfg.norm)).to(device)
+            task, model = build_task_and_model(cfg)
         except ValueError as error:  # e.g. pRMSNorm keeping < 1 feature of some layer
             raise ConfigError(f"norm/model: {error}") from None
+        model = model.to(device)
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         schedule = optim.pop("schedule")
         optimizer = build_optimizer(model.parameters(), **optim)
-        t = cfg.trainer
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         trainer = Trainer(
-            task, model, optimizer, schedule,
-            TrainerSettings(
-                max_steps=t.max_steps, max_epochs=t.max_epochs, eval_every=t.eval_every, log_every=t.log_every,
-                checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, accumulate=t.accumulate, grad_clip=t.grad_clip,
-                norm_timing_every=t.norm_timing_every, progress_bar=t.progress_bar,
-                drift_every=cfg.track.drift_every if cfg.track.drift else 0,
-                drift_mean_threshold=cfg.track.drift_mean_threshold,
-                drift_partial_threshold=cfg.track.drift_partial_threshold,
-            ),
+            task, model, optimizer, schedule, t, drift=check_options(cfg.track, DriftSettings, "track"),
             device=device, world=world, run_dir=run_dir, tracker=None,
             autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
             config=OmegaConf.to_container(cfg, resolve=True),
