@@ -64,6 +64,29 @@ def test_smoke_run_writes_a_complete_run_store(norm, fmt, request, tmp_path):
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
 
 
+def test_without_a_validation_split_nothing_is_selected_on_test(cifar_jpeg, tmp_path):
+    """val_size=0 (the paper's CIFAR protocol trains on all 50k images): no best.pt and no
+    best/* metric, since choosing a checkpoint by test accuracy is model selection on test."""
+    cfg = smoke_config(cifar_jpeg, "data.val_size=0", "trainer.max_steps=4", "trainer.eval_every=2",
+                       "trainer.log_every=2", "trainer.norm_timing_every=0")
+    summary = train(cfg, tmp_path)
+    assert "test/acc" in summary
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert not [k for k in {**stored, **summary} if k.startswith("best/")]
+    assert not [k for row in read_metrics(tmp_path) for k in row if k.startswith("best/")]
+
+
+def test_the_run_decays_no_norm_parameter(cifar_jpeg, tmp_path):
+    cfg = smoke_config(cifar_jpeg, "optim=adamw", "norm=layernorm", "trainer.max_steps=1", "trainer.eval_every=1",
+                       "trainer.norm_timing_every=0")
+    train(cfg, tmp_path)
+    groups = ckpt.load(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [cfg.optim.weight_decay, 0.0]
+    assert groups[0]["params"] and groups[1]["params"]
+
+
 def test_loss_goes_down(cifar_jpeg, tmp_path):
     cfg = smoke_config(cifar_jpeg, "model.width=16", "model.dropout=0", "optim.schedule.name=constant",
                        "trainer.max_steps=64", "trainer.log_every=16", "trainer.eval_every=64",

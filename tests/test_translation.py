@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
+import math
 
 import numpy as np
 import pytest
@@ -264,6 +266,40 @@ def test_beam_one_equals_greedy(seed):
     assert all(0 < len(h) <= 14 for h in greedy)  # random weights run to the length limit
     wide = beam_search(model, src, beam=4, max_len_a=1.0, max_len_b=5)
     assert len(wide) == 6 and all(EOS not in h and BOS not in h and PAD not in h for h in wide)
+
+
+def _exhaustive_best(model, src: torch.Tensor, limit: int, alpha: float) -> list[int]:
+    """The hypothesis (without EOS) of highest length-normalized log-probability under the model
+    itself, by scoring every token sequence that ends in EOS within `limit` tokens (teacher
+    forcing, no masking except that PAD and BOS are never produced)."""
+    vocab = model.embed.num_embeddings
+    words = [t for t in range(vocab) if t not in (PAD, BOS, EOS)]
+    memory, src_mask = model.encode(src[None])
+    best, best_score = None, -math.inf
+    for length in range(limit):
+        for seq in itertools.product(words, repeat=length):
+            tokens = torch.tensor([[BOS, *seq]])
+            log_probs = torch.log_softmax(model.decode(tokens, memory, src_mask).float(), -1)[0]
+            score = sum(log_probs[i, t].item() for i, t in enumerate([*seq, EOS]))
+            score /= ((5 + length + 1) / 6) ** alpha
+            if score > best_score:
+                best, best_score = list(seq), score
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_wider_than_the_hypothesis_space_finds_the_exhaustive_optimum(seed):
+    """Vocab 6 = PAD, UNK, BOS, EOS + 2 words, so UNK and the 2 words continue a hypothesis;
+    within 3 steps there are 1 + 3 + 9 = 13 hypotheses and a beam of 16 keeps them all. Beam search must then return the exact optimum, which fails when
+    the forced EOS at the length limit is scored as log p = 0."""
+    torch.manual_seed(seed)
+    model = Transformer(NormFactory("layernorm"), vocab_size=6, **{**TINY, "decoder_layers": 2}).eval()
+    src = torch.randint(4, 6, (5,))
+    with torch.no_grad():
+        for alpha in (0.0, 0.6):
+            want = _exhaustive_best(model, src, limit=3, alpha=alpha)
+            got = beam_search(model, src[None], beam=16, alpha=alpha, max_len_a=0.0, max_len_b=3)[0]
+            assert got == want, (alpha, got, want)
 
 
 def test_tokenized_bleu_splits_compounds():
