@@ -19,7 +19,7 @@ from repro.data.translation import (
     read_parallel, token_batches, train_tokenizer,
 )
 from repro.data.translation_fixtures import fixture_pairs, write_parallel
-from repro.decode import beam_search, greedy_search
+from repro.tasks.decode import beam_search, greedy_search
 from repro.models import Transformer
 from repro.nn import NORM_NAMES, NormFactory, NormLayer
 from repro.tasks.translation import Translation, label_smoothed_loss, paper_tokenize, tokenized_bleu

@@ -65,9 +65,9 @@ def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: floa
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from repro.cli.train import CONF_DIR
     from repro.tables import collect_local
     from repro.train import train
+    from repro.util.paths import CONF_DIR
 
     every = max(steps // 10, 1)
     results = {}

@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-CONF_DIR = Path(os.environ.get("REPRO_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+from repro.util.paths import CONF_DIR
 
 
 def check_group_choices(args: list[str], conf_dir: Path) -> None:

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 from typing import Mapping, Union
 
-from hydra.utils import instantiate
+from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from repro.nn import NormFactory
+from repro.util import ConfigError
 
 from .base import Task
+
+
+def task_class(task: Mapping) -> type[Task]:
+    """The Task class a `task` config group builds: `_target_` itself, or for a factory that wraps
+    a task (e.g. repro.analysis.shift_training.shifted_init_task) the class its `base_target`
+    names. Its `check_options` checks the data group."""
+    target = task.get("_target_")
+    try:
+        found = get_object(str(target))
+    except Exception:  # noqa: BLE001 - hydra raises several kinds for a bad path
+        found = None
+    if isinstance(found, type) and issubclass(found, Task):
+        return found
+    if found is not None and task.get("base_target"):
+        return task_class({"_target_": task["base_target"]})
+    raise ConfigError(f"task._target_={target!r} is not allowed: must name a repro.tasks.Task class "
+                      "(or a factory with a base_target that does)")
 
 
 def build_task(cfg: Union[DictConfig, Mapping]) -> Task:

@@ -22,12 +22,12 @@ from repro.data.translation import (
     PAD, CorpusError, EncodedPairs, check_translation_options, ParallelText, TokenBatches, Tokenizer, collate, eval_batches, filter_long,
     load_hf_wmt, read_parallel, train_tokenizer,
 )
-from repro.decode import beam_search, greedy_search
 from repro.nn import NormFactory
 from repro.util import ConfigError
 from repro.util.schema import as_dict
 
 from .base import Task
+from .decode import beam_search, greedy_search
 
 log = logging.getLogger(__name__)
 

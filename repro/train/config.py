@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import os
 
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from repro.nn import NormConfig, NormFactory
+from repro.tasks import task_class
 from repro.track import DriftSettings, LoggerConfig
 from repro.util import ConfigError
 from repro.util.schema import Rule, check_options, check_value
@@ -58,12 +58,7 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
         )
 
     check_options(_group(cfg, "track"), DriftSettings, "track")
-    task = _group(cfg, "task")
-    try:
-        task_class = get_class(task["_target_"])
-    except Exception:  # noqa: BLE001 - hydra raises several kinds for a bad path
-        raise ConfigError(f"task._target_={task.get('_target_')!r} is not allowed: must name a Task class") from None
-    task_class.check_options(_group(cfg, "data"), world_size)
+    task_class(_group(cfg, "task")).check_options(_group(cfg, "data"), world_size)
     check_options(_group(cfg, "logger"), LoggerConfig, "logger")
 
 
