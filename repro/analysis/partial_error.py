@@ -17,8 +17,9 @@ from torch import nn
 from repro.kernels.reference import partial_size
 from repro.nn import NormLayer
 from repro.track.drift import norm_rows_layout, row_stats
+from repro.util import markdown_table
 
-from .common import md_table, pyplot, save_figure, write_note
+from .common import pyplot, save_figure, write_note
 
 PARTIALS = tuple(2.0 ** -e for e in range(7, 0, -1))  # 1/128 ... 1/2
 
@@ -121,7 +122,7 @@ def run(out: Path, run_dir: Path, data_root: Optional[str] = None,
         f"{cfg.norm.name}), captured on one training batch (rows as each layer normalizes them, at most "
         "4096 per layer). Relative error |RMS(x[:k]) − RMS(x)| / RMS(x), mean over rows, for the prefix "
         "pRMSNorm uses and for a random subset of the same size:", "",
-        *md_table(header, table), "",
+        *markdown_table(header, table), "",
         "Where the prefix error exceeds the random-subset error, the features at the start of the "
         "row are not representative of the whole (for conv features the prefix is the top rows of "
         "the image).",

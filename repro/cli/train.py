@@ -8,7 +8,6 @@ so mistakes are one-line errors.
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from pathlib import Path
 

@@ -22,6 +22,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from repro.util import atomic_write
+
 # Token ids fixed by the tokenizer training below; the model and the decoder rely on them.
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 EMPTY_LINE_POLICIES = ("error", "skip")
@@ -200,8 +202,10 @@ def train_tokenizer(texts: Sequence[Sequence[str]], path, vocab_size: int, *, ma
             character_coverage=1.0, byte_fallback=True, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
             num_threads=os.cpu_count() or 1, minloglevel=2,
         )
-        os.replace(Path(tmp) / "spm.model", path)
-    meta.write_text(json.dumps({"fingerprint": fingerprint, **options}) + "\n")
+        with atomic_write(path, "wb") as f:
+            f.write((Path(tmp) / "spm.model").read_bytes())
+    with atomic_write(meta) as f:
+        f.write(json.dumps({"fingerprint": fingerprint, **options}) + "\n")
     return Tokenizer.load(path)
 
 

@@ -14,14 +14,14 @@ import logging
 import math
 import os
 import re
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 import yaml
 
-from repro.track import RunStore, read_metrics, write_json_atomic
+from repro.track import RunStore, read_metrics
+from repro.util import mean_std, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -253,12 +253,12 @@ class Stat:
 
     @property
     def mean(self) -> Optional[float]:
-        return statistics.fmean(self.values) if self.values else None
+        return mean_std(self.values)[0]
 
     @property
     def std(self) -> Optional[float]:
         """Sample standard deviation over seeds; None with fewer than two."""
-        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+        return mean_std(self.values)[1]
 
 
 def group_runs(runs: Iterable[Run]) -> dict[tuple, list[Run]]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from repro.nn import NormConfig, NormFactory
 from repro.tasks import task_class
