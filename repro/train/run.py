@@ -19,7 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import repro
 from repro.tasks import build_task_and_model
+from repro.nn import NormFactory
 from repro.track import DriftSettings, RunStore, Tracker, WandbSink
+from repro.track.wandb_sink import resolve_mode
 from repro.util import ConfigError, check_options
 
 from . import checkpoint as ckpt
@@ -48,6 +50,31 @@ def resume_checkpoint(setting: Optional[str], run_dir: Path) -> Optional[Path]:
         return path if path.exists() else None
     path = Path(os.path.expanduser(setting))
     return path / "checkpoints" / "last.pt" if path.is_dir() else path
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({cpu_model()})"
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    except OSError:
+        names = []
+    return names[0] if names else platform.processor() or platform.machine()
+
+
+def norm_description(norm: DictConfig) -> str:
+    """The norm as it will be built: name and the options that reach it."""
+    factory = NormFactory.from_config(norm)
+    options = {"eps": factory.eps, "partial": factory.partial if factory.spec.takes_partial else None,
+               "eps_mode": factory.eps_mode if len(factory.spec.eps_modes) > 1 else None,
+               "backend": factory.backend if "backend" in factory.spec.options else None}
+    shown = ", ".join(f"{key}={value}" for key, value in options.items() if value is not None)
+    return f"{factory.name} ({shown})" if shown else factory.name
 
 
 def environment() -> dict:
@@ -125,6 +152,11 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
             trainer.resume_from(resume)
             log.info("resuming from %s at step %d", resume, trainer.step)
         if world.is_main:
+            trainer.banner = dict(
+                task=cfg.task.name, parameters=parameter_count(model), norm=norm_description(cfg.norm),
+                device=describe_device(device), threads=torch.get_num_threads(), run_dir=str(run_dir),
+                wandb=resolve_mode(cfg.logger.mode) if cfg.logger.name == "wandb" else "off",
+            )
             group = cfg.get("experiment_name") or sweep_name
             tracker = build_tracker(cfg, run_dir, trainer.step if resume else None, group)
             trainer.tracker = tracker

@@ -14,6 +14,7 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -33,7 +34,10 @@ from repro.util import option
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .banner import RunPlan, StepClock, start_banner
 from .optim import build_scheduler
+
+log = logging.getLogger(__name__)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -107,6 +111,9 @@ class Trainer:
         self.s, self.device, self.world, self.run_dir = settings, device, world, Path(run_dir)
         self.drift_settings = drift or DriftSettings()
         self.tracker, self.autocast_dtype, self.config = tracker, autocast_dtype, config
+        # What the start banner shows besides the step counts (repro.train.banner.RunPlan's other
+        # fields); None: no banner (e.g. ranks other than 0).
+        self.banner: Optional[dict] = None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metric, self.mode = task.monitor or (None, None)
         self.step = self.epoch = self.position = 0
@@ -190,6 +197,10 @@ class Trainer:
             dynamic_ncols=True, desc=f"{self.task.name}",
         )
         micro_per_epoch = steps_per_epoch * self.s.accumulate
+        clock_for_estimate = StepClock(self.total_steps, self.step, self.device.type)
+        if self.banner is not None:
+            log.info("\n%s", start_banner(RunPlan(**self.banner, total_steps=self.total_steps,
+                                                  steps_per_epoch=steps_per_epoch, start_step=self.step)))
         self._restore()
         stream = batches.iter_epoch(self.epoch, self.position)
         self.model.train()
@@ -223,6 +234,9 @@ class Trainer:
                 drift_warnings += new_warnings
                 self.tracker.update_summary(**{"drift/warnings": " | ".join(drift_warnings)})
             bar.update(1)
+            estimate = clock_for_estimate.tick(self.step, time.perf_counter()) if self.banner is not None else None
+            if estimate:
+                log.info(estimate)
 
             if self.step % self.s.log_every == 0 or self.step == self.total_steps:
                 self.interval.seconds += time.perf_counter() - clock
