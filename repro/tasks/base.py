@@ -15,7 +15,7 @@ The trainer (repro.train) drives any Task through these members only:
   (name -> float or 0-d tensor, e.g. {"train/acc": ...}). The trainer weights micro-batches and
   ranks by n_items, so token-batched tasks with unequal batch sizes average correctly, and
   reports `throughput/{throughput_unit}_per_s` from the summed n_items.
-- `evaluate(model, split) -> dict`: metrics of `split` with names as in DESIGN.md
+- `evaluate(model, split) -> dict`: metrics of `split` with names as in docs/DESIGN.md
   ("val/loss", "val/acc", "test/bleu", ...); the model arrives in eval mode, without DDP, under
   torch.no_grad. It may do anything a split needs: a CIFAR task classifies, a translation task
   decodes with beam search and scores with sacreBLEU.

@@ -198,6 +198,6 @@ class Translation(Task):
         for i, name in enumerate(self.test_sets):
             scores = self._score(model, f"test:{name}", self.beam)
             metrics.update({f"test/{name}/{k}": v for k, v in scores.items()})
-            if i == 0:  # the headline test set, under the DESIGN.md names
+            if i == 0:  # the headline test set, under the docs/DESIGN.md names
                 metrics.update({f"test/{k}": v for k, v in scores.items()})
         return metrics
