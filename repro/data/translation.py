@@ -44,7 +44,7 @@ def check_translation_options(options: dict) -> None:
     def is_int(value):
         return isinstance(value, int) and not isinstance(value, bool)
 
-    for key in ("max_tokens", "eval_max_tokens", "batch_size", "beam", "val_beam"):
+    for key in ("max_tokens", "eval_max_tokens", "batch_size"):
         if key in options and (not is_int(options[key]) or options[key] < 1):
             fail(key, "an integer >= 1")
     if "vocab_size" in options and (not is_int(options["vocab_size"]) or options["vocab_size"] < MIN_VOCAB):
@@ -56,9 +56,6 @@ def check_translation_options(options: dict) -> None:
     smoothing = options.get("label_smoothing", 0.0)
     if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
         fail("label_smoothing", "a number in [0, 1)")
-    penalty = options.get("length_penalty", 0.0)
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty < 0:
-        fail("length_penalty", "a number >= 0")
     if "test_sets" in options and not (isinstance(options["test_sets"], dict) and options["test_sets"]):
         fail("test_sets", "a non-empty mapping of test set name to split")
 

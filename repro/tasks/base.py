@@ -24,9 +24,10 @@ The trainer (repro.train) drives any Task through these members only:
   None where the task has no validation split (no best.pt, no best/* metrics: never select on test).
 - `throughput_unit`: "images", "tokens", ...
 - `name`: the task's config name (W&B tags, run-store summary).
-- `check_options(data, world_size)` (a classmethod): raise repro.util.ConfigError, one line, on
-  the first bad option of the `data` group, before anything is built. The task owns its options;
-  repro.train calls this on the class `task._target_` names and knows no particular task.
+- `check_options(cfg, world_size)` (a classmethod): raise repro.util.ConfigError, one line, on
+  the first bad option of the groups the task reads (`data`; `decode` for translation), before
+  anything is built. The task owns its options; repro.train calls this on the class
+  `task._target_` names and knows no particular task.
 
 A translation task (token batching, BLEU, tokens/s) implements the same members; the trainer
 does not change.
@@ -58,9 +59,12 @@ class Task(abc.ABC):
     options: Optional[type] = None  # the data group's schema (a repro.util.schema dataclass)
 
     @classmethod
-    def check_options(cls, data: Mapping, world_size: int = 1) -> None:
-        """Check the `data` group against `options`; every task batches, and a global batch
-        splits evenly over the processes."""
+    def check_options(cls, cfg: Mapping, world_size: int = 1) -> None:
+        """Check the `data` group of the composed config `cfg` against `options`; every task
+        batches, and a global batch splits evenly over the processes."""
+        if "data" not in cfg:
+            raise ConfigError("data is missing from the config")
+        data = cfg["data"]
         batch_size = data.get("batch_size", "<absent>")
         check_value("data.batch_size", batch_size, int, Rule(minimum=1))
         if batch_size % world_size:

@@ -14,6 +14,9 @@ from repro.util import ConfigError
 from .base import Task
 
 
+OPTIONAL_GROUPS = ("decode",)
+
+
 def task_class(task: Mapping) -> type[Task]:
     """The Task class a `task` config group builds: `_target_` itself, or for a factory that wraps
     a task (e.g. repro.analysis.shift_training.shifted_init_task) the class its `base_target`
@@ -35,7 +38,9 @@ def build_task(cfg: Union[DictConfig, Mapping]) -> Task:
     """The task `cfg.task` names, with `cfg.model` as its model constructor and `cfg.data` as its
     options (nothing is read yet: data loads in `task.setup`)."""
     cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
-    return instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
+    # Groups only some tasks read (translation: decode) reach the task when the config has them.
+    extra = {group: cfg[group] for group in OPTIONAL_GROUPS if cfg.get(group) is not None}
+    return instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data, **extra)
 
 
 def build_task_and_model(cfg: Union[DictConfig, Mapping]) -> tuple[Task, nn.Module]:

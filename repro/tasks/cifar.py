@@ -11,7 +11,7 @@ from torch import nn
 from repro.data import ImageBatches, load_cifar10, prepare_cifar10
 from repro.data.cifar10 import PREPROCESS
 from repro.nn import NormFactory
-from repro.util import option
+from repro.util import ConfigError, option
 
 from .base import Task
 
@@ -34,6 +34,12 @@ class CifarOptions:
 class CifarClassification(Task):
     throughput_unit = "images"
     options = CifarOptions
+
+    @classmethod
+    def check_options(cls, cfg, world_size: int = 1) -> None:
+        super().check_options(cfg, world_size)
+        if cfg.get("decode") is not None:
+            raise ConfigError("decode is not allowed for an image task: must be null (images are classified)")
 
     def __init__(
         self, name: str, model: Callable[..., nn.Module], *, root: str, cache_dir: Optional[str] = None,

@@ -4,7 +4,7 @@ naming the key and what it accepts.
 Each group's owner says what its options accept (repro.util.schema dataclasses): the norm group
 repro.nn.NormConfig, the trainer group TrainerSettings, the track group repro.track.DriftSettings,
 the optim group repro.train.optim.OptimConfig, the logger group repro.track.LoggerConfig, and the
-data group the task named by `task._target_` (Task.check_options). This module only walks the
+data (and decode) groups the task named by `task._target_` (Task.check_options). This module only walks the
 groups and adds the rules that need the running world (processes, CUDA, files); it knows no
 particular task or norm.
 """
@@ -58,7 +58,7 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
         )
 
     check_options(_group(cfg, "track"), DriftSettings, "track")
-    task_class(_group(cfg, "task")).check_options(_group(cfg, "data"), world_size)
+    task_class(_group(cfg, "task")).check_options(cfg, world_size)
     check_options(_group(cfg, "logger"), LoggerConfig, "logger")
 
 
