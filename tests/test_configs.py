@@ -141,3 +141,15 @@ def test_resolved_config_has_no_interpolations_left():
     resolved = OmegaConf.to_container(compose_config(), resolve=True)
     assert "${" not in OmegaConf.to_yaml(resolved)
     assert resolved["data"]["root"].endswith("/cifar10") and resolved["trainer"]["checkpoint_every"] == 1000
+
+
+def test_a_run_recorded_before_the_decode_group_still_rebuilds():
+    """Runs recorded when decoding options lived in the data group (config.yaml, checkpoints) are
+    rebuilt with them read as the decode group."""
+    from repro.tasks import build_task
+
+    old = OmegaConf.to_container(compose_config("task=multi30k_transformer"), resolve=True)
+    old["data"].update(beam=2, length_penalty=1.0)
+    old["decode"] = None
+    task = build_task(old)
+    assert (task.decode.beam, task.decode.length_penalty) == (2, 1.0)

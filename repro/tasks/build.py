@@ -15,6 +15,18 @@ from .base import Task
 
 
 OPTIONAL_GROUPS = ("decode",)
+# Options that lived in the data group before the decode group existed: a run recorded then
+# (config.yaml, or the config inside a checkpoint) is read with them moved over.
+FORMER_DATA_OPTIONS = {"decode": ("beam", "val_beam", "length_penalty", "max_len_a", "max_len_b")}
+
+
+def _as_current(cfg: Union[DictConfig, Mapping]) -> DictConfig:
+    cfg = OmegaConf.create(OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg))
+    for group, keys in FORMER_DATA_OPTIONS.items():
+        moved = {key: cfg.data.pop(key) for key in keys if key in cfg.data}
+        if moved and cfg.get(group) is None:
+            cfg[group] = moved
+    return cfg
 
 
 def task_class(task: Mapping) -> type[Task]:
@@ -37,7 +49,7 @@ def task_class(task: Mapping) -> type[Task]:
 def build_task(cfg: Union[DictConfig, Mapping]) -> Task:
     """The task `cfg.task` names, with `cfg.model` as its model constructor and `cfg.data` as its
     options (nothing is read yet: data loads in `task.setup`)."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    cfg = _as_current(cfg)
     # Groups only some tasks read (translation: decode) reach the task when the config has them.
     extra = {group: cfg[group] for group in OPTIONAL_GROUPS if cfg.get(group) is not None}
     return instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data, **extra)
@@ -45,6 +57,6 @@ def build_task(cfg: Union[DictConfig, Mapping]) -> Task:
 
 def build_task_and_model(cfg: Union[DictConfig, Mapping]) -> tuple[Task, nn.Module]:
     """The task and its model with the norm `cfg.norm` describes (on the CPU, untrained)."""
-    cfg = cfg if isinstance(cfg, DictConfig) else OmegaConf.create(dict(cfg))
+    cfg = _as_current(cfg)
     task = build_task(cfg)
     return task, task.build_model(NormFactory.from_config(cfg.norm))
