@@ -23,7 +23,7 @@ from repro.data.translation_fixtures import fixture_pairs, write_parallel
 from repro.decode import beam_search, greedy_search
 from repro.models import Transformer
 from repro.nn import NORM_NAMES, NormFactory, NormLayer
-from repro.tasks.translation import Translation, label_smoothed_loss, paper_tokenize, tokenized_bleu
+from repro.tasks.translation import Translation, label_smoothed_loss
 from train_helpers import corpus, one_thread  # noqa: F401
 
 TINY = dict(dim=32, ffn=64, heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0, max_positions=64)
@@ -321,14 +321,6 @@ def test_beam_wider_than_the_hypothesis_space_finds_the_exhaustive_optimum(seed)
             want = _exhaustive_best(model, src, limit=3, alpha=alpha)
             got = beam_search(model, src[None], beam=16, alpha=alpha, max_len_a=0.0, max_len_b=3)[0]
             assert got == want, (alpha, got, want)
-
-
-def test_tokenized_bleu_splits_compounds():
-    assert paper_tokenize("Ein Mann-Hund, 3-4 Jahre.") == "Ein Mann ##AT##-##AT## Hund , 3 - 4 Jahre ."  # 13a splits digits itself
-    assert tokenized_bleu(["Ein Mann-Hund ."], ["Ein Mann-Hund ."]) == pytest.approx(100)
-    assert tokenized_bleu(["Ein Mann-Hund im Park ."], ["Ein Mann-Katze im Park ."]) == pytest.approx(
-        sacrebleu.corpus_bleu(["Ein Mann ##AT##-##AT## Hund im Park ."], [["Ein Mann ##AT##-##AT## Katze im Park ."]],
-                              tokenize="none").score)
 
 
 def test_task_rejects_bad_settings(corpus, tmp_path):
