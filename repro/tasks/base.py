@@ -88,3 +88,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
+
+    def summary_extras(self) -> dict:
+        """Facts about the evaluation that belong in summary.json beside the numbers (e.g. the
+        sacreBLEU signature), after the final evaluation; none by default."""
+        return {}

@@ -336,7 +336,8 @@ class Trainer:
 
     def _final(self) -> dict:
         t = self.totals
-        summary = {"step": self.step, "epoch": self.epoch, **getattr(self, "last_eval", {})}
+        summary = {"step": self.step, "epoch": self.epoch, **getattr(self, "last_eval", {}),
+                   **self.task.summary_extras()}
         if self.metric:
             summary[f"best/{self.metric}"] = self.best
         if t["steps"]:
