@@ -72,18 +72,6 @@ class NormFactory:
         self.partial = self._resolve_partial(spec, partial)
         self.eps = self._resolve_eps(spec, eps, eps_mode)
 
-    @classmethod
-    def from_config(cls, norm) -> "NormFactory":
-        """The factory a norm config (conf/norm, a mapping) describes. The shared `partial`
-        (0.0625 by default) reaches only the norms that take one, so a sweep over norms can set
-        it once."""
-        spec = norm_spec(norm["name"])
-        return cls(
-            spec.name, eps=norm["eps"], partial=norm["partial"] if spec.takes_partial else None,
-            eps_mode=norm["eps_mode"], backend=norm["backend"], conv_mode=norm["conv_mode"],
-            affine=norm["affine"],
-        )
-
     @staticmethod
     def _resolve_partial(spec: NormSpec, partial: Optional[float]) -> Optional[float]:
         if spec.partial is None:
@@ -150,8 +138,13 @@ class NormFactory:
 
 
 def norm_factory(norm) -> NormFactory:
-    """The NormFactory a norm config describes (NormFactory.from_config)."""
-    return NormFactory.from_config(norm)
+    """The factory a norm config (the `norm` group, a mapping) describes. The shared `partial`
+    (0.0625 by default) reaches only the norms that take one, so a sweep over norms sets it once."""
+    spec = norm_spec(norm["name"])
+    return NormFactory(
+        spec.name, eps=norm["eps"], partial=norm["partial"] if spec.takes_partial else None,
+        eps_mode=norm["eps_mode"], backend=norm["backend"], conv_mode=norm["conv_mode"], affine=norm["affine"],
+    )
 
 
 def build_norm(name: str, dim: int, **options) -> nn.Module:

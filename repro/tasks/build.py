@@ -8,7 +8,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from repro.nn import NormFactory
+from repro.nn import norm_factory
 from repro.util import ConfigError
 
 from .base import Task
@@ -59,4 +59,4 @@ def build_task_and_model(cfg: Union[DictConfig, Mapping]) -> tuple[Task, nn.Modu
     """The task and its model with the norm `cfg.norm` describes (on the CPU, untrained)."""
     cfg = _as_current(cfg)
     task = build_task(cfg)
-    return task, task.build_model(NormFactory.from_config(cfg.norm))
+    return task, task.build_model(norm_factory(cfg.norm))

@@ -14,7 +14,7 @@ import os
 
 from omegaconf import DictConfig
 
-from repro.nn import NormConfig, NormFactory
+from repro.nn import NormConfig, norm_factory
 from repro.tasks import task_class
 from repro.track import DriftSettings, LoggerConfig
 from repro.util import ConfigError
@@ -37,7 +37,7 @@ def validate_config(cfg: DictConfig, world_size: int = 1) -> None:
     check_value("seed", cfg.get("seed", "<absent>"), int, Rule(minimum=0))
     norm = check_options(_group(cfg, "norm"), NormConfig, "norm")
     try:
-        NormFactory.from_config(vars(norm))
+        norm_factory(vars(norm))
     except ValueError as error:
         raise ConfigError(f"norm.{error}") from None
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import repro
 from repro.tasks import build_task_and_model
-from repro.nn import NormFactory
+from repro.nn import norm_factory
 from repro.track import DriftSettings, RunStore, Tracker, WandbSink
 from repro.track.wandb_sink import resolve_mode
 from repro.util import ConfigError, check_options
@@ -69,7 +69,7 @@ def cpu_model() -> str:
 
 def norm_description(norm: DictConfig) -> str:
     """The norm as it will be built: name and the options that reach it."""
-    factory = NormFactory.from_config(norm)
+    factory = norm_factory(norm)
     options = {"eps": factory.eps, "partial": factory.partial if factory.spec.takes_partial else None,
                "eps_mode": factory.eps_mode if len(factory.spec.eps_modes) > 1 else None,
                "backend": factory.backend if "backend" in factory.spec.options else None}
