@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 
 import yaml
 
+from repro.nn import NORMS
 from repro.track import RunStore, read_metrics
 from repro.util import mean_std, write_json_atomic
 
@@ -50,8 +51,9 @@ class Run:
 
     @property
     def partial(self) -> Optional[float]:
-        # Only pRMSNorm reads norm.partial; every other norm keeps the config's unused default.
-        if self.norm != "prmsnorm":
+        # Only norms that take a partial (pRMSNorm) read norm.partial; the others keep the
+        # config's unused default.
+        if self.norm not in NORMS or not NORMS[self.norm].takes_partial:
             return None
         value = self.summary.get("partial", _get(self.config, "norm", "partial"))
         return None if value is None else float(value)

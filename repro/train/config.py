@@ -4,9 +4,9 @@ naming the key and what it accepts.
 Each group's owner says what its options accept (repro.util.schema dataclasses): the norm group
 repro.nn.NormConfig, the trainer group TrainerSettings, the track group repro.track.DriftSettings,
 the optim group repro.train.optim.OptimConfig, the logger group repro.track.LoggerConfig, and the
-data (and decode) groups the task named by `task._target_` (Task.check_options). This module only walks the
-groups and adds the rules that need the running world (processes, CUDA, files); it knows no
-particular task or norm.
+data (and decode) groups the task that `task._target_` names (Task.check_options). This module
+only walks the groups and adds the rules that need the running world (processes, CUDA, files);
+it knows no particular task or norm.
 """
 from __future__ import annotations
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import repro
 from repro.tasks import build_task_and_model
-from repro.nn import norm_factory
+from repro.nn import NORMS, norm_factory
 from repro.track import DriftSettings, RunStore, Tracker, WandbSink
 from repro.track.wandb_sink import resolve_mode
 from repro.util import ConfigError, check_options
@@ -100,7 +100,7 @@ def build_tracker(cfg: DictConfig, run_dir: Path, resume_step: Optional[int], gr
     if cfg.logger.name == "wandb":
         lg = cfg.logger
         tags = [cfg.task.name, cfg.norm.name, *lg.tags]
-        if cfg.norm.name == "prmsnorm":
+        if NORMS[cfg.norm.name].takes_partial:
             tags.append(f"partial={cfg.norm.partial}")
         sink = WandbSink(
             run_dir, config=config, project=lg.project, entity=lg.entity, group=lg.group or group,
@@ -162,7 +162,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
             trainer.tracker = tracker
             tracker.update_summary(
                 status="running", task=cfg.task.name, norm=cfg.norm.name,
-                partial=cfg.norm.partial if cfg.norm.name == "prmsnorm" else None, seed=cfg.seed,
+                partial=cfg.norm.partial if NORMS[cfg.norm.name].takes_partial else None, seed=cfg.seed,
                 parameters=parameter_count(model), precision=precision, world_size=world.world_size,
                 environment=environment(), resumed_from=str(resume) if resume else None,
                 error=None,  # a resumed run's summary.json still holds the crash that stopped it
