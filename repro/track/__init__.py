@@ -5,4 +5,5 @@ from .run_store import RunStore, read_metrics, write_json_atomic
 from .tracker import Tracker
 from .wandb_sink import WANDB_MODES, LoggerConfig, WandbSink
 
-__all__ = ["DriftSettings", "LoggerConfig", "NormTimer", "RunStore", "Tracker", "WANDB_MODES", "WandbSink", "read_metrics", "write_json_atomic"]
+__all__ = ["DriftSettings", "LoggerConfig", "NormTimer", "RunStore", "Tracker", "WANDB_MODES", "WandbSink",
+           "read_metrics", "write_json_atomic"]

@@ -105,7 +105,8 @@ class Trainer:
     def __init__(
         self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: dict,
         settings: TrainerSettings, *, drift: Optional[DriftSettings] = None, device: torch.device,
-        world: dist.Dist, run_dir: Path, tracker: Optional[Tracker], autocast_dtype: Optional[torch.dtype], config: dict,
+        world: dist.Dist, run_dir: Path, tracker: Optional[Tracker], autocast_dtype: Optional[torch.dtype],
+        config: dict,
     ):
         self.task, self.model, self.optimizer, self.schedule = task, model, optimizer, schedule
         self.s, self.device, self.world, self.run_dir = settings, device, world, Path(run_dir)
