@@ -153,3 +153,18 @@ def test_a_run_recorded_before_the_decode_group_still_rebuilds():
     old["decode"] = None
     task = build_task(old)
     assert (task.decode.beam, task.decode.length_penalty) == (2, 1.0)
+
+
+def test_the_trainer_schema_is_the_one_place_for_a_trainer_option():
+    """A trainer option is a TrainerSettings field: a config without its line takes the field's
+    default, and a key the schema lacks (a typo) is a one-line error before any work."""
+    from repro.train import TrainerSettings
+    from repro.util import check_options
+
+    cfg = compose_config("~trainer.keep_checkpoints")
+    validate_config(cfg)
+    assert check_options(cfg.trainer, TrainerSettings, "trainer").keep_checkpoints == 0
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config("+trainer.max_step=5"))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("trainer.max_step is not an option here") and "max_steps" in message
