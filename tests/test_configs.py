@@ -144,15 +144,16 @@ def test_resolved_config_has_no_interpolations_left():
 
 
 def test_a_run_recorded_before_the_decode_group_still_rebuilds():
-    """Runs recorded when decoding options lived in the data group (config.yaml, checkpoints) are
-    rebuilt with them read as the decode group."""
+    """Runs recorded when decoding and loss options lived in the data group (config.yaml,
+    checkpoints) are rebuilt with them read where they now live (decode, task)."""
     from repro.tasks import build_task
 
     old = OmegaConf.to_container(compose_config("task=multi30k_transformer"), resolve=True)
-    old["data"].update(beam=2, length_penalty=1.0)
+    old["data"].update(beam=2, length_penalty=1.0, label_smoothing=0.2)
     old["decode"] = None
+    del old["task"]["label_smoothing"]
     task = build_task(old)
-    assert (task.decode.beam, task.decode.length_penalty) == (2, 1.0)
+    assert (task.decode.beam, task.decode.length_penalty, task.smoothing) == (2, 1.0, 0.2)
 
 
 def test_the_trainer_schema_is_the_one_place_for_a_trainer_option():

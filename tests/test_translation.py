@@ -327,7 +327,7 @@ def test_beam_wider_than_the_hypothesis_space_finds_the_exhaustive_optimum(seed)
 def test_task_rejects_bad_settings(corpus, tmp_path):
     with pytest.raises(ConfigError, match=r"decode\.beam=0 is not allowed: must be an integer >= 1"):
         make_task(corpus, tmp_path, decode={"beam": 0})
-    with pytest.raises(CorpusError, match=r"data\.label_smoothing=1.5 is not allowed"):
+    with pytest.raises(ConfigError, match=r"task\.label_smoothing=1.5 is not allowed"):
         make_task(corpus, tmp_path, label_smoothing=1.5)
 
 

@@ -95,7 +95,7 @@ def test_translation_configs_compose_and_validate(task):
     validate_config(cfg)
     assert cfg.model.dim == (256 if task.startswith("multi30k") else 512)
     assert list(cfg.optim.betas) == [0.9, 0.98] and cfg.optim.schedule.name == "inverse_sqrt"
-    assert cfg.data.label_smoothing == 0.1 and cfg.decode.beam == 4 and cfg.decode.length_penalty == 0.6
+    assert cfg.task.label_smoothing == 0.1 and cfg.decode.beam == 4 and cfg.decode.length_penalty == 0.6
 
 
 @pytest.mark.parametrize("experiment, model_dim, tokens_per_step", [
@@ -118,7 +118,7 @@ def test_table4_experiments_sweep_the_papers_norms(experiment, model_dim, tokens
     ("data.max_tokens=0", r"data\.max_tokens=0 is not allowed: must be an integer >= 1"),
     ("decode.beam=0", r"decode\.beam=0 is not allowed: must be an integer >= 1"),
     ("data.empty_lines=maybe", r"data\.empty_lines='maybe' is not allowed: must be one of error, skip"),
-    ("data.label_smoothing=1.0", r"data\.label_smoothing=1\.0 is not allowed: must be a number in \[0, 1\)"),
+    ("task.label_smoothing=1.0", r"task\.label_smoothing=1\.0 is not allowed: must be a number in \[0, 1\)"),
 ])
 def test_bad_translation_settings_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):

@@ -53,9 +53,6 @@ def check_translation_options(options: dict) -> None:
         fail("max_len", "an integer >= 1 or null")
     if "empty_lines" in options and options["empty_lines"] not in EMPTY_LINE_POLICIES:
         fail("empty_lines", f"one of {', '.join(EMPTY_LINE_POLICIES)}")
-    smoothing = options.get("label_smoothing", 0.0)
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-        fail("label_smoothing", "a number in [0, 1)")
     if "test_sets" in options and not (isinstance(options["test_sets"], dict) and options["test_sets"]):
         fail("test_sets", "a non-empty mapping of test set name to split")
 

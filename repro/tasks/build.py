@@ -17,15 +17,16 @@ from .base import Task
 OPTIONAL_GROUPS = ("decode",)
 # Options that lived in the data group before the decode group existed: a run recorded then
 # (config.yaml, or the config inside a checkpoint) is read with them moved over.
-FORMER_DATA_OPTIONS = {"decode": ("beam", "val_beam", "length_penalty", "max_len_a", "max_len_b")}
+FORMER_DATA_OPTIONS = {"decode": ("beam", "val_beam", "length_penalty", "max_len_a", "max_len_b"),
+                       "task": ("label_smoothing",)}
 
 
 def _as_current(cfg: Union[DictConfig, Mapping]) -> DictConfig:
     cfg = OmegaConf.create(OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg))
     for group, keys in FORMER_DATA_OPTIONS.items():
         moved = {key: cfg.data.pop(key) for key in keys if key in cfg.data}
-        if moved and cfg.get(group) is None:
-            cfg[group] = moved
+        if moved:
+            cfg[group] = {**moved, **(OmegaConf.to_container(cfg[group]) if cfg.get(group) is not None else {})}
     return cfg
 
 

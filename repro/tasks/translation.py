@@ -24,7 +24,7 @@ from repro.data.translation import (
 )
 from repro.nn import NormFactory
 from repro.util import ConfigError, check_options, option
-from repro.util.schema import as_dict
+from repro.util.schema import Rule, as_dict, check_value
 
 from .base import Task
 from .decode import beam_search, greedy_search
@@ -48,6 +48,9 @@ def bleu(hypotheses: list[str], references: list[str]):
     sacreBLEU's signature."""
     metric = sacrebleu.metrics.BLEU()
     return metric.corpus_score(hypotheses, [references]), str(metric.get_signature())
+
+
+LABEL_SMOOTHING = Rule(minimum=0, maximum=1, max_strict=True)  # task.label_smoothing, a loss option
 
 
 @dataclass
@@ -78,8 +81,9 @@ class Translation(Task):
         check_translation_options(dict(
             vocab_size=vocab_size, test_sets=test_sets,
             empty_lines=empty_lines, max_tokens=max_tokens, batch_size=batch_size, eval_max_tokens=eval_max_tokens,
-            max_len=max_len, label_smoothing=label_smoothing,
+            max_len=max_len,
         ))
+        check_value("task.label_smoothing", label_smoothing, float, LABEL_SMOOTHING)
         self.decode = check_options(decode or {}, DecodeOptions, "decode")
         self.name, self.make_model, self.seed = name, model, seed
         self.tokenizer_path, self.vocab_size, self.tokenizer_sentences = tokenizer, vocab_size, tokenizer_sentences
@@ -100,6 +104,7 @@ class Translation(Task):
         except CorpusError as error:
             raise ConfigError(str(error)) from None
         check_options(cfg.get("decode") or {}, DecodeOptions, "decode")
+        check_value("task.label_smoothing", cfg["task"].get("label_smoothing", 0.1), float, LABEL_SMOOTHING)
 
     # ---------------------------------------------------------------------------- set-up
     def build_model(self, norm: NormFactory) -> nn.Module:
