@@ -276,6 +276,30 @@ def _ln_backward(ctx, dy, _dmean, _drstd):
 _layer_norm_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
 
 
+# ---------------------------------------------------------------------------- autocast rule
+# Under torch.autocast the norm ops run at the precision torch's own F.layer_norm runs at on that
+# device, so every row of a table (LayerNorm, RMSNorm, pRMSNorm, BatchNorm) runs at one precision:
+# - device types whose autocast policy lists layer_norm as an fp32 op (CUDA): x, weight and bias are
+#   cast to fp32 and the output is fp32, as F.layer_norm's is there;
+# - other device types (CPU: layer_norm is in no autocast list): the input's dtype is kept, so bf16
+#   in gives bf16 out, as F.layer_norm's does.
+# Either way the statistics are fp32 (every backend accumulates in fp32). The rule is applied in
+# the public functions below, before dispatch, so it holds for every backend and every route to
+# a kernel (the eager path and the custom ops torch.compile traces). tests/test_autocast.py checks
+# it against F.layer_norm on the CPU; tests/test_gpu.py on CUDA.
+AUTOCAST_FP32_DEVICES = ("cuda",)
+
+
+def autocast_inputs(x: Tensor, *params: Optional[Tensor]) -> tuple:
+    """(x, *params) as the norm ops see them under the autocast state of x's device."""
+    device = x.device.type
+    if device not in AUTOCAST_FP32_DEVICES or not torch.is_autocast_enabled(device):
+        return (x, *params)
+    if x.dtype == torch.float64:  # autocast leaves fp64 alone
+        return (x, *params)
+    return tuple(t.float() if t is not None and t.dtype != torch.float64 else t for t in (x, *params))
+
+
 # ---------------------------------------------------------------------------- public API
 def rms_norm(
     x: Tensor,
@@ -294,6 +318,7 @@ def rms_norm(
     _check_input(x)
     _check_param("weight", weight, x)
     _check_param("bias", bias, x)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
     check_eps_mode(eps_mode)
     k = check_partial(partial, x.shape[-1])
@@ -317,6 +342,7 @@ def layer_norm(
     _check_input(x)
     _check_param("weight", weight, x)
     _check_param("bias", bias, x)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
     backend = resolve_backend(backend, x)
     if backend == "torch":

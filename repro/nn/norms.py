@@ -129,7 +129,9 @@ def l2_norm(
     eps: float = L2_NORM_EPS,
 ) -> Tensor:
     """y = x / max(||x||_2, eps) over the last dim, then the optional gain and offset; computed in
-    fp32 (fp64 for fp64 input) like the kernel ops, returned in x's dtype."""
+    fp32 (fp64 for fp64 input) like the kernel ops, returned in x's dtype; under autocast it
+    follows the kernel ops' rule (repro.kernels.autocast_inputs)."""
+    x, weight, bias = kernels.autocast_inputs(x, weight, bias)
     y = F.normalize(x.to(reference.compute_dtype(x)), p=2.0, dim=-1, eps=eps)
     if weight is not None:
         y = y * weight.to(y.dtype)
