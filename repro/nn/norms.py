@@ -178,6 +178,38 @@ class BatchNorm2d(_CheckedBatchNorm, nn.BatchNorm2d):
     """BatchNorm over conv features (N, C, H, W), per channel."""
 
 
+class SyncBatchNorm(BatchNorm, nn.SyncBatchNorm):
+    """BatchNorm (features last) whose statistics span every rank of the process group: torch's
+    SyncBatchNorm, which runs on GPUs only. Made by `sync_batch_norm`, never by a config directly."""
+
+
+class SyncBatchNorm2d(BatchNorm2d, nn.SyncBatchNorm):
+    """BatchNorm2d whose statistics span every rank (torch's SyncBatchNorm; GPUs only)."""
+
+
+_SYNCED = {BatchNorm: SyncBatchNorm, BatchNorm2d: SyncBatchNorm2d}
+
+
+def sync_batch_norm(model: nn.Module) -> int:
+    """Replace every BatchNorm / BatchNorm2d in `model` (in place) by its synchronized version with
+    the same parameters, buffers and momentum, so DDP ranks normalize over the global batch as one
+    process would; returns how many were replaced. They stay NormLayers (and isinstance of the
+    originals), so the timer, drift monitor and registry see them as before."""
+    replaced = 0
+    for name, child in model.named_children():
+        synced = _SYNCED.get(type(child))
+        if synced is None:
+            replaced += sync_batch_norm(child)
+            continue
+        layer = synced(child.num_features, eps=child.eps, affine=child.affine)
+        layer.momentum = child.momentum
+        layer.load_state_dict(child.state_dict())
+        layer.to(next(iter(child.state_dict().values())).device).train(child.training)
+        setattr(model, name, layer)
+        replaced += 1
+    return replaced
+
+
 class ConvNorm(NormLayer):
     """A row norm applied to conv features (N, C, H, W), with a per-channel gain and bias (C,).
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import repro
 from repro.tasks import build_task_and_model
-from repro.nn import NORMS, norm_factory
+from repro.nn import NORMS, norm_factory, sync_batch_norm
 from repro.track import DriftSettings, RunStore, Tracker, WandbSink
 from repro.track.wandb_sink import resolve_mode
 from repro.util import ConfigError, check_options
@@ -115,7 +115,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     validate_config(cfg, world.world_size)
     t = check_options(cfg.trainer, TrainerSettings, "trainer")
     device = resolve_device(t.device, world)
-    dist.init(world, device)
+    dist.init(world, device, t.dist_timeout_min)
     tracker = None
     status = "failed"
     # Global switches set below; restored at the end so in-process callers (tests) are unaffected.
@@ -137,6 +137,11 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         except ValueError as error:  # e.g. pRMSNorm keeping < 1 feature of some layer
             raise ConfigError(f"norm/model: {error}") from None
         model = model.to(device)
+        if world.enabled and t.sync_batchnorm and sync_batch_norm(model) and device.type != "cuda":
+            raise ConfigError(
+                "trainer.sync_batchnorm=true is not allowed on CPU: torch's SyncBatchNorm runs on GPUs only; "
+                "set trainer.sync_batchnorm=false to normalize over each process's share of the batch"
+            )
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         schedule = optim.pop("schedule")
         optimizer = build_optimizer(parameter_groups(model, optim.get("weight_decay", 0.0)), **optim)

@@ -1,0 +1,120 @@
+"""DDP pieces with 2 gloo CPU processes (torch.multiprocessing spawn): sharded evaluation gives one
+process's numbers while each rank does half the work; SyncBatchNorm conversion; the process-group
+timeout. What needs GPUs (SyncBatchNorm's forward) is in tests/test_gpu.py."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from repro.nn import BatchNorm, BatchNorm2d, NormLayer, SyncBatchNorm, SyncBatchNorm2d, spec_of_layer, sync_batch_norm
+from repro.tasks import build_task_and_model
+from repro.track import NormTimer
+from repro.train import distributed
+from repro.train import train
+from repro.util import ConfigError
+from train_helpers import cifar_jpeg, compose_config, corpus, one_thread, smoke_config  # noqa: F401
+
+PORT = 29631
+
+
+def _evaluate(cfg, rank: int, world_size: int) -> dict:
+    """Evaluate an untrained model of `cfg` (seed 0) on its test split; also count the items this
+    rank's model saw and return the translation hypotheses when there are any."""
+    torch.manual_seed(0)
+    task, model = build_task_and_model(cfg)
+    task.setup(torch.device("cpu"), rank, world_size)
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(len(args[0])))
+    model.eval()
+    with torch.no_grad():
+        metrics = task.evaluate(model, "test")
+        out = {"metrics": metrics, "items": sum(seen)}
+        if hasattr(task, "encoded"):
+            key = next(k for k in task.encoded if k.startswith("test:"))
+            out["hyps"] = task.translate(model, task.encoded[key], task.decode.beam)
+    return out
+
+
+def _worker(rank: int, cfgs: dict, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(PORT))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(minutes=5))
+    try:
+        results = {name: _evaluate(cfg, rank, 2) for name, cfg in cfgs.items()}
+    finally:
+        dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(results, f)
+
+
+def test_sharded_evaluation_equals_one_process(cifar_jpeg, corpus, tmp_path):
+    cfgs = {
+        "cifar": smoke_config(cifar_jpeg, "data.eval_batch_size=16"),
+        # small eval batches: several of them, so both ranks decode
+        "translation": compose_config("experiment=translation_smoke", f"data.root={corpus}",
+                                      f"data.tokenizer={tmp_path}/spm.model", "data.eval_max_tokens=128"),
+    }
+    single = {name: _evaluate(cfg, 0, 1) for name, cfg in cfgs.items()}
+    mp.spawn(_worker, args=(cfgs, str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    for name in cfgs:
+        one, two = single[name], [r[name] for r in ranks]
+        for part in two:  # every rank returns one process's numbers
+            assert part["metrics"].keys() == one["metrics"].keys()
+            for key, value in one["metrics"].items():
+                assert part["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12), (name, key)
+        assert 0 < two[0]["items"] < one["items"] and 0 < two[1]["items"] < one["items"], name
+    cifar_acc = single["cifar"]["metrics"]["test/acc"]
+    assert all(r["cifar"]["metrics"]["test/acc"] == cifar_acc for r in ranks)
+    # Translation: the gathered hypotheses are one process's, sentence for sentence, in corpus order.
+    assert ranks[0]["translation"]["hyps"] == ranks[1]["translation"]["hyps"] == single["translation"]["hyps"]
+    assert "test/bleu" in single["translation"]["metrics"]
+
+
+def test_sync_batch_norm_keeps_state_and_stays_a_norm_layer():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), BatchNorm2d(4), torch.nn.Sequential(BatchNorm(4)))
+    model[1].running_mean.fill_(2.0)
+    model[1].weight.data.fill_(3.0)
+    model[1].momentum = 0.3
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert sync_batch_norm(model) == 2
+    assert type(model[1]) is SyncBatchNorm2d and type(model[2][0]) is SyncBatchNorm
+    assert isinstance(model[1], torch.nn.SyncBatchNorm) and isinstance(model[1], NormLayer)
+    assert spec_of_layer(model[1]).name == spec_of_layer(model[2][0]).name == "batchnorm"
+    assert model[1].momentum == 0.3
+    after = model.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
+    assert len(NormTimer(model, 1, torch.device("cpu")).layers) == 2
+    # evaluation (running statistics) still runs on the CPU, and gives what plain BatchNorm gives
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), BatchNorm2d(4), torch.nn.Sequential(BatchNorm(4)))
+    plain.load_state_dict(before)
+    model.eval(), plain.eval()
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(model[1](x), plain[1](x))
+    torch.testing.assert_close(model[2](x[..., :4]), plain[2](x[..., :4]))
+
+
+def test_sync_batchnorm_on_cpu_ddp_is_a_config_error(cifar_jpeg, tmp_path, monkeypatch):
+    """Under DDP on the CPU a BatchNorm model stops with one line naming the option (torch's
+    SyncBatchNorm has no CPU forward); sync_batchnorm=false would train per-rank BatchNorm."""
+    monkeypatch.setattr(distributed, "init", lambda *args: None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, world: obj)
+    with pytest.raises(ConfigError, match=r"trainer\.sync_batchnorm=true is not allowed on CPU"):
+        train(smoke_config(cifar_jpeg, "norm=batchnorm", "trainer.devices=2"), tmp_path)
+
+
+def test_process_group_timeout_comes_from_the_trainer_option(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, timeout: seen.update(backend=backend, timeout=timeout))
+    distributed.init(distributed.Dist(0, 2, 0), torch.device("cpu"), 90)
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=90)}
+    cfg = compose_config()
+    assert cfg.trainer.dist_timeout_min == 60 and cfg.trainer.sync_batchnorm is True
