@@ -118,3 +118,42 @@ def test_process_group_timeout_comes_from_the_trainer_option(monkeypatch):
     assert seen == {"backend": "gloo", "timeout": timedelta(minutes=90)}
     cfg = compose_config()
     assert cfg.trainer.dist_timeout_min == 60 and cfg.trainer.sync_batchnorm is True
+
+
+# ------------------------------------------------------------------------------------ launching
+def test_slurm_experiment_composes_a_ddp_launcher_config():
+    from hydra import compose, initialize_config_dir
+
+    from repro.cli.train import launched_processes
+    from repro.train import validate_config
+    from train_helpers import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", ["experiment=wmt14_table4_slurm"], return_hydra_config=True)
+        bad = compose("config", ["experiment=wmt14_table4_slurm", "hydra.launcher.nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
+    assert launcher.gpus_per_node == launcher.tasks_per_node == cfg.trainer.devices == launched_processes(launcher)
+    assert cfg.task.name == "wmt14_transformer" and cfg.hydra.sweeper.params.norm == "none,layernorm,rmsnorm,prmsnorm"
+    validate_config(cfg, launched_processes(launcher))  # every job is checked like this before submitting
+    with pytest.raises(ConfigError, match=r"trainer\.devices=8 does not match the 16 process"):
+        validate_config(bad, launched_processes(bad.hydra.launcher))
+    # the submitit plugin's launcher class is importable (the `slurm` extra is installed)
+    from hydra.utils import get_class
+    assert get_class(launcher._target_).__name__ == "SlurmLauncher"
+
+
+def test_submitit_slurm_tasks_get_torchrun_variables(monkeypatch):
+    """A task of a 2-node x 8-GPU submitit job: rank, world size and local rank from SLURM, and
+    the first node as the rendezvous address, as torchrun would set them."""
+    # a private copy of the environment: submitit's helper writes RANK etc., which must not reach other tests
+    monkeypatch.setattr(os, "environ", dict(os.environ))
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE"):
+        os.environ.pop(key, None)
+    slurm = dict(SUBMITIT_EXECUTOR="slurm", SLURM_NTASKS="16", SLURM_PROCID="9", SLURM_LOCALID="1",
+                 SLURM_JOB_NODELIST="gpu[01-02]", SLURM_JOB_ID="123", SLURM_NNODES="2", SLURM_JOB_NUM_NODES="2",
+                 SLURM_NODEID="1")
+    os.environ.update(slurm)
+    assert distributed.world_from_env() == distributed.Dist(rank=9, world_size=16, local_rank=1)
+    assert os.environ["MASTER_ADDR"] == "gpu01" and int(os.environ["MASTER_PORT"]) > 0
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ or os.environ["CUDA_VISIBLE_DEVICES"] != "1"

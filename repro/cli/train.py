@@ -54,6 +54,14 @@ def sweep_jobs(args: list[str], conf_dir: Path) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
+def launched_processes(launcher) -> int:
+    """How many processes each job of a multirun runs as: nodes x tasks_per_node under the submitit
+    launchers (one task per GPU), one under Hydra's basic launcher."""
+    if launcher.get("tasks_per_node") is None:
+        return 1
+    return int(launcher.get("nodes") or 1) * int(launcher.tasks_per_node)
+
+
 def check_sweep(args: list[str], conf_dir: Path) -> None:
     """Validate every job of a multirun before the first one starts."""
     from hydra import compose, initialize_config_dir
@@ -64,7 +72,8 @@ def check_sweep(args: list[str], conf_dir: Path) -> None:
     with initialize_config_dir(str(conf_dir.resolve()), version_base="1.3"):
         for job in jobs:
             try:
-                validate_config(compose("config", job))
+                cfg = compose("config", job, return_hydra_config=True)
+                validate_config(cfg, launched_processes(cfg.hydra.launcher))
             except ConfigError as error:
                 sys.exit(f"error: {error} (in the sweep job {' '.join(job)})")
 

@@ -25,8 +25,15 @@ class Dist:
 
 
 def world_from_env() -> Dist:
-    """Rank and world size as torchrun sets them (a plain launch is rank 0 of 1)."""
+    """Rank and world size as torchrun sets them; in a job the submitit launcher started with
+    several SLURM tasks (one per GPU), submitit's helper first exports the same variables from
+    SLURM's (rank, local rank, world size, the first node as MASTER_ADDR). A plain launch is rank 0 of 1."""
     env = os.environ
+    if "RANK" not in env and env.get("SUBMITIT_EXECUTOR") == "slurm" and int(env.get("SLURM_NTASKS", "1")) > 1:
+        from submitit.helpers import TorchDistributedEnvironment  # the `slurm` extra
+
+        # every task sees the node's GPUs and picks cuda:LOCAL_RANK (repro.train.run.resolve_device)
+        TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
     return Dist(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
 
 
