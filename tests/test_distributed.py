@@ -1,11 +1,15 @@
-"""DDP pieces with 2 gloo CPU processes (torch.multiprocessing spawn): sharded evaluation gives one
+"""DDP with 2 gloo CPU processes (torch.multiprocessing spawn, torchrun): sharded evaluation gives one
 process's numbers while each rank does half the work; SyncBatchNorm conversion; the process-group
-timeout. What needs GPUs (SyncBatchNorm's forward) is in tests/test_gpu.py."""
+timeout; the launchers' configs; averaged checkpoints and resume after kill -9 of one rank. What
+needs GPUs (SyncBatchNorm's forward over ranks) is in tests/test_gpu.py."""
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +17,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from repro.nn import BatchNorm, BatchNorm2d, NormLayer, SyncBatchNorm, SyncBatchNorm2d, spec_of_layer, sync_batch_norm
+from repro.cli.translate import average_checkpoints
 from repro.tasks import build_task_and_model
 from repro.track import NormTimer
+from repro.train import checkpoint as ckpt
 from repro.train import distributed
 from repro.train import train
 from repro.util import ConfigError
@@ -157,3 +163,55 @@ def test_submitit_slurm_tasks_get_torchrun_variables(monkeypatch):
     assert distributed.world_from_env() == distributed.Dist(rank=9, world_size=16, local_rank=1)
     assert os.environ["MASTER_ADDR"] == "gpu01" and int(os.environ["MASTER_PORT"]) > 0
     assert "CUDA_VISIBLE_DEVICES" not in os.environ or os.environ["CUDA_VISIBLE_DEVICES"] != "1"
+
+
+# ------------------------------------------------------------------- checkpoints and resume under DDP
+DDP_RUN = ["experiment=smoke", "model.dropout=0", "norm=rmsnorm", "trainer.max_steps=8", "trainer.eval_every=4",
+           "trainer.checkpoint_every=2", "trainer.keep_checkpoints=2", "trainer.deterministic=true"]
+
+
+def _torchrun(cifar_jpeg, run_dir, *, script=("-m", "repro.cli.train"), env=None, port=29641):
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *script,
+         *DDP_RUN, f"data.root={cifar_jpeg}", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
+        capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
+    )
+
+
+def _averaged(run_dir) -> dict:
+    return average_checkpoints(sorted((run_dir / "checkpoints").glob("step_*.pt")))["model"]
+
+
+def test_averaged_checkpoints_of_two_processes_equal_one_process(cifar_jpeg, tmp_path):
+    train(smoke_config(cifar_jpeg, *DDP_RUN[1:]), tmp_path / "single")
+    result = _torchrun(cifar_jpeg, tmp_path / "ddp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for run in ("single", "ddp"):
+        kept = sorted(p.name for p in (tmp_path / run / "checkpoints").glob("step_*.pt"))
+        assert kept == ["step_00000006.pt", "step_00000008.pt"], (run, kept)
+    single, ddp = _averaged(tmp_path / "single"), _averaged(tmp_path / "ddp")
+    assert single.keys() == ddp.keys()
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_kill_9_of_one_rank_then_relaunch_resumes_every_rank(cifar_jpeg, tmp_path):
+    """Rank 1 is SIGKILLed inside step 7 (last.pt holds step 6); torchrun stops rank 0; the same
+    command again resumes both ranks from last.pt and ends where an uninterrupted run ends."""
+    full = _torchrun(cifar_jpeg, tmp_path / "full")
+    assert full.returncode == 0, full.stderr[-3000:]
+    crashed = _torchrun(cifar_jpeg, tmp_path / "crashed", script=(str(Path(__file__).with_name("ddp_kill_helper.py")),),
+                        env={"KILL_RANK": "1", "KILL_AT_CALL": "7"}, port=29642)
+    assert crashed.returncode != 0
+    assert ckpt.load(tmp_path / "crashed" / "checkpoints" / "last.pt")["step"] == 6
+    assert json.loads((tmp_path / "crashed" / "summary.json").read_text())["status"] in ("failed", "running", "interrupted")
+    resumed = _torchrun(cifar_jpeg, tmp_path / "crashed", port=29643)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads((tmp_path / "crashed" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 8 and summary["resumed_from"].endswith("last.pt")
+    end, uninterrupted = (ckpt.load(tmp_path / run / "checkpoints" / "last.pt") for run in ("crashed", "full"))
+    assert len(end["rng"]) == 2
+    for key in uninterrupted["model"]:
+        assert torch.equal(end["model"][key], uninterrupted["model"][key]), key
+    assert _averaged(tmp_path / "crashed").keys() == _averaged(tmp_path / "full").keys()
