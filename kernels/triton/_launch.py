@@ -20,9 +20,11 @@ import triton
 from ..reference import compute_dtype
 
 # Longest row held whole in registers. Forward: 32K bf16 columns at 32 warps use 63 registers
-# and spill nothing (64K spills). Backward: it keeps x, dy, w and the dW/dB accumulators live;
-# 8K columns at 16 warps is the widest that spills nothing on Triton 3.6 and 3.8.
+# and spill nothing (64K, and LayerNorm's 32K fp32 = 128 KB, spill): at most 64 KB of row.
+# Backward: it keeps x, dy and the dW/dB accumulators live; 8K columns at 16 warps is the widest
+# that spills nothing on Triton 3.6 and 3.8.
 FUSED_FWD_N = 32768
+FUSED_FWD_BYTES = 65536
 FUSED_BWD_N = 8192
 # Forward: elements per warp of a tile (small rows are packed several to a program).
 FWD_ELEMENTS_PER_WARP = 512
@@ -33,6 +35,13 @@ MAX_ROWS_PER_TILE = 32
 BWD_TILE_ELEMENTS = 2048
 BWD_ELEMENTS_PER_WARP = 512
 BWD_STAGES = 2
+# The backward is capped (ptxas .maxnreg) at the registers that let BWD_MIN_CTAS CTAs share an SM,
+# where the arrays live across its row reductions (x, dy and one fp32 accumulator per parameter
+# gradient, so many per thread) leave REG_OVERHEAD registers for addresses and indices; ptxas
+# then fits RMSNorm's 8K row in 64 registers without spilling. LayerNorm's dW and dB do not
+# leave room at 8K: uncapped it runs one CTA per SM, 2 tiles deep.
+BWD_MIN_CTAS = 2
+REG_OVERHEAD = 16
 # Column chunk of the looped paths, and how many chunks are in flight at once.
 LOOP_BLOCK_N = 4096
 LOOP_STAGES = 2
@@ -45,6 +54,7 @@ class Tile:
     fused: bool  # the tile spans whole rows: statistics are computed in-tile
     num_warps: int
     num_stages: int = 1  # loop iterations in flight (the backward's persistent loop)
+    maxnreg: int | None = None  # register cap per thread (None: the compiler's choice)
 
     def row_tiles(self, m: int) -> int:
         return triton.cdiv(m, self.block_m)
@@ -57,20 +67,32 @@ def _warps(elements: int, per_warp: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, elements // per_warp))
 
 
-def tile_for(n: int, backward: bool) -> Tile:
+def tile_for(n: int, backward: bool, itemsize: int = 2, param_grads: int = 1) -> Tile:
+    """The tile for rows of n elements of itemsize bytes; a backward accumulates param_grads
+    parameter gradients (dW, dB) per column."""
     block_n = triton.next_power_of_2(n)
     if not backward:
-        if block_n <= FUSED_FWD_N:
+        if block_n <= FUSED_FWD_N and block_n * itemsize <= FUSED_FWD_BYTES:
             block_m = max(1, min(MAX_ROWS_PER_TILE, FWD_TILE_ELEMENTS // block_n))
             return Tile(block_m, block_n, True, _warps(block_m * block_n, FWD_ELEMENTS_PER_WARP, 1, 32))
         return Tile(1, LOOP_BLOCK_N, False, _warps(LOOP_BLOCK_N, FWD_ELEMENTS_PER_WARP, 1, 32), LOOP_STAGES)
     if block_n <= FUSED_BWD_N:
         block_m = max(1, min(MAX_ROWS_PER_TILE, BWD_TILE_ELEMENTS // block_n))
-        # 8K columns need 16 warps to hold x, dy, w and the accumulators without spilling
+        # 8K columns need 16 warps to hold x, dy and the accumulators without spilling
         hi = 16 if block_n > 4096 else 8
         warps = _warps(block_m * block_n, BWD_ELEMENTS_PER_WARP, 4, hi)
-        return Tile(block_m, block_n, True, warps, BWD_STAGES)
-    return Tile(1, LOOP_BLOCK_N, False, _warps(LOOP_BLOCK_N, BWD_ELEMENTS_PER_WARP, 4, 8), BWD_STAGES)
+        return Tile(block_m, block_n, True, warps, BWD_STAGES,
+                    _register_cap(block_m * block_n, warps, live_arrays=2 + param_grads))
+    warps = _warps(LOOP_BLOCK_N, BWD_ELEMENTS_PER_WARP, 4, 8)
+    return Tile(1, LOOP_BLOCK_N, False, warps, BWD_STAGES, _register_cap(LOOP_BLOCK_N, warps, 2 + param_grads))
+
+
+def _register_cap(elements: int, warps: int, live_arrays: int) -> int | None:
+    """Registers per thread that let BWD_MIN_CTAS CTAs share an SM, or None where the live
+    arrays do not fit in them (capping would only spill)."""
+    cap = min(255, SM90["regs"] // (BWD_MIN_CTAS * 32 * warps) // 8 * 8)
+    per_thread = elements // (32 * warps)
+    return cap if live_arrays * per_thread + REG_OVERHEAD <= cap else None
 
 
 def stats_block(n: int, k: int | None = None) -> int:

@@ -131,15 +131,21 @@ def _ln_bwd(
         mean = tl.load(MEAN + rows, mask=row_ok, other=0.0)
         r = tl.load(R + rows, mask=row_ok, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * r[:, None], 0.0)
-        # w is re-read from L1 each tile rather than held: registers go to the tiles in flight
-        g = dy * load_columns(W, cols, col_ok, acc_dtype) if HAS_W else dy
         if FUSED:
+            # Only x, dy and the accumulators stay live across the row reductions: w is read
+            # again (from L1) for dx, and g = dy*w is not kept. Registers go to 2+ CTAs per SM.
+            g = dy * load_columns(W, cols, col_ok, acc_dtype) if HAS_W else dy
             c1 = tl.sum(xhat * g, axis=1) / N
             c2 = tl.sum(g, axis=1) / N
         else:
             c1 = tl.load(C + 2 * rows, mask=row_ok, other=0.0)
             c2 = tl.load(C + 2 * rows + 1, mask=row_ok, other=0.0)
-        store_tile(DX, rows, cols, stride_dx, mask, (g - xhat * c1[:, None] - c2[:, None]) * r[:, None])
+        if HAS_W:
+            w = tl.load(W + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(acc_dtype)
+            dx = (dy * w[None, :] - xhat * c1[:, None] - c2[:, None]) * r[:, None]
+        else:
+            dx = (dy - xhat * c1[:, None] - c2[:, None]) * r[:, None]
+        store_tile(DX, rows, cols, stride_dx, mask, dx)
         if HAS_W:
             dw += dy * xhat
         if HAS_B:
@@ -154,7 +160,7 @@ def layer_norm_forward(x, weight, bias, eps):
     r = torch.empty_like(mean)
     if m == 0:
         return y, mean, r
-    tile = tile_for(n, backward=False)
+    tile = tile_for(n, backward=False, itemsize=x.element_size())
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None)
     if tile.fused:
         _ln_fwd[(tile.row_tiles(m),)](
@@ -175,7 +181,7 @@ def layer_norm_backward(dy, x, weight, mean, r, has_bias):
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return dx, empty_param_grad(x, has_w), empty_param_grad(x, has_bias)
-    tile = tile_for(n, backward=True)
+    tile = tile_for(n, backward=True, itemsize=x.element_size(), param_grads=int(has_w) + int(has_bias))
     coef = None
     if not tile.fused:
         coef = torch.empty((m, 2), dtype=compute_dtype(x), device=x.device)
@@ -185,7 +191,7 @@ def layer_norm_backward(dy, x, weight, mean, r, has_bias):
         )
     options = dict(
         HAS_W=has_w, HAS_B=has_bias, FUSED=tile.fused, BLOCK_M=tile.block_m, BLOCK_N=tile.block_n,
-        STAGES=tile.num_stages, num_warps=tile.num_warps,
+        STAGES=tile.num_stages, num_warps=tile.num_warps, maxnreg=tile.maxnreg,
     )
 
     def args(dw_part, db_part):

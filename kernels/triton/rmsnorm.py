@@ -147,16 +147,20 @@ def _rms_bwd(
         x = load_tile(X, rows, cols, stride_x, mask, acc_dtype)
         dy = load_tile(DY, rows, cols, stride_dy, mask, acc_dtype)
         r = tl.load(R + rows, mask=row_ok, other=0.0)
-        # w is re-read from L1 each tile rather than held: registers go to the tiles in flight
-        g = dy * load_columns(W, cols, col_ok, acc_dtype) if HAS_W else dy
-        x_k = tl.where(cols[None, :] < k, x, 0.0)
         if FUSED:
-            coef = _stat_coef(
-                tl.sum(g * x, axis=1), tl.sum(x_k * x_k, axis=1), r, k, EPS_OUTSIDE
-            )
+            # Only x, dy and the accumulators stay live across the row reductions: w is read
+            # again (from L1) for dx, and g = dy*w is not kept. Registers go to 2+ CTAs per SM.
+            g = dy * load_columns(W, cols, col_ok, acc_dtype) if HAS_W else dy
+            x_k = tl.where(cols[None, :] < k, x, 0.0)
+            coef = _stat_coef(tl.sum(g * x, axis=1), tl.sum(x_k * x_k, axis=1), r, k, EPS_OUTSIDE)
         else:
             coef = tl.load(C + rows, mask=row_ok, other=0.0)
-        store_tile(DX, rows, cols, stride_dx, mask, g * r[:, None] + x_k * coef[:, None])
+        if HAS_W:
+            w = tl.load(W + cols, mask=col_ok, other=0.0, eviction_policy="evict_last").to(acc_dtype)
+            dx = dy * (w[None, :] * r[:, None])
+        else:
+            dx = dy * r[:, None]
+        store_tile(DX, rows, cols, stride_dx, mask, dx + tl.where(cols[None, :] < k, x * coef[:, None], 0.0))
         if HAS_W:
             dw += dy * x * r[:, None]
         if HAS_B:
@@ -170,7 +174,7 @@ def rms_norm_forward(x, weight, bias, eps, k, eps_outside):
     r = torch.empty(m, dtype=compute_dtype(x), device=x.device)
     if m == 0:
         return y, r
-    tile = tile_for(n, backward=False)
+    tile = tile_for(n, backward=False, itemsize=x.element_size())
     flags = dict(HAS_W=weight is not None, HAS_B=bias is not None, EPS_OUTSIDE=eps_outside)
     if tile.fused:
         _rms_fwd[(tile.row_tiles(m),)](
@@ -191,7 +195,7 @@ def rms_norm_backward(dy, x, weight, r, eps, k, eps_outside, has_bias):
     dx = torch.empty((m, n), dtype=x.dtype, device=x.device)
     if m == 0:
         return dx, empty_param_grad(x, has_w), empty_param_grad(x, has_bias)
-    tile = tile_for(n, backward=True)
+    tile = tile_for(n, backward=True, itemsize=x.element_size(), param_grads=int(has_w) + int(has_bias))
     coef = None
     if not tile.fused:
         coef = torch.empty(m, dtype=compute_dtype(x), device=x.device)
@@ -202,7 +206,8 @@ def rms_norm_backward(dy, x, weight, r, eps, k, eps_outside, has_bias):
         )
     options = dict(
         HAS_W=has_w, HAS_B=has_bias, EPS_OUTSIDE=eps_outside, FUSED=tile.fused,
-        BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, STAGES=tile.num_stages, num_warps=tile.num_warps,
+        BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, STAGES=tile.num_stages,
+        num_warps=tile.num_warps, maxnreg=tile.maxnreg,
     )
 
     def args(dw_part, db_part):
