@@ -43,6 +43,17 @@ def test_looped_path_matches_reference(case, looped):
     check_case(case, BACKEND)
 
 
+@pytest.mark.parametrize("n", [123, 1000])
+def test_looped_layernorm_statistics_keep_precision_far_from_zero(n, looped):
+    """One read of the row for mean and variance: per-chunk statistics merged (Chan et al.), not a
+    sum of squares, which in fp32 would lose the variance of rows around 1e4 (E[x^2] ~ 1e8)."""
+    g = torch.Generator().manual_seed(0)
+    x = 1e4 + torch.randn(3, n, generator=g, dtype=torch.float64)
+    y = layer_norm(x.float(), backend=BACKEND)
+    want = layer_norm(x, backend="torch").float()
+    torch.testing.assert_close(y, want, atol=1e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize(
     "case",
     [

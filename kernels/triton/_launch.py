@@ -82,17 +82,21 @@ def tile_for(n: int, backward: bool, itemsize: int = 2, param_grads: int = 1) ->
         hi = 16 if block_n > 4096 else 8
         warps = _warps(block_m * block_n, BWD_ELEMENTS_PER_WARP, 4, hi)
         return Tile(block_m, block_n, True, warps, BWD_STAGES,
-                    _register_cap(block_m * block_n, warps, live_arrays=2 + param_grads))
+                    _register_cap(block_m * block_n, warps, 2 + param_grads, itemsize))
     warps = _warps(LOOP_BLOCK_N, BWD_ELEMENTS_PER_WARP, 4, 8)
-    return Tile(1, LOOP_BLOCK_N, False, warps, BWD_STAGES, _register_cap(LOOP_BLOCK_N, warps, 2 + param_grads))
+    return Tile(1, LOOP_BLOCK_N, False, warps, BWD_STAGES,
+                _register_cap(LOOP_BLOCK_N, warps, 2 + param_grads, itemsize))
 
 
-def _register_cap(elements: int, warps: int, live_arrays: int) -> int | None:
+def _register_cap(elements: int, warps: int, live_arrays: int, itemsize: int) -> int | None:
     """Registers per thread that let BWD_MIN_CTAS CTAs share an SM, or None where the live
-    arrays do not fit in them (capping would only spill)."""
+    arrays do not fit in them, or the CTAs' pipelined x and dy tiles not in shared memory
+    (capping would only spill)."""
     cap = min(255, SM90["regs"] // (BWD_MIN_CTAS * 32 * warps) // 8 * 8)
     per_thread = elements // (32 * warps)
-    return cap if live_arrays * per_thread + REG_OVERHEAD <= cap else None
+    shared = BWD_STAGES * 2 * elements * itemsize + SHARED_RESERVED
+    fits = live_arrays * per_thread + REG_OVERHEAD <= cap and BWD_MIN_CTAS * shared <= SM90["shared"]
+    return cap if fits else None
 
 
 def stats_block(n: int, k: int | None = None) -> int:
@@ -132,8 +136,9 @@ def fitting_ctas(kernel, args: tuple, kwargs: dict, device: torch.device) -> int
         compiled = kernel.warmup(*args, grid=(1,), **kwargs)
         compiled._init_handles()
         props = torch.cuda.get_device_properties(device)
-        sm = dict(regs=props.regs_per_multiprocessor, threads=props.max_threads_per_multi_processor,
-                  ctas=SM90["ctas"], shared=props.shared_memory_per_multiprocessor)
+        sm = dict(regs=getattr(props, "regs_per_multiprocessor", SM90["regs"]),
+                  threads=getattr(props, "max_threads_per_multi_processor", SM90["threads"]),
+                  ctas=SM90["ctas"], shared=getattr(props, "shared_memory_per_multiprocessor", SM90["shared"]))
         _FITTING_CTAS[key] = max(1, ctas_per_sm(compiled.n_regs, compiled.metadata.shared, kwargs["num_warps"], sm))
     return _FITTING_CTAS[key]
 

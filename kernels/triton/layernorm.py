@@ -54,7 +54,7 @@ def _ln_fwd_looped(
     accuracy of a two-pass variance. Then y from x again (found in L2, evicted first)."""
     row = tl.program_id(0).to(tl.int64)
     x_row = X + row * stride_x
-    acc_dtype: tl.constexpr = R.dtype.element_ty
+    acc_dtype = R.dtype.element_ty
     count = tl.zeros([], dtype=acc_dtype)
     mean = tl.zeros([], dtype=acc_dtype)
     m2 = tl.zeros([], dtype=acc_dtype)
