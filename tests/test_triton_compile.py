@@ -97,4 +97,7 @@ def test_backward_register_cap_only_where_the_live_rows_fit():
     ln_8k = _launch.tile_for(8192, backward=True, param_grads=2)
     assert (rms_8k.num_warps, rms_8k.maxnreg) == (16, 64)
     assert ln_8k.maxnreg is None  # capping at 64 would spill
+    assert _launch.tile_for(16384, backward=True, param_grads=1).fused  # RMSNorm's dW alone fits
+    assert not _launch.tile_for(16384, backward=True, param_grads=2).fused
+    assert not _launch.tile_for(16384, backward=True, itemsize=4, param_grads=1).fused
     assert all(4 <= _launch.tile_for(n, backward=True).num_warps <= 8 for n in (512, 1024, 2048, 4096))

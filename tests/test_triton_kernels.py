@@ -61,6 +61,7 @@ def test_looped_layernorm_statistics_keep_precision_far_from_zero(n, looped):
         Case("rms", 2, LOOPED_N, torch.float32, "x", False, 0.5, "outside"),
         Case("ln", 2, LOOPED_N, torch.float16, "x", True),
         Case("rms", 3, 9000, torch.float32, "fp32", False, 0.125, "inside"),  # fused fwd, looped bwd
+        Case("rms", 3, 9000, torch.bfloat16, "x", False, 0.5, "outside"),  # fused bwd: 16K tile, one dW
         Case("ln", 3, 9000, torch.bfloat16, "fp32", True),
     ],
     ids=str,

@@ -22,7 +22,7 @@ from ..reference import compute_dtype
 # Longest row held whole in registers. Forward: 32K bf16 columns at 32 warps use 63 registers
 # and spill nothing (64K, and LayerNorm's 32K fp32 = 128 KB, spill): at most 64 KB of row.
 # Backward: it keeps x, dy and the dW/dB accumulators live; 8K columns at 16 warps is the widest
-# that spills nothing on Triton 3.6 and 3.8.
+# that spills nothing on Triton 3.6 and 3.8 (16K for RMSNorm's 16-bit rows without bias, below).
 FUSED_FWD_N = 32768
 FUSED_FWD_BYTES = 65536
 FUSED_BWD_N = 8192
@@ -44,7 +44,7 @@ BWD_MIN_CTAS = 2
 REG_OVERHEAD = 16
 # Column chunk of the looped paths, and how many chunks are in flight at once.
 LOOP_BLOCK_N = 4096
-LOOP_STAGES = 2
+LOOP_STAGES = 3  # the looped forward runs ~1-2 CTAs per SM (rows in flight bounded by L2)
 
 
 @dataclass(frozen=True)
@@ -75,10 +75,16 @@ def tile_for(n: int, backward: bool, itemsize: int = 2, param_grads: int = 1) ->
         if block_n <= FUSED_FWD_N and block_n * itemsize <= FUSED_FWD_BYTES:
             block_m = max(1, min(MAX_ROWS_PER_TILE, FWD_TILE_ELEMENTS // block_n))
             return Tile(block_m, block_n, True, _warps(block_m * block_n, FWD_ELEMENTS_PER_WARP, 1, 32))
-        return Tile(1, LOOP_BLOCK_N, False, _warps(LOOP_BLOCK_N, FWD_ELEMENTS_PER_WARP, 1, 32), LOOP_STAGES)
-    if block_n <= FUSED_BWD_N:
+        # 32-bit chunks are twice the bytes: two in flight suffice (a third spills on Triton 3.8)
+        stages = LOOP_STAGES if itemsize <= 2 else 2
+        return Tile(1, LOOP_BLOCK_N, False, _warps(LOOP_BLOCK_N, FWD_ELEMENTS_PER_WARP, 1, 32), stages)
+    # With one parameter gradient (RMSNorm's dW) a 16-bit row of twice the limit still fits at
+    # 16 warps without spilling (128 registers, one CTA per SM, two 64 KB tiles in flight): its 6
+    # bytes per element beat the looped path's 10. LayerNorm's dW + dB spill there.
+    limit = FUSED_BWD_N * (2 if param_grads <= 1 and itemsize <= 2 else 1)
+    if block_n <= limit:
         block_m = max(1, min(MAX_ROWS_PER_TILE, BWD_TILE_ELEMENTS // block_n))
-        # 8K columns need 16 warps to hold x, dy and the accumulators without spilling
+        # 8K+ columns need 16 warps to hold x, dy and the accumulators without spilling
         hi = 16 if block_n > 4096 else 8
         warps = _warps(block_m * block_n, BWD_ELEMENTS_PER_WARP, 4, hi)
         return Tile(block_m, block_n, True, warps, BWD_STAGES,
@@ -154,6 +160,18 @@ def persistent_programs(device: torch.device, row_tiles: int, col_tiles: int, ct
     else:  # the interpreter: a few programs still exercise the grid-stride loop
         target = 3
     return max(1, min(row_tiles, target))
+
+
+def looped_row_programs(device: torch.device, m: int, row_bytes: int) -> int:
+    """Programs of the looped forward. Each takes rows in turn, and its second pass over a row
+    should find it in L2: so no more rows are in flight than half of L2 holds (but at least one
+    per SM). 64K bf16 columns: ~195 rows at once on an H100/H200 (50 MB L2), not the ~800 that
+    one program per row would keep resident (100 MB)."""
+    if device.type != "cuda":  # the interpreter: a few programs still exercise the row loop
+        return max(1, min(m, 3))
+    props = torch.cuda.get_device_properties(device)
+    in_l2 = props.L2_cache_size // 2 // max(row_bytes, 1)
+    return max(1, min(m, max(props.multi_processor_count, in_l2)))
 
 
 def param_grad_partials(programs: int, x: torch.Tensor, present: bool) -> torch.Tensor | None:

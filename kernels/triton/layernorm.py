@@ -15,7 +15,7 @@ import triton.language as tl
 from ..reference import compute_dtype
 from ._tiles import load_columns, load_tile, row_block, store_partials, store_tile
 from ._launch import (
-    empty_param_grad, fitting_ctas, param_grad_partials, persistent_programs, placeholder_partials,
+    empty_param_grad, fitting_ctas, looped_row_programs, param_grad_partials, persistent_programs, placeholder_partials,
     reduce_partials, stats_block, tile_for,
 )
 
@@ -46,43 +46,46 @@ def _ln_fwd(
 
 @triton.jit
 def _ln_fwd_looped(
-    X, Y, W, B, MEAN, R, stride_x, stride_y, N, eps,
+    X, Y, W, B, MEAN, R, stride_x, stride_y, M, N, eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Looped path, one program per row, two passes. Statistics in one read: each chunk's mean
-    and centred sum of squares are merged into the running ones (Chan et al.), which keeps the
-    accuracy of a two-pass variance. Then y from x again (found in L2, evicted first)."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = X + row * stride_x
+    """Looped path: each program takes rows in turn and makes two passes over a row. Statistics
+    in one read: each chunk's mean and centred sum of squares are merged into the running ones
+    (Chan et al.), which keeps the accuracy of a two-pass variance. Then y from x again (found
+    in L2, evicted first). The launcher sizes the grid so the rows in flight fit in L2."""
     acc_dtype = R.dtype.element_ty
-    count = tl.zeros([], dtype=acc_dtype)
-    mean = tl.zeros([], dtype=acc_dtype)
-    m2 = tl.zeros([], dtype=acc_dtype)
-    for start in tl.range(0, N, BLOCK_N, num_stages=STAGES):
-        cols = start + tl.arange(0, BLOCK_N)
-        ok = cols < N
-        x = tl.load(x_row + cols, mask=ok, other=0.0, eviction_policy="evict_last").to(acc_dtype)
-        n_b = tl.minimum(N - start, BLOCK_N).to(acc_dtype)
-        mean_b = tl.sum(x, axis=0) / n_b
-        d = tl.where(ok, x - mean_b, 0.0)
-        total = count + n_b
-        delta = mean_b - mean
-        mean += delta * (n_b / total)
-        m2 += tl.sum(d * d, axis=0) + delta * delta * (count * n_b / total)
-        count = total
-    r = tl.rsqrt(m2 / N + eps)
-    tl.store(MEAN + row, mean)
-    tl.store(R + row, r)
-    for start in tl.range(0, N, BLOCK_N, num_stages=STAGES):
-        cols = start + tl.arange(0, BLOCK_N)
-        ok = cols < N
-        x = tl.load(x_row + cols, mask=ok, other=0.0, eviction_policy="evict_first").to(acc_dtype)
-        y = (x - mean) * r
-        if HAS_W:
-            y = y * tl.load(W + cols, mask=ok, other=0.0).to(acc_dtype)
-        if HAS_B:
-            y = y + tl.load(B + cols, mask=ok, other=0.0).to(acc_dtype)
-        tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=ok)
+    for row in range(tl.program_id(0), M, tl.num_programs(0)):
+        row = tl.zeros([], dtype=tl.int64) + row  # int64 offsets: rows past 2^31 elements
+        x_row = X + row * stride_x
+        count = tl.zeros([], dtype=acc_dtype)
+        mean = tl.zeros([], dtype=acc_dtype)
+        m2 = tl.zeros([], dtype=acc_dtype)
+        for start in tl.range(0, N, BLOCK_N, num_stages=STAGES):
+            cols = start + tl.arange(0, BLOCK_N)
+            ok = cols < N
+            x = tl.load(x_row + cols, mask=ok, other=0.0, eviction_policy="evict_last").to(acc_dtype)
+            n_b = tl.minimum(N - start, BLOCK_N).to(acc_dtype)
+            mean_b = tl.sum(x, axis=0) / n_b
+            d = tl.where(ok, x - mean_b, 0.0)
+            total = count + n_b
+            delta = mean_b - mean
+            mean += delta * (n_b / total)
+            m2 += tl.sum(d * d, axis=0) + delta * delta * (count * n_b / total)
+            count = total
+        r = tl.rsqrt(m2 / N + eps)
+        tl.store(MEAN + row, mean)
+        tl.store(R + row, r)
+        y_row = Y + row * stride_y
+        for start in tl.range(0, N, BLOCK_N, num_stages=STAGES):
+            cols = start + tl.arange(0, BLOCK_N)
+            ok = cols < N
+            x = tl.load(x_row + cols, mask=ok, other=0.0, eviction_policy="evict_first").to(acc_dtype)
+            y = (x - mean) * r
+            if HAS_W:
+                y = y * tl.load(W + cols, mask=ok, other=0.0).to(acc_dtype)
+            if HAS_B:
+                y = y + tl.load(B + cols, mask=ok, other=0.0).to(acc_dtype)
+            tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -168,8 +171,8 @@ def layer_norm_forward(x, weight, bias, eps):
             BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, num_warps=tile.num_warps,
         )
     else:
-        _ln_fwd_looped[(m,)](
-            x, y, weight, bias, mean, r, x.stride(0), y.stride(0), n, eps, **flags,
+        _ln_fwd_looped[(looped_row_programs(x.device, m, n * x.element_size()),)](
+            x, y, weight, bias, mean, r, x.stride(0), y.stride(0), m, n, eps, **flags,
             BLOCK_N=tile.block_n, STAGES=tile.num_stages, num_warps=tile.num_warps,
         )
     return y, mean, r

@@ -25,7 +25,7 @@ import triton.language as tl
 from ..reference import compute_dtype
 from ._tiles import load_columns, load_tile, row_block, store_partials, store_tile
 from ._launch import (
-    empty_param_grad, fitting_ctas, param_grad_partials, persistent_programs, placeholder_partials,
+    empty_param_grad, fitting_ctas, looped_row_programs, param_grad_partials, persistent_programs, placeholder_partials,
     reduce_partials, stats_block, tile_for,
 )
 
@@ -76,30 +76,33 @@ def _rms_fwd(
 
 @triton.jit
 def _rms_fwd_looped(
-    X, Y, W, B, R, stride_x, stride_y, N, k, eps,
+    X, Y, W, B, R, stride_x, stride_y, M, N, k, eps,
     HAS_W: tl.constexpr, HAS_B: tl.constexpr, EPS_OUTSIDE: tl.constexpr,
     BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
 ):
-    """Looped path, one program per row, two passes: the statistic from x[:k] (kept in L2 by
-    evict_last), then y from x again (found in L2, evicted first), chunks pipelined."""
-    row = tl.program_id(0).to(tl.int64)
-    x_row = X + row * stride_x
-    acc = tl.zeros([BLOCK_N], dtype=R.dtype.element_ty)
-    for start in tl.range(0, k, BLOCK_N, num_stages=STAGES):
-        cols = start + tl.arange(0, BLOCK_N)
-        x = tl.load(x_row + cols, mask=cols < k, other=0.0, eviction_policy="evict_last").to(acc.dtype)
-        acc += x * x
-    r = _scale(tl.sum(acc, axis=0) / k, eps, EPS_OUTSIDE)
-    tl.store(R + row, r)
-    for start in tl.range(0, N, BLOCK_N, num_stages=STAGES):
-        cols = start + tl.arange(0, BLOCK_N)
-        ok = cols < N
-        y = tl.load(x_row + cols, mask=ok, other=0.0, eviction_policy="evict_first").to(acc.dtype) * r
-        if HAS_W:
-            y = y * tl.load(W + cols, mask=ok, other=0.0).to(acc.dtype)
-        if HAS_B:
-            y = y + tl.load(B + cols, mask=ok, other=0.0).to(acc.dtype)
-        tl.store(Y + row * stride_y + cols, y.to(Y.dtype.element_ty), mask=ok)
+    """Looped path: each program takes rows in turn and makes two passes over a row: the
+    statistic from x[:k] (kept in L2 by evict_last), then y from x again (found in L2, evicted
+    first), chunks pipelined. The launcher sizes the grid so the rows in flight fit in L2."""
+    for row in range(tl.program_id(0), M, tl.num_programs(0)):
+        row = tl.zeros([], dtype=tl.int64) + row  # int64 offsets: rows past 2^31 elements
+        x_row = X + row * stride_x
+        acc = tl.zeros([BLOCK_N], dtype=R.dtype.element_ty)
+        for start in tl.range(0, k, BLOCK_N, num_stages=STAGES):
+            cols = start + tl.arange(0, BLOCK_N)
+            x = tl.load(x_row + cols, mask=cols < k, other=0.0, eviction_policy="evict_last").to(acc.dtype)
+            acc += x * x
+        r = _scale(tl.sum(acc, axis=0) / k, eps, EPS_OUTSIDE)
+        tl.store(R + row, r)
+        y_row = Y + row * stride_y
+        for start in tl.range(0, N, BLOCK_N, num_stages=STAGES):
+            cols = start + tl.arange(0, BLOCK_N)
+            ok = cols < N
+            y = tl.load(x_row + cols, mask=ok, other=0.0, eviction_policy="evict_first").to(acc.dtype) * r
+            if HAS_W:
+                y = y * tl.load(W + cols, mask=ok, other=0.0).to(acc.dtype)
+            if HAS_B:
+                y = y + tl.load(B + cols, mask=ok, other=0.0).to(acc.dtype)
+            tl.store(y_row + cols, y.to(Y.dtype.element_ty), mask=ok)
 
 
 @triton.jit
@@ -182,8 +185,8 @@ def rms_norm_forward(x, weight, bias, eps, k, eps_outside):
             BLOCK_M=tile.block_m, BLOCK_N=tile.block_n, num_warps=tile.num_warps,
         )
     else:
-        _rms_fwd_looped[(m,)](
-            x, y, weight, bias, r, x.stride(0), y.stride(0), n, k, eps, **flags,
+        _rms_fwd_looped[(looped_row_programs(x.device, m, n * x.element_size()),)](
+            x, y, weight, bias, r, x.stride(0), y.stride(0), m, n, k, eps, **flags,
             BLOCK_N=tile.block_n, STAGES=tile.num_stages, num_warps=tile.num_warps,
         )
     return y, r
