@@ -21,10 +21,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from repro.tasks import build_task_and_model
-from repro.train import train
+from repro.train import compose_config, train
 from repro.train.optim import build_optimizer, build_scheduler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -37,8 +36,7 @@ def config(args, norm: str, timing_every: int):
         f"trainer.log_every={args.steps}", f"trainer.eval_every={10**9}", f"trainer.checkpoint_every={10**9}",
         f"trainer.norm_timing_every={timing_every}", "trainer.progress_bar=false", "logger=none",
     ]
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides)
+    return compose_config(overrides, conf_dir=CONF)
 
 
 def trainer_run(args, norm: str, timing_every: int) -> dict:

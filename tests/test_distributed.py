@@ -130,7 +130,7 @@ def test_process_group_timeout_comes_from_the_trainer_option(monkeypatch):
 def test_slurm_experiment_composes_a_ddp_launcher_config():
     from hydra import compose, initialize_config_dir
 
-    from repro.cli.train import launched_processes
+    from repro.cli.train import check_sweep, launched_processes
     from repro.train import validate_config
     from train_helpers import CONF_DIR
 
@@ -141,9 +141,13 @@ def test_slurm_experiment_composes_a_ddp_launcher_config():
     assert launcher._target_.endswith("submitit_launcher.SlurmLauncher")
     assert launcher.gpus_per_node == launcher.tasks_per_node == cfg.trainer.devices == launched_processes(launcher)
     assert cfg.task.name == "wmt14_transformer" and cfg.hydra.sweeper.params.norm == "none,layernorm,rmsnorm,prmsnorm"
-    validate_config(cfg, launched_processes(launcher))  # every job is checked like this before submitting
+    validate_config(cfg, launched_processes(launcher))
     with pytest.raises(ConfigError, match=r"trainer\.devices=8 does not match the 16 process"):
         validate_config(bad, launched_processes(bad.hydra.launcher))
+    # what repro-train -m checks for every job before submitting: two nodes need trainer.devices=16
+    check_sweep(["-m", "experiment=wmt14_table4_slurm", "hydra.launcher.nodes=2", "trainer.devices=16"], CONF_DIR)
+    with pytest.raises(SystemExit, match=r"trainer\.devices=8 does not match the 16 process"):
+        check_sweep(["-m", "experiment=wmt14_table4_slurm", "hydra.launcher.nodes=2"], CONF_DIR)
     # the submitit plugin's launcher class is importable (the `slurm` extra is installed)
     from hydra.utils import get_class
     assert get_class(launcher._target_).__name__ == "SlurmLauncher"

@@ -14,7 +14,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from repro.nn import NormLayer
-from repro.util import ConfigError, check_options, option
+from repro.util import ConfigError, check_options, option, register_schema
 
 # Modules whose own parameters never decay: norm gains and offsets (a norm comparison must not be
 # confounded by decaying the norm's own parameters) and embedding tables.
@@ -50,6 +50,8 @@ class OptimConfig:
         return schedule
 
 
+
+register_schema("optim", "optim_schema", OptimConfig)
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two optimizer groups, as timm does: weight decay on the weight matrices and kernels of
     linear / conv layers only; none on biases, norm gains and offsets (including weight norm's g),

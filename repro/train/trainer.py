@@ -30,7 +30,7 @@ from tqdm import tqdm
 from repro.tasks.base import Task
 from repro.track import NormPrecision, NormTimer, Tracker
 from repro.track.drift import DriftSettings
-from repro.util import option
+from repro.util import option, register_schema
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -69,6 +69,8 @@ class TrainerSettings:
     dist_timeout_min: float = option(60.0, minimum=1)  # collective timeout; covers long evaluations
 
 
+
+register_schema("trainer", "trainer_schema", TrainerSettings)
 class _Interval:
     """Sums over the steps since the last log line (item-weighted), kept as tensors so logging
     costs one device sync per interval rather than one per step."""
