@@ -5,6 +5,7 @@ CPU (AUTOCAST_FP32_DEVICES patched); tests/test_gpu.py checks it against F.layer
 from __future__ import annotations
 
 import functools
+import json
 
 import pytest
 import torch
@@ -12,7 +13,10 @@ import torch.nn.functional as F
 
 from repro import kernels
 from repro.kernels import ops, reference
-from repro.nn import ConvNorm, L2Norm, LayerNorm, RMSNorm
+from repro.nn import ConvNorm, L2Norm, LayerNorm, NormLayer, RMSNorm
+from repro.tasks import build_task_and_model
+from repro.train import train
+from train_helpers import cifar_jpeg, one_thread, smoke_config  # noqa: F401
 
 BACKENDS = ["cpu", "torch", "triton"]  # triton runs under TRITON_INTERPRET=1 (set by the suite)
 OPS = {
@@ -109,3 +113,21 @@ def test_layers_under_compile_follow_the_rule(monkeypatch, policy, name):
     want = torch.float32 if policy == "fp32" else torch.bfloat16
     assert eager.dtype == traced.dtype == want
     torch.testing.assert_close(traced, eager)
+
+
+@pytest.mark.parametrize("precision,policy,ran_at", [
+    ("fp32", "cpu", "float32->float32"),
+    ("bf16", "cpu", "bfloat16->bfloat16"),
+    ("bf16", "fp32", "bfloat16->float32"),  # the CUDA rule, applied to the CPU
+])
+def test_run_summary_records_the_precision_each_norm_ran_at(cifar_jpeg, tmp_path, monkeypatch, precision, policy, ran_at):
+    if policy == "fp32":
+        monkeypatch.setattr(ops, "AUTOCAST_FP32_DEVICES", ("cpu",))
+    cfg = smoke_config(cifar_jpeg, "norm=rmsnorm", f"trainer.precision={precision}", "trainer.max_steps=1",
+                       "trainer.eval_every=1")
+    summary = train(cfg, tmp_path)
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    model = build_task_and_model(cfg)[1]
+    norm_layers = [name for name, m in model.named_modules() if isinstance(m, NormLayer)]
+    assert stored["precision"] == precision and len(norm_layers) > 2
+    assert stored["norm_precision"] == summary["norm_precision"] == {name: ran_at for name in norm_layers}
