@@ -13,7 +13,15 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+// x86 intrinsics only in the AVX2 / AVX-512 builds (streaming stores); every other build
+// (DEFAULT: aarch64, POWER, or x86 forced to it with REPRO_CPU_CAPABILITY=DEFAULT) is at::vec's
+// portable code alone, with normal stores.
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#define REPRO_X86_STREAMS 1
 #include <immintrin.h>
+#else
+#define REPRO_X86_STREAMS 0
+#endif
 
 #include <array>
 #include <atomic>
@@ -109,7 +117,7 @@ int64_t set_stream_threshold(int64_t bytes) {
 
 template <typename T>
 inline bool should_stream(int64_t out_bytes) {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if REPRO_X86_STREAMS
   constexpr bool streamable = std::is_same_v<T, float> || std::is_same_v<T, double>;
   return streamable && out_bytes >= stream_threshold().load(std::memory_order_relaxed);
 #else
@@ -137,7 +145,7 @@ inline void store_out(T* p, const Vectorized<A>& v, Len len, bool stream) {
 
 // Streaming stores are weakly ordered: fence them before the thread's work is handed back.
 inline void fence_streams() {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if REPRO_X86_STREAMS
   _mm_sfence();
 #endif
 }

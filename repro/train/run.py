@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,8 +16,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-import repro
 from repro.track import RunStore, Tracker, WandbSink
+from repro.track.host import finish_host_info, host_info
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -50,18 +48,8 @@ def resume_checkpoint(setting: Optional[str], run_dir: Path) -> Optional[Path]:
 
 
 def environment() -> dict:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(repro.__file__).parent, capture_output=True, text=True,
-            timeout=10,
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(), "git_sha": sha, "host": platform.node(),
-    }
+    """What the run ran on (repro.track.host); its loadavg_end is added when the run ends."""
+    return host_info()
 
 
 def build_tracker(cfg: DictConfig, run_dir: Path, resume_step: Optional[int], group: Optional[str]) -> Tracker:
@@ -159,6 +147,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         raise
     finally:
         if tracker is not None:
+            tracker.update_summary(environment=finish_host_info(tracker.store.summary.get("environment")))
             tracker.finish(status)
         dist.shutdown(world)
         torch.use_deterministic_algorithms(saved_switches[0], warn_only=saved_switches[1])
