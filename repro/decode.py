@@ -1,7 +1,8 @@
 """Greedy and batched beam search for the encoder-decoder Transformer (repro.models.transformer).
 
 Both decode a whole batch at once with the model's key/value caches and stop at EOS or at
-`max_len` generated tokens (EOS forced at the last step, so both limits mean the same thing).
+`max_len` generated tokens (EOS forced at the last step, so both limits mean the same thing; the
+forced EOS keeps its real log-probability).
 Beam search follows fairseq/GNMT: 2·beam candidates per sentence and step, EOS candidates among
 the top `beam` finish a hypothesis scored log p / lp, lp = ((5 + length) / 6) ** alpha, and a
 sentence is done when `beam` hypotheses have finished. With beam=1 it picks the same tokens as
@@ -21,12 +22,16 @@ def _max_len(src: Tensor, max_len_a: float, max_len_b: int, model) -> int:
 
 
 def _log_probs(model, tokens: Tensor, memory, src_mask, cache, step: int, last: bool) -> Tensor:
-    logits = model.decode(tokens, memory, src_mask, cache, start=step)[:, -1].float()
-    logits[:, PAD] = float("-inf")
-    logits[:, BOS] = float("-inf")
-    if last:  # the length limit: only EOS remains
-        logits[:, :EOS] = logits[:, EOS + 1:] = float("-inf")
-    return torch.log_softmax(logits, dim=-1)
+    """The model's own log-probabilities of the next token, with the tokens it may not produce
+    set to -inf *after* the softmax (as fairseq does): masking logits first would renormalize
+    over what is left, and at the length limit give the forced EOS log p = 0, a free bonus for
+    every truncated hypothesis."""
+    log_probs = torch.log_softmax(model.decode(tokens, memory, src_mask, cache, start=step)[:, -1].float(), dim=-1)
+    log_probs[:, PAD] = float("-inf")
+    log_probs[:, BOS] = float("-inf")
+    if last:  # the length limit: only EOS remains, scored with its real probability
+        log_probs[:, :EOS] = log_probs[:, EOS + 1:] = float("-inf")
+    return log_probs
 
 
 def _strip(rows: Tensor) -> list[list[int]]:

@@ -4,6 +4,7 @@
 #   scripts/reproduce.sh mini [--cpu-smoke] [--seeds 1,2,3] [--runs DIR] [--out DIR] [--data DIR]
 #                                            (--cpu-smoke: seeds 1,2 unless given)
 #   scripts/reproduce.sh full [--seeds 1,2,3] [--runs DIR] [--out DIR] [--data DIR]
+#   --dry-run (either mode): print each sweep's repro-train command, run nothing
 #
 # mini       CIFAR-10 ConvPool-CNN-C (every Table 10 norm, 30 epochs instead of 200) and a small
 #            Transformer on Multi30k En-De (experiment multi30k_table4_mini: none / LayerNorm /
@@ -13,9 +14,10 @@
 # --cpu-smoke  the same pipeline on generated tiny data, a few steps per run: minutes on a CPU.
 #            It proves the pipeline, not the paper: its numbers mean nothing.
 # full       the paper's schedules: CIFAR-10 200 epochs per norm, Transformer base on WMT14 En-De
-#            100k steps per norm (WMT14 through `datasets`: needs its cache or a network): days
-#            on one GPU (the paper: about 7 h per 100k steps on a V100, 39 s per CIFAR epoch on
-#            a 2080 Ti with LayerNorm).
+#            (experiment wmt14_table4: 300k steps of ~25k tokens per norm; WMT14 through
+#            `datasets`: needs its cache or a network): weeks on one GPU (the paper's V100 took
+#            about 248 s per 1k steps with LayerNorm, ~21 h per 300k-step run; 39 s per CIFAR
+#            epoch on a 2080 Ti with LayerNorm).
 #
 # Runs go to --runs (default multirun/reproduce/<mode>, git-ignored); sweeps resume where they
 # stopped (trainer.resume=auto finds each run's last checkpoint), so re-running the script
@@ -30,6 +32,7 @@ mode="${1:-}"
 [[ "$mode" == "mini" || "$mode" == "full" ]] || { echo "reproduce.sh: mode must be mini or full, got '${mode}'" >&2; usage 2; }
 shift
 cpu_smoke=0
+dry_run=0
 seeds=""
 data="${REPRO_SHARED_DATA:-../shared/data}"
 runs=""
@@ -37,12 +40,13 @@ out=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --cpu-smoke) cpu_smoke=1 ;;
+        --dry-run) dry_run=1 ;;
         --seeds) seeds="$2"; shift ;;
         --runs) runs="$2"; shift ;;
         --out) out="$2"; shift ;;
         --data) data="$2"; shift ;;
         -h|--help) usage 0 ;;
-        *) echo "reproduce.sh: unknown option '$1' (allowed: --cpu-smoke --seeds --runs --out --data)" >&2; exit 2 ;;
+        *) echo "reproduce.sh: unknown option '$1' (allowed: --cpu-smoke --dry-run --seeds --runs --out --data)" >&2; exit 2 ;;
     esac
     shift
 done
@@ -57,8 +61,13 @@ fi
 # One Hydra multirun per sweep, into a fixed folder so a re-run resumes it.
 sweep() {
     local name="$1"; shift
+    local command=(repro-train -m "$@" "hydra.sweep.dir=$runs/$name" 'hydra.sweep.subdir=${task.name}_${norm.name}_seed${seed}')
+    if [[ "$dry_run" == 1 ]]; then  # one line per sweep: exactly the command it would launch
+        printf '%q ' "${command[@]}"; echo
+        return
+    fi
     echo "== sweep $name -> $runs/$name"
-    repro-train -m "$@" "hydra.sweep.dir=$runs/$name" 'hydra.sweep.subdir=${task.name}_${norm.name}_seed${seed}'
+    "${command[@]}"
 }
 
 translation=multi30k
@@ -78,8 +87,10 @@ else
     sweep cifar10 experiment=cifar10_table10 "data.root=$data/cifar10-jpg" \
         norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm "seed=$seeds"
     translation=wmt14
-    sweep wmt14 task=wmt14_transformer norm=none,layernorm,rmsnorm,prmsnorm "seed=$seeds"
+    sweep wmt14 experiment=wmt14_table4 norm=none,layernorm,rmsnorm,prmsnorm "seed=$seeds"
 fi
+
+[[ "$dry_run" == 1 ]] && exit 0
 
 echo "== tables and figures -> $out"
 # Only the two sweeps: the shift-training runs below are CIFAR-10 runs too, but not Table 10's.

@@ -20,13 +20,14 @@ from train_helpers import cifar_jpeg, one_thread  # noqa: F401
 
 def write_run(root: Path, name: str, *, task: str, norm: str, seed: int, partial=None, status="completed",
               step_ms=(120.0, 50.0, 52.0), norm_ms=(3.0, 5.0), test: dict = None, val=(), batch_size=100,
-              val_size=5000, steps=30, wandb_id=None) -> Path:
+              val_size=5000, steps=30, wandb_id=None, config: dict = None) -> Path:
     """A run directory as repro.train.run writes it: config.yaml, metrics.jsonl, summary.json."""
     run_dir = root / name
     store = RunStore(run_dir)
     store.write_config({
         "seed": seed, "task": {"name": task}, "data": {"batch_size": batch_size, "val_size": val_size},
         "norm": {"name": norm, "partial": partial if partial is not None else 0.0625, "backend": "auto"},
+        **(config or {}),
     })
     for i, ms in enumerate(step_ms):
         store.log(10 * (i + 1), "train", {
@@ -114,27 +115,94 @@ def test_markdown_shows_seeds_spread_verdicts_and_the_paper(cifar_tree):
                        and "pRMS" not in line)
     # Δ = 9.25 - 11.0 = -1.75: better than LayerNorm by more than the tolerance
     assert "Δ = -1.75" in rms_quality and "better" in rms_quality
+    assert "Welch t-interval" in rms_quality and "(n = 2 vs 3" in rms_quality
+    assert "not comparable to the paper's numbers" in rms_quality and "of 200 epochs" in rms_quality
     prms_quality = next(line for line in lines if line.startswith("quality") and "pRMSNorm" in line)
-    assert "spread is unknown" in prms_quality  # one seed cannot make a firm call
+    assert "no interval with a single seed -> inconclusive" in prms_quality
     speed = next(line for line in lines if line.startswith("speed") and "RMSNorm vs" in line and "pRMS" not in line)
-    assert "norm time 2.00x" in speed and "test-cpu" in speed and "paper: 1.26x" in speed
+    assert "norm time 2.00x [" in speed and "test-cpu" in speed and "paper: 1.26x" in speed
+    assert "no speed verdict: not measured under controlled conditions" in speed
+    assert "x* |" in md  # the speed column is marked as uncontrolled
 
 
-def test_firm_and_undecided_quality_calls():
+def test_quality_calls_use_welch_t_intervals():
     from repro.tables.collect import Stat
     from repro.tables.render import quality_verdict
 
-    firm = quality_verdict("err", Stat([10.0, 10.1, 10.2]), Stat([10.1, 10.2, 10.0]), higher_is_better=False)
-    assert "kept (firm" in firm
-    noisy = quality_verdict("err", Stat([10.0, 11.0, 9.0]), Stat([10.1, 10.2, 10.0]), higher_is_better=False)
-    assert "within seed noise" in noisy
+    kept = quality_verdict("err", Stat([10.0, 10.1, 10.2, 10.1]), Stat([10.1, 10.2, 10.0, 10.1]), higher_is_better=False)
+    assert kept.endswith("-> kept (at most 0.5 worse)")
+    # Two seeds each, Δ = -0.1, SE = 0.14: ±2·SE would call this kept, but the t quantile at ~2
+    # degrees of freedom is ~4.3 and the interval reaches 0.71 points worse: inconclusive.
+    two = quality_verdict("err", Stat([10.0, 10.2]), Stat([10.1, 10.3]), higher_is_better=False)
+    assert two.endswith("-> inconclusive") and "[-0.71, +0.51]" in two and "df 2.0" in two
     lost = quality_verdict("bleu", Stat([20.0, 20.1, 19.9]), Stat([25.0, 25.1, 24.9]), higher_is_better=True)
-    assert "NOT kept (firm" in lost and "worse" in lost
+    assert lost.endswith("-> worse (by more than 0.5)") and "worse than LayerNorm" in lost
     assert "missing" in quality_verdict("bleu", Stat([]), Stat([1.0]), higher_is_better=True)
-    # far better than LayerNorm keeps quality; equal is neither better nor worse
     better = quality_verdict("err", Stat([5.0, 5.1, 4.9]), Stat([10.0, 10.1, 9.9]), higher_is_better=False)
-    assert "better than LayerNorm" in better and "kept (firm" in better
-    assert "(same as LayerNorm) -> kept" in quality_verdict("bleu", Stat([3.0]), Stat([3.0]), higher_is_better=True)
+    assert "better than LayerNorm" in better and better.endswith("-> better")
+    higher = quality_verdict("bleu", Stat([27.0, 27.2, 27.1]), Stat([26.0, 26.1, 26.2]), higher_is_better=True)
+    assert higher.endswith("-> better")
+    single = quality_verdict("bleu", Stat([3.0]), Stat([3.0]), higher_is_better=True)
+    assert "(same as LayerNorm)" in single and single.endswith("-> inconclusive")
+
+
+def test_welch_interval_matches_scipy_and_the_t_quantile():
+    from scipy import stats as scipy_stats
+
+    from repro.tables.stats import ratio_interval, welch_interval
+
+    a, b = [35.1, 35.6, 34.9], [34.5, 35.0]
+    interval = welch_interval(a, b)
+    ci = scipy_stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert (interval.low, interval.high) == pytest.approx((ci.low, ci.high))
+    # equal spreads, 2 + 2 values: df = 2 and the half-width is t(0.975, 2) = 4.30 standard errors
+    two = welch_interval([1.0, 2.0], [0.0, 1.0])
+    assert two.df == pytest.approx(2.0) and two.high - two.estimate == pytest.approx(4.303 * 0.7071, rel=1e-3)
+    assert welch_interval([1.0], [1.0, 2.0]) is None
+    ratio = ratio_interval([100.0, 110.0, 105.0], [50.0, 55.0, 52.0])
+    assert ratio.estimate == pytest.approx(105 / 52.333, rel=1e-3) and ratio.low < ratio.estimate < ratio.high
+
+
+def test_speed_verdict_only_from_an_uncontended_host(tmp_path):
+    def tree(contended):
+        root = tmp_path / f"contended_{contended}"
+        for norm, times in (("layernorm", (100.0, 101.0, 99.0)), ("rmsnorm", (80.0, 81.0, 79.0))):
+            for seed in (1, 2, 3):
+                run = write_run(root, f"{norm}{seed}", task="cifar10_cnn", norm=norm, seed=seed,
+                                test={"test/acc": 0.9}, step_ms=(500.0, *[t + seed for t in times]))
+                summary = json.loads((run / "summary.json").read_text())
+                summary["environment"]["contended"] = contended
+                (run / "summary.json").write_text(json.dumps(summary))
+        return [line for line in verdicts(table10(collect_local([root]))) if line.startswith("speed")][0]
+
+    assert "-> faster" in tree(False)
+    assert "no speed verdict: not measured under controlled conditions" in tree(True)
+
+
+def test_a_run_on_the_papers_budget_is_comparable(tmp_path):
+    root = tmp_path / "wmt"
+    for norm in ("layernorm", "rmsnorm"):
+        for seed in (1, 2):
+            write_run(root, f"{norm}{seed}", task="wmt14_transformer", norm=norm, seed=seed, steps=300_000,
+                      test={"test/newstest2014/bleu": 26.5 + seed / 10, "bleu_signature": "nrefs:1|case:mixed"},
+                      config={"data": {"max_tokens": 12500}, "trainer": {"accumulate": 2},
+                              "model": {"dim": 512, "encoder_layers": 6, "decoder_layers": 6}})
+    table = table4(collect_local([root]))
+    quality = [line for line in verdicts(table) if line.startswith("quality")]
+    assert quality and not any("not comparable" in line for line in quality), quality
+    assert "sacreBLEU signature: `nrefs:1|case:mixed`" in to_markdown(table)
+
+
+def test_the_no_norm_row_says_whether_it_trained(tmp_path):
+    root = tmp_path / "none"
+    write_run(root, "ln", task="multi30k_transformer", norm="layernorm", seed=1, test={"test/t/bleu": 30.0})
+    write_run(root, "none1", task="multi30k_transformer", norm="none", seed=1, test={"test/t/bleu": 29.0})
+    lines = verdicts(table4(collect_local([root])))
+    assert any(line.startswith("no norm, multi30k_transformer: TRAINED here (BLEU 29.00") and "failed to train" in line
+               for line in lines), lines
+    write_run(root, "none1", task="multi30k_transformer", norm="none", seed=1, test={"test/t/bleu": 0.1})
+    lines = verdicts(table4(collect_local([root])))
+    assert any("failed to train here too" in line for line in lines), lines
 
 
 def test_table4_per_test_set_and_missing_cells(tmp_path):
@@ -142,23 +210,23 @@ def test_table4_per_test_set_and_missing_cells(tmp_path):
     bleu = {"layernorm": [(30.0, 31.0), (30.4, 31.2)], "rmsnorm": [(30.3, 31.5)], "prmsnorm": [(29.0, None)]}
     for norm, per_seed in bleu.items():
         for seed, (b16, b17) in enumerate(per_seed, 1):
-            test = {"test/bleu": b16 - 1, "test/bleu_tok": b16, "test/test2016/bleu": b16 - 1,
-                    "test/test2016/bleu_tok": b16}
+            test = {"test/bleu": b16, "test/test2016/bleu": b16}
             if b17 is not None:
-                test.update({"test/test2017/bleu": b17 - 1, "test/test2017/bleu_tok": b17})
+                test.update({"test/test2017/bleu": b17})
             write_run(root, f"{norm}{seed}", task="multi30k_transformer", norm=norm, seed=seed, test=test,
                       partial=0.0625 if norm == "prmsnorm" else None, step_ms=(900.0, 100.0, 100.0))
     table = table4(collect_local([root]))
     headers = [c.header for c in table.columns]
-    assert headers[:4] == ["test2016 sacreBLEU", "test2016 BLEU (tok)", "test2017 sacreBLEU", "test2017 BLEU (tok)"]
+    assert headers[:2] == ["test2016 sacreBLEU", "test2017 sacreBLEU"]  # the paper's metric, and only it
     md = to_markdown(table)
-    assert "| LayerNorm | 2 | 30 | 29.20 ± 0.28 | 30.20 ± 0.28 | 30.10 ± 0.14 | 31.10 ± 0.14 | 100.0 ± 0.0 |" in md
+    assert "| LayerNorm | 2 | 30 | 30.20 ± 0.28 | 31.10 ± 0.14 | 100.0 ± 0.0 |" in md
     prms = next(line for line in md.splitlines() if line.startswith("| pRMSNorm"))
-    assert prms.count("missing") == 2  # no test2017 scores: shown as missing, not filled in
+    assert prms.count("missing") == 1  # no test2017 score: shown as missing, not filled in
     assert "26.6" in md and "Tesla V100" in md and "failed" in md  # paper: the no-norm model failed
     quality = [line for line in verdicts(table) if line.startswith("quality")]
-    assert any("test2017 BLEU (tok): missing" in line and "pRMSNorm" in line for line in quality)
-    assert any("test2016 BLEU (tok): Δ = +0.10" in line and "RMSNorm vs" in line for line in quality)
+    assert any("test2017 sacreBLEU: missing" in line and "pRMSNorm" in line for line in quality)
+    assert any("test2016 sacreBLEU: Δ = +0.10" in line and "RMSNorm vs" in line for line in quality)
+    assert "sacreBLEU signature: not recorded by 4 of 4 runs" in md
     tex = to_latex(table)
     assert "$\\pm$" in tex and "\\begin{tabular}" in tex and "(p=6.25\\%)" in tex
 

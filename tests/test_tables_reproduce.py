@@ -3,6 +3,7 @@ analyses (a couple of minutes on a CPU, hence slow)."""
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -43,3 +44,29 @@ def test_bad_arguments_are_one_line_errors():
                           (["mini", "--seeds", "a,b"], "--seeds must be a comma list of ints")):
         result = subprocess.run(["bash", "scripts/reproduce.sh", *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr
+
+
+def test_full_mode_launches_the_papers_table4_schedule():
+    """What `reproduce.sh full` launches for Table 4, composed job by job as repro-train would:
+    ~25K tokens per optimizer step, 300K steps, and none / LayerNorm / RMSNorm / pRMSNorm p = 6.25 %."""
+    from hydra import compose, initialize_config_dir
+
+    from repro.cli.train import CONF_DIR, sweep_jobs
+
+    result = subprocess.run(["bash", "scripts/reproduce.sh", "full", "--dry-run"], cwd=ROOT, capture_output=True,
+                            text=True, check=True)
+    commands = [shlex.split(line) for line in result.stdout.splitlines() if line.startswith("repro-train")]
+    wmt = [c for c in commands if any("wmt14" in a for a in c)]
+    assert len(wmt) == 1 and wmt[0][:2] == ["repro-train", "-m"]
+    jobs = sweep_jobs(wmt[0][2:], CONF_DIR)
+    norms = set()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        for job in jobs:
+            cfg = compose("config", job)
+            assert cfg.task.name == "wmt14_transformer" and cfg.model.dim == 512 and cfg.model.encoder_layers == 6
+            assert cfg.trainer.max_steps == 300_000
+            tokens_per_step = cfg.data.max_tokens * cfg.trainer.accumulate
+            assert 24_000 <= tokens_per_step <= 26_000, tokens_per_step
+            norms.add((cfg.norm.name, cfg.norm.partial if cfg.norm.name == "prmsnorm" else None))
+    assert norms == {("none", None), ("layernorm", None), ("rmsnorm", None), ("prmsnorm", 0.0625)}
+    assert len(jobs) == 4 * 3  # every norm, seeds 1-3

@@ -67,6 +67,29 @@ def test_smoke_run_writes_a_complete_run_store(norm, fmt, request, tmp_path):
     assert (tmp_path / "checkpoints" / "best.pt").is_file()
 
 
+def test_without_a_validation_split_nothing_is_selected_on_test(cifar_jpeg, tmp_path):
+    """val_size=0 (the paper's CIFAR protocol trains on all 50k images): no best.pt and no
+    best/* metric, since choosing a checkpoint by test accuracy is model selection on test."""
+    cfg = smoke_config(cifar_jpeg, "data.val_size=0", "trainer.max_steps=4", "trainer.eval_every=2",
+                       "trainer.log_every=2", "trainer.norm_timing_every=0")
+    summary = train(cfg, tmp_path)
+    assert "test/acc" in summary
+    assert not (tmp_path / "checkpoints" / "best.pt").exists()
+    assert (tmp_path / "checkpoints" / "last.pt").is_file()
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert not [k for k in {**stored, **summary} if k.startswith("best/")]
+    assert not [k for row in read_metrics(tmp_path) for k in row if k.startswith("best/")]
+
+
+def test_the_run_decays_no_norm_parameter(cifar_jpeg, tmp_path):
+    cfg = smoke_config(cifar_jpeg, "optim=adamw", "norm=layernorm", "trainer.max_steps=1", "trainer.eval_every=1",
+                       "trainer.norm_timing_every=0")
+    train(cfg, tmp_path)
+    groups = ckpt.load(tmp_path / "checkpoints" / "last.pt")["optimizer"]["param_groups"]
+    assert [g["weight_decay"] for g in groups] == [cfg.optim.weight_decay, 0.0]
+    assert groups[0]["params"] and groups[1]["params"]
+
+
 def test_loss_goes_down(cifar_jpeg, tmp_path):
     cfg = smoke_config(cifar_jpeg, "model.width=16", "model.dropout=0", "optim.schedule.name=constant",
                        "trainer.max_steps=64", "trainer.log_every=16", "trainer.eval_every=64",
@@ -203,14 +226,20 @@ def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch)
 
 @pytest.mark.realdata
 def test_real_cifar10_loss_goes_down(tmp_path):
+    """Real learning on the shared CIFAR-10, on any x86 floating-point path. The budget is past
+    the initial plateau (ln 10 = 2.30): a width-8 model after 120 steps of 32 was still on it on
+    an AVX2 host (2.32 -> 2.26). Measured on AVX-512 and with ATEN_CPU_CAPABILITY=avx2, seeds 1-3:
+    the last interval's loss 0.26-0.33 below the first, test accuracy 0.23-0.29. The claims keep
+    half of that margin, and 0.2 accuracy on 10,000 test images is 30 binomial SDs above chance."""
     if not os.path.isdir(SHARED_CIFAR):
         pytest.skip(f"needs {SHARED_CIFAR}")
-    cfg = smoke_config(SHARED_CIFAR, "model.width=8", "model.dropout=0", "data.batch_size=32", "data.val_size=0",
-                       "optim.schedule.name=constant", "trainer.max_steps=120", "trainer.log_every=30",
-                       "trainer.eval_every=120", "data.eval_batch_size=1000")
+    cfg = smoke_config(SHARED_CIFAR, "model.width=16", "model.dropout=0", "data.batch_size=64", "data.val_size=0",
+                       "optim.schedule.name=constant", "trainer.max_steps=300", "trainer.log_every=75",
+                       "trainer.eval_every=300", "data.eval_batch_size=1000", "trainer.norm_timing_every=0")
     train(cfg, tmp_path)
     losses = train_losses(tmp_path)
-    assert losses[-1] < losses[0] - 0.1, losses
+    assert len(losses) == 4 and losses[-1] < losses[0] - 0.15, losses
+    assert read_metrics(tmp_path)[-1]["test/acc"] > 0.2
 
 
 def test_vit_trains_through_the_same_trainer(cifar_jpeg, tmp_path):

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import functools
 import gzip
+import itertools
+import math
 
 import numpy as np
 import pytest
 import sacrebleu
 import torch
+from torch import nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +23,7 @@ from repro.data.translation_fixtures import fixture_pairs, write_parallel
 from repro.decode import beam_search, greedy_search
 from repro.models import Transformer
 from repro.nn import NORM_NAMES, NormFactory, NormLayer
-from repro.tasks.translation import Translation, label_smoothed_loss, paper_tokenize, tokenized_bleu
+from repro.tasks.translation import Translation, label_smoothed_loss
 from train_helpers import corpus, one_thread  # noqa: F401
 
 TINY = dict(dim=32, ffn=64, heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0, max_positions=64)
@@ -246,6 +249,26 @@ def test_every_norm_builds_and_trains(norm):
     assert np.isfinite(losses).all() and losses[-1] < losses[0] - 0.2
 
 
+@pytest.mark.parametrize("norm", ["layernorm", "weightnorm"])
+def test_linear_layers_start_xavier_uniform_with_zero_bias(norm):
+    """The paper's initialization (A.1): Xavier-uniform weights, bound sqrt(6 / (fan_in + fan_out)),
+    std bound / sqrt(3); fused k/v as two separate dim x dim layers. (PyTorch's default would give
+    std 1 / sqrt(3 fan_in), 10-30 % off here.)"""
+    torch.manual_seed(0)
+    model = Transformer(NormFactory(norm), vocab_size=40, dim=64, ffn=256, heads=2, encoder_layers=1,
+                        decoder_layers=1, max_positions=16)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    assert len(linears) == 5 + 8  # encoder: q, kv, out, 2 FFN; decoder: self- and cross-attention, 2 FFN
+    for name, layer in linears:
+        blocks = layer.weight.detach().chunk(2 if name.endswith(".kv") else 1, dim=0)
+        for w in blocks:
+            fan_out, fan_in = w.shape
+            bound = math.sqrt(6 / (fan_in + fan_out))
+            assert w.abs().max() <= bound + 1e-6, name
+            assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.03), name
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias)), name
+
+
 def test_bad_model_shape():
     with pytest.raises(ValueError, match=r"model\.dim=30 must be even and divisible by model\.heads=4"):
         Transformer(NormFactory("layernorm"), vocab_size=50, dim=30, heads=4)
@@ -266,12 +289,38 @@ def test_beam_one_equals_greedy(seed):
     assert len(wide) == 6 and all(EOS not in h and BOS not in h and PAD not in h for h in wide)
 
 
-def test_tokenized_bleu_splits_compounds():
-    assert paper_tokenize("Ein Mann-Hund, 3-4 Jahre.") == "Ein Mann ##AT##-##AT## Hund , 3 - 4 Jahre ."  # 13a splits digits itself
-    assert tokenized_bleu(["Ein Mann-Hund ."], ["Ein Mann-Hund ."]) == pytest.approx(100)
-    assert tokenized_bleu(["Ein Mann-Hund im Park ."], ["Ein Mann-Katze im Park ."]) == pytest.approx(
-        sacrebleu.corpus_bleu(["Ein Mann ##AT##-##AT## Hund im Park ."], [["Ein Mann ##AT##-##AT## Katze im Park ."]],
-                              tokenize="none").score)
+def _exhaustive_best(model, src: torch.Tensor, limit: int, alpha: float) -> list[int]:
+    """The hypothesis (without EOS) of highest length-normalized log-probability under the model
+    itself, by scoring every token sequence that ends in EOS within `limit` tokens (teacher
+    forcing, no masking except that PAD and BOS are never produced)."""
+    vocab = model.embed.num_embeddings
+    words = [t for t in range(vocab) if t not in (PAD, BOS, EOS)]
+    memory, src_mask = model.encode(src[None])
+    best, best_score = None, -math.inf
+    for length in range(limit):
+        for seq in itertools.product(words, repeat=length):
+            tokens = torch.tensor([[BOS, *seq]])
+            log_probs = torch.log_softmax(model.decode(tokens, memory, src_mask).float(), -1)[0]
+            score = sum(log_probs[i, t].item() for i, t in enumerate([*seq, EOS]))
+            score /= ((5 + length + 1) / 6) ** alpha
+            if score > best_score:
+                best, best_score = list(seq), score
+    return best
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_beam_wider_than_the_hypothesis_space_finds_the_exhaustive_optimum(seed):
+    """Vocab 6 = PAD, UNK, BOS, EOS + 2 words, so UNK and the 2 words continue a hypothesis;
+    within 3 steps there are 1 + 3 + 9 = 13 hypotheses and a beam of 16 keeps them all. Beam search must then return the exact optimum, which fails when
+    the forced EOS at the length limit is scored as log p = 0."""
+    torch.manual_seed(seed)
+    model = Transformer(NormFactory("layernorm"), vocab_size=6, **{**TINY, "decoder_layers": 2}).eval()
+    src = torch.randint(4, 6, (5,))
+    with torch.no_grad():
+        for alpha in (0.0, 0.6):
+            want = _exhaustive_best(model, src, limit=3, alpha=alpha)
+            got = beam_search(model, src[None], beam=16, alpha=alpha, max_len_a=0.0, max_len_b=3)[0]
+            assert got == want, (alpha, got, want)
 
 
 def test_task_rejects_bad_settings(corpus, tmp_path):

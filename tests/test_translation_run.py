@@ -41,6 +41,10 @@ def test_run_logs_loss_bleu_tokens_per_second_and_norm_share(run):
     test_rows = [r for r in rows if r["split"] == "test"]
     assert test_rows[-1]["test/bleu"] == summary["test/bleu"] == summary["test/test_2016_flickr/bleu"]
     assert summary["test/bleu"] > 2 and summary["best/val/bleu"] >= summary["val/bleu"]
+    # the paper's metric: case-sensitive detokenized sacreBLEU, its signature kept with the run
+    stored = json.loads((run_dir / "summary.json").read_text())
+    assert stored["bleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:")
+    assert not [k for k in stored if "bleu_tok" in k]
     assert 0 < summary["time/norm_share"] < 1 and summary["throughput/tokens_per_s"] > 0
 
 

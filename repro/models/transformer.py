@@ -21,13 +21,25 @@ from torch import Tensor, nn
 from repro.nn import NormFactory
 
 
+def xavier_linear(fan_in: int, fan_out: int, blocks: int = 1) -> nn.Linear:
+    """A Linear layer with Xavier-uniform weights and zero bias, the paper's initialization (A.1;
+    tensor2tensor/zero). `blocks` > 1: the output rows are that many fused layers (k and v),
+    each initialized as if it stood alone. Made before weight norm wraps it, so g starts at ||v||."""
+    layer = nn.Linear(fan_in, fan_out)
+    with torch.no_grad():
+        for block in layer.weight.chunk(blocks, dim=0):
+            nn.init.xavier_uniform_(block)
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
 class Attention(nn.Module):
     def __init__(self, norm: NormFactory, dim: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
-        self.q = norm.wrap(nn.Linear(dim, dim))
-        self.kv = norm.wrap(nn.Linear(dim, 2 * dim))
-        self.out = norm.wrap(nn.Linear(dim, dim))
+        self.q = norm.wrap(xavier_linear(dim, dim))
+        self.kv = norm.wrap(xavier_linear(dim, 2 * dim, blocks=2))  # k and v fused: each its own Xavier
+        self.out = norm.wrap(xavier_linear(dim, dim))
 
     def _split(self, x: Tensor) -> Tensor:  # (B, T, D) -> (B, heads, T, D / heads)
         return x.unflatten(-1, (self.heads, -1)).transpose(1, 2)
@@ -54,8 +66,8 @@ class Attention(nn.Module):
 
 class FeedForward(nn.Sequential):
     def __init__(self, norm: NormFactory, dim: int, hidden: int, dropout: float):
-        super().__init__(norm.wrap(nn.Linear(dim, hidden)), nn.ReLU(), nn.Dropout(dropout),
-                         norm.wrap(nn.Linear(hidden, dim)))
+        super().__init__(norm.wrap(xavier_linear(dim, hidden)), nn.ReLU(), nn.Dropout(dropout),
+                         norm.wrap(xavier_linear(hidden, dim)))
 
 
 class Residual(nn.Module):

@@ -48,6 +48,9 @@ class ViT(nn.Module):
         self.norm = norm(dim)
         self.head = norm.wrap(nn.Linear(dim, num_classes))
 
+    def no_weight_decay(self) -> set[str]:
+        return {"pos"}  # the position table: weight decay would pull it towards "no position"
+
     def forward(self, images: Tensor) -> Tensor:
         """Images (N, C, H, W) -> logits (N, num_classes)."""
         x = self.patchify(images).flatten(2).transpose(1, 2) + self.pos

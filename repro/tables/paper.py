@@ -19,6 +19,26 @@ class PaperRow:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """What the paper trained each model on, so a run can say whether it is comparable."""
+    task: str                              # our task that is the paper's data and model
+    model: dict                            # model options that must match (e.g. width 96)
+    steps: Optional[int] = None            # optimizer steps
+    tokens_per_step: Optional[int] = None  # source + target tokens per step (approximate)
+    epochs: Optional[int] = None
+
+    def describe(self) -> str:
+        parts = [self.task] + [f"model.{k}={v}" for k, v in self.model.items()]
+        if self.steps:
+            parts.append(f"{self.steps} steps")
+        if self.tokens_per_step:
+            parts.append(f"~{self.tokens_per_step} tokens per step")
+        if self.epochs:
+            parts.append(f"{self.epochs} epochs")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
 class PaperTable:
     name: str
     source: str
@@ -26,22 +46,24 @@ class PaperTable:
     hardware: str    # what the timings were measured on
     columns: dict    # column -> description with its unit
     rows: tuple
+    budget: Budget
 
     def row(self, norm: str) -> Optional[PaperRow]:
         return next((r for r in self.rows if r.norm == norm), None)
 
 
-# Table 4: Transformer base on WMT14 En-De, tokenized case-sensitive BLEU on newstest2014 and
-# newstest2017; time in seconds per 1k training steps on a V100. The Transformer without a norm
-# failed to train, so it has no BLEU.
+# Table 4: Transformer base on WMT14 En-De, case-sensitive detokenized sacreBLEU (13a, the
+# caption's "SacreBLEU score") on newstest2014 and newstest2017; time in seconds per 1k training
+# steps on a V100. The Transformer without a norm failed to train, so it has no BLEU. Budget
+# (6.1, A.1): 300K steps of ~25K source + target tokens.
 TABLE4 = PaperTable(
     name="Table 4",
     source=SOURCE + ", Table 4",
     setup="Transformer (base), WMT14 En-De",
     hardware="Tesla V100",
     columns={
-        "test14": "BLEU on newstest2014 (tokenized)",
-        "test17": "BLEU on newstest2017 (tokenized)",
+        "test14": "sacreBLEU on newstest2014 (case-sensitive, detokenized)",
+        "test17": "sacreBLEU on newstest2017 (case-sensitive, detokenized)",
         "time": "seconds per 1k training steps",
     },
     rows=(
@@ -50,10 +72,13 @@ TABLE4 = PaperTable(
         PaperRow("rmsnorm", None, {"test14": 26.8, "test17": 27.7, "time": 231.0}),
         PaperRow("prmsnorm", 0.0625, {"test14": 26.5, "test17": 27.8, "time": 225.0}),
     ),
+    budget=Budget(task="wmt14_transformer", model={"dim": 512, "encoder_layers": 6, "decoder_layers": 6},
+                  steps=300_000, tokens_per_step=25_000),
 )
 
 # Table 10: ConvPool-CNN-C on CIFAR-10, test error in percent and seconds per epoch on a
-# GeForce RTX 2080 Ti; pRMSNorm with p = 12.5 %.
+# GeForce RTX 2080 Ti; pRMSNorm with p = 12.5 %. Budget: Salimans & Kingma's protocol, 200 epochs
+# of the width-96 model.
 TABLE10 = PaperTable(
     name="Table 10",
     source=SOURCE + ", Table 10",
@@ -68,4 +93,5 @@ TABLE10 = PaperTable(
         PaperRow("rmsnorm", None, {"error": 8.83, "time": 31.0}),
         PaperRow("prmsnorm", 0.125, {"error": 10.37, "time": 30.0}),
     ),
+    budget=Budget(task="cifar10_cnn", model={"width": 96}, epochs=200),
 )

@@ -2,8 +2,17 @@
 
 Runs are grouped by (task, norm, partial); each cell is mean ± sample std over the group's seeds,
 with the seed count shown. A cell no run measured says "missing": nothing is filled in. The
-paper's published numbers are printed beside each table, and one verdict line per claim says
-whether quality was kept (|Δ| ≤ 0.5 BLEU / error points) and how much speed was gained.
+paper's published numbers are printed beside each table, and one verdict line per claim:
+
+- quality: Δ against LayerNorm with its 95 % Welch t-interval (repro.tables.stats) and n; the
+  call is better (interval all on the better side of 0), kept (interval at most 0.5 points
+  worse), worse (interval all more than 0.5 worse) or inconclusive (anything else, or n < 2);
+  runs trained on less than the paper's budget, or another data set, say "not comparable to the
+  paper's numbers" beside the call.
+- speed: LayerNorm / norm time ratios with their interval; a speed verdict only from runs whose
+  host was recorded as uncontended, otherwise the line says the speed was not measured under
+  controlled conditions.
+- the no-norm row, where the paper says its model failed to train: whether ours trained.
 
 Timing: `time/step_ms` is ms per optimizer step, which is numerically seconds per 1k steps (the
 unit of the paper's Table 4). It is the mean over the logged intervals *after the first*, since
@@ -22,8 +31,11 @@ from typing import Callable, Optional, Sequence
 
 from .collect import Run, Stat, group_runs
 from .paper import TABLE4, TABLE10, PaperTable
+from .stats import CONFIDENCE, Interval, ratio_interval, welch_interval
 
 QUALITY_TOLERANCE = 0.5  # BLEU points / error points: the paper's "comparable quality"
+FAILED_BLEU = 1.0        # a translation model below this BLEU did not learn to translate
+UNCONTROLLED_MARK = "*"  # a speed cell from runs on a host not recorded as uncontended
 MISSING = "missing"
 NORM_ORDER = ("none", "batchnorm", "weightnorm", "l2norm", "layernorm", "rmsnorm", "prmsnorm")
 NORM_LABELS = {"none": "None", "batchnorm": "BatchNorm", "weightnorm": "WeightNorm", "l2norm": "L2-Norm",
@@ -91,11 +103,10 @@ def test_sets(runs: list[Run]) -> list[str]:
     return list(names)
 
 
-def bleu_of(name: str, tokenized: bool) -> Callable[[Run], Optional[float]]:
-    suffix = "bleu_tok" if tokenized else "bleu"
-
+def bleu_of(name: str) -> Callable[[Run], Optional[float]]:
+    """sacreBLEU (case-sensitive, detokenized: the paper's Table 4 metric) on test set `name`."""
     def value(run: Run) -> Optional[float]:
-        return run.summary.get(f"test/{suffix}" if name == "test" else f"test/{name}/{suffix}")
+        return run.summary.get("test/bleu" if name == "test" else f"test/{name}/bleu")
     return value
 
 
@@ -158,12 +169,11 @@ def table4(runs: list[Run]) -> Table:
     runs = [r for r in runs if any(k.startswith("test/") and "bleu" in k for k in r.summary)]
     columns = []
     for name in test_sets(runs):
-        columns += [Column(f"{name}/bleu", f"{name} sacreBLEU", bleu_of(name, False), 2),
-                    Column(f"{name}/bleu_tok", f"{name} BLEU (tok)", bleu_of(name, True), 2)]
+        columns.append(Column(f"{name}/bleu", f"{name} sacreBLEU", bleu_of(name), 2))
     columns += [Column("time", "s / 1k steps", step_ms, 1),
                 Column("norm_ms", "norm ms / step", norm_ms, 2),
                 Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
-    quality = [c.key for c in columns if c.key.endswith("/bleu_tok")]
+    quality = [c.key for c in columns if c.key.endswith("/bleu")]
     return build_table("table4_transformer", "Table 4: Transformer translation", runs, columns, quality,
                        "time", TABLE4)
 
@@ -190,27 +200,28 @@ def _baseline(table: Table, row: Row) -> Optional[Row]:
 
 
 def quality_verdict(name: str, ours: Stat, base: Stat, higher_is_better: bool) -> str:
-    """Quality is kept when the norm is at most 0.5 points worse than LayerNorm (better is always
-    fine). Whether the seeds can tell: with two standard errors of the difference (Welch) on the
-    right side of the tolerance the call is firm, straddling it within seed noise."""
+    """Δ = ours - LayerNorm with its Welch t-interval; better / kept / worse / inconclusive as in
+    the module docstring (kept: at most QUALITY_TOLERANCE points worse)."""
     if not ours.n or not base.n:
         return f"{name}: {MISSING} (runs: {ours.n} vs LayerNorm {base.n})"
     delta = ours.mean - base.mean
-    worse_by = -delta if higher_is_better else delta  # > 0: worse than LayerNorm
-    side = "worse than" if worse_by > 0 else "better than" if worse_by < 0 else "same as"
+    side = "better than" if (delta > 0) == higher_is_better and delta != 0 else "worse than" if delta else "same as"
     text = f"{name}: Δ = {delta:+.2f} ({side} LayerNorm)"
-    kept = worse_by <= QUALITY_TOLERANCE
-    if ours.std is None or base.std is None:
-        return (f"{text} -> {'kept' if kept else 'NOT kept'} (at most {QUALITY_TOLERANCE} worse), but with "
-                f"{ours.n} vs {base.n} seed(s) the spread is unknown: not a firm call")
-    margin = 2 * math.sqrt(ours.std ** 2 / ours.n + base.std ** 2 / base.n)
-    if worse_by + margin <= QUALITY_TOLERANCE:
-        call = "kept (firm: Δ + 2·SE within the tolerance)"
-    elif worse_by - margin > QUALITY_TOLERANCE:
-        call = "NOT kept (firm: Δ − 2·SE beyond the tolerance)"
+    interval = welch_interval(ours.values, base.values)
+    if interval is None:
+        return (f"{text}, n = {ours.n} vs {base.n}: no interval with a single seed -> inconclusive")
+    # the interval of "how much worse than LayerNorm": > 0 is worse
+    worse_low, worse_high = (-interval.high, -interval.low) if higher_is_better else (interval.low, interval.high)
+    if worse_high < 0:
+        call = "better"
+    elif worse_low > QUALITY_TOLERANCE:
+        call = f"worse (by more than {QUALITY_TOLERANCE})"
+    elif worse_high <= QUALITY_TOLERANCE:
+        call = f"kept (at most {QUALITY_TOLERANCE} worse)"
     else:
-        call = f"{'kept' if kept else 'NOT kept'}, but within seed noise"
-    return f"{text}, 2·SE = {margin:.2f} over {ours.n}+{base.n} seeds -> {call}"
+        call = "inconclusive"
+    return (f"{text}, {CONFIDENCE:.0%} Welch t-interval {interval.text()} "
+            f"(n = {ours.n} vs {base.n}, df {interval.df:.1f}) -> {call}")
 
 
 def _hardware(runs: list[Run]) -> str:
@@ -219,10 +230,107 @@ def _hardware(runs: list[Run]) -> str:
     return f"{' / '.join(devices)}, backend {'/'.join(backends)}"
 
 
+def shortfall(paper: PaperTable, runs: list[Run]) -> list[str]:
+    """How `runs` fall short of the paper's set-up and budget; empty when they match it."""
+    budget, gaps = paper.budget, set()
+    for run in runs:
+        if run.task != budget.task:
+            gaps.add(f"task {run.task}, not {budget.task}")
+        model = run.config.get("model") or {}
+        for key, want in budget.model.items():
+            if model.get(key) != want:
+                gaps.add(f"model.{key}={model.get(key)} (paper: {want})")
+        step = run.summary.get("step")
+        if budget.steps and (step or 0) < budget.steps:
+            gaps.add(f"{step} of {budget.steps} steps")
+        tokens = tokens_per_step(run)
+        if budget.tokens_per_step and (tokens or 0) < 0.9 * budget.tokens_per_step:
+            gaps.add(f"~{tokens} of ~{budget.tokens_per_step} tokens per step")
+        epochs = run_epochs(run)
+        if budget.epochs and (epochs or 0) < budget.epochs:
+            gaps.add(f"{epochs:.3g} of {budget.epochs} epochs" if epochs else f"epochs unknown (paper: {budget.epochs})")
+    return sorted(gaps)
+
+
+def tokens_per_step(run: Run) -> Optional[int]:
+    """Padded tokens per optimizer step: data.max_tokens (over all devices) x trainer.accumulate."""
+    data, trainer = run.config.get("data") or {}, run.config.get("trainer") or {}
+    if not data.get("max_tokens"):
+        return None
+    return int(data["max_tokens"]) * int(trainer.get("accumulate") or 1)
+
+
+def run_epochs(run: Run) -> Optional[float]:
+    steps, per_epoch = run.summary.get("step"), steps_per_epoch(run)
+    return steps / per_epoch if steps and per_epoch else None
+
+
+def _comparability(table: Table, *groups: Row) -> str:
+    gaps = shortfall(table.paper, [run for row in groups for run in row.runs])
+    if not gaps:
+        return ""
+    return f"; not comparable to the paper's numbers ({'; '.join(gaps)})"
+
+
+def uncontended(run: Run) -> bool:
+    """Whether the run recorded a host with nothing else competing for it while it trained."""
+    return (run.summary.get("environment") or {}).get("contended") is False
+
+
+def speed_controlled(runs: list[Run]) -> bool:
+    return bool(runs) and all(uncontended(r) for r in runs)
+
+
+def _speed_part(what: str, base: Stat, ours: Stat) -> str:
+    if not ours.n or not base.n or not ours.mean:
+        return f"{what} {MISSING}"
+    interval = ratio_interval(base.values, ours.values)
+    spread = (f" {interval.text(signed=False)}" if interval else " (no interval: a single run)")
+    return f"{what} {base.mean / ours.mean:.2f}x{spread}"
+
+
+def speed_verdict(table: Table, row: Row, base: Row) -> str:
+    parts = [_speed_part("step time", base.cells[table.time_key], row.cells[table.time_key]),
+             _speed_part("norm time", base.cells["norm_ms"], row.cells["norm_ms"])]
+    published = paper_speedup(table.paper, row.norm)
+    published = f"; paper: {published:.2f}x on {table.paper.hardware}" if published else ""
+    head = (f"LayerNorm/{row.label} = {', '.join(parts)} (>1: faster than LayerNorm; "
+            f"{_hardware(row.runs + base.runs)}{published})")
+    if not speed_controlled(row.runs + base.runs):
+        return (f"{head} -> no speed verdict: not measured under controlled conditions (training runs on a "
+                f"host not recorded as uncontended; use repro-bench for speed)")
+    interval = ratio_interval(base.cells[table.time_key].values, row.cells[table.time_key].values)
+    if interval is None:
+        call = "inconclusive (a single run per norm)"
+    else:
+        call = "faster" if interval.low > 1 else "slower" if interval.high < 1 else "inconclusive"
+    return f"{head} -> {call}"
+
+
+def no_norm_verdict(table: Table, row: Row) -> Optional[str]:
+    """Where the paper's model failed to train without a norm: did ours?"""
+    published = table.paper.row("none")
+    if row.norm != "none" or published is None or "failed" not in published.values.values():
+        return None
+    bleu = [row.cells[k] for k in table.quality if row.cells[k].n]
+    if not bleu:
+        return f"no norm, {row.task}: no test scores ({MISSING}); the paper's model failed to train"
+    best = max(stat.mean for stat in bleu)
+    gaps = shortfall(table.paper, row.runs)
+    setup = f" (this set-up differs from the paper's: {'; '.join(gaps)})" if gaps else ""
+    if best < FAILED_BLEU:
+        return f"no norm, {row.task}: failed to train here too (BLEU {best:.2f}), as the paper reports"
+    return (f"no norm, {row.task}: TRAINED here (BLEU {best:.2f}, n = {bleu[0].n}), while the paper's "
+            f"Transformer base failed to train without a norm{setup}")
+
+
 def verdicts(table: Table) -> list[str]:
     lines = []
     higher_is_better = table.key.startswith("table4")
     for row in table.rows:
+        no_norm = no_norm_verdict(table, row)
+        if no_norm:
+            lines.append(no_norm)
         base = _baseline(table, row)
         if row.norm not in ("rmsnorm", "prmsnorm"):  # the paper's claims are about these two
             continue
@@ -230,19 +338,12 @@ def verdicts(table: Table) -> list[str]:
         if base is None:
             lines.append(f"{prefix}: no LayerNorm runs to compare with ({MISSING})")
             continue
+        comparable = _comparability(table, row, base)
         for key in table.quality:
             header = next(c.header for c in table.columns if c.key == key)
             lines.append(f"quality, {prefix}, " + quality_verdict(header, row.cells[key], base.cells[key],
-                                                                 higher_is_better))
-        speed = []
-        for key, what in ((table.time_key, "step time"), ("norm_ms", "norm time")):
-            ours, theirs = row.cells[key], base.cells[key]
-            speed.append(f"{what} {theirs.mean / ours.mean:.2f}x" if ours.n and theirs.n and ours.mean
-                         else f"{what} {MISSING}")
-        published = paper_speedup(table.paper, row.norm)
-        published = f"; paper: {published:.2f}x on {table.paper.hardware}" if published else ""
-        lines.append(f"speed, {prefix}: LayerNorm/{row.label} = {', '.join(speed)} "
-                     f"(>1: faster than LayerNorm; {_hardware(row.runs + base.runs)}{published})")
+                                                                 higher_is_better) + comparable)
+        lines.append(f"speed, {prefix}: {speed_verdict(table, row, base)}")
     return lines
 
 
@@ -275,10 +376,11 @@ def _grid(table: Table, pm: str = "±") -> tuple[list[str], list[list[str]]]:
     header = (["task"] if multi_task else []) + ["norm", "seeds", "steps"] + [c.header for c in table.columns] + ["speedup vs LN"]
     body = []
     for row in table.rows:
-        ratio = speedup(table, row)
+        ratio, base = speedup(table, row), _baseline(table, row)
+        mark = "" if base and speed_controlled(row.runs + base.runs) else UNCONTROLLED_MARK
         body.append(([row.task] if multi_task else []) + [row.label, str(len(row.runs)), _budget(row.runs)]
                     + [_fmt(row.cells[c.key], c.digits, len(row.runs), pm) for c in table.columns]
-                    + [f"{ratio:.2f}x" if ratio else MISSING])
+                    + [f"{ratio:.2f}x{mark}" if ratio else MISSING])
     return header, body
 
 
@@ -307,6 +409,20 @@ def _md_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
 
 
+def _signature_lines(table: Table) -> list[str]:
+    """Table 4: the sacreBLEU signature(s) the runs recorded (the metric is only defined with it)."""
+    if not table.key.startswith("table4"):
+        return []
+    runs = [run for row in table.rows for run in row.runs]
+    signatures = sorted({r.summary["bleu_signature"] for r in runs if r.summary.get("bleu_signature")})
+    unrecorded = sum(1 for r in runs if not r.summary.get("bleu_signature"))
+    lines = [f"sacreBLEU signature: `{sig}`" for sig in signatures]
+    if unrecorded:
+        lines.append(f"sacreBLEU signature: not recorded by {unrecorded} of {len(runs)} runs (made before runs "
+                     "recorded it; repro scores sacreBLEU's default BLEU: case-sensitive, detokenized, 13a).")
+    return [*lines, ""]
+
+
 def _hardware_lines(table: Table) -> list[str]:
     return [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows]
 
@@ -319,7 +435,10 @@ def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
                   f"`{MISSING}`: no run measured it. steps: optimizer steps each run trained (the budget, "
                   "not the paper's schedule unless it says so). Time columns exclude the first logged "
                   "interval (warm-up)." + (" s / epoch = ms/step × steps per epoch." if table.key.startswith("table10") else
-                                           " s / 1k steps = ms per step."), "",
+                                           " s / 1k steps = ms per step.")
+                  + f" `{UNCONTROLLED_MARK}`: from training runs on a host not recorded as uncontended, not a "
+                  "controlled speed measurement.", "",
+                  *_signature_lines(table),
                   "Measured on:", *_hardware_lines(table), "", "## Verdicts", "",
                   *([f"- {line}" for line in verdicts(table)] or ["- none: no RMSNorm/pRMSNorm runs"])]
     else:

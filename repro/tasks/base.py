@@ -20,7 +20,8 @@ The trainer (repro.train) drives any Task through these members only:
   torch.no_grad. It may do anything a split needs: a CIFAR task classifies, a translation task
   decodes with beam search and scores with sacreBLEU.
 - `eval_splits`: the splits evaluated every `trainer.eval_every` steps and at the end.
-- `monitor`: (metric, "max" | "min") that selects `checkpoints/best.pt`.
+- `monitor`: (metric, "max" | "min") on a validation split that selects `checkpoints/best.pt`;
+  None where the task has no validation split (no best.pt, no best/* metrics: never select on test).
 - `throughput_unit`: "images", "tokens", ...
 - `name`: the task's config name (W&B tags, run-store summary).
 
@@ -48,7 +49,7 @@ class Task(abc.ABC):
     name: str
     throughput_unit: str
     eval_splits: tuple[str, ...]
-    monitor: tuple[str, str]
+    monitor: Optional[tuple[str, str]]
 
     @abc.abstractmethod
     def build_model(self, norm: NormFactory) -> nn.Module: ...
@@ -64,3 +65,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
+
+    def summary_extras(self) -> dict:
+        """Facts about the evaluation that belong in summary.json beside the numbers (e.g. the
+        sacreBLEU signature), after the final evaluation; none by default."""
+        return {}

@@ -10,9 +10,48 @@ from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
+
+from repro.nn import NormLayer
+
+# Modules whose own parameters never decay: norm gains and offsets (a norm comparison must not be
+# confounded by decaying the norm's own parameters) and embedding tables.
+NO_DECAY_MODULES = (NormLayer, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding)
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "paper", "inverse_sqrt", "cosine")
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two optimizer groups, as timm does: weight decay on the weight matrices and kernels of
+    linear / conv layers only; none on biases, norm gains and offsets (including weight norm's g),
+    embeddings, or what the model lists in `no_weight_decay()` (position tables)."""
+    exempt = {id(p) for name, p in model.named_parameters() if name in _listed_exempt(model)}
+    for module in model.modules():
+        own = dict(module.named_parameters(recurse=False))
+        if isinstance(module, NO_DECAY_MODULES):
+            exempt |= {id(p) for p in own.values()}
+        if isinstance(module, parametrize.ParametrizationList) and any(
+                type(m).__name__ == "_WeightNorm" for m in module):
+            exempt.add(id(module.original0))  # weight norm's gain g (original1 is the direction v)
+        exempt |= {id(p) for p in own.values() if p.ndim <= 1}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if id(p) in exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _listed_exempt(model: nn.Module) -> set[str]:
+    """Full parameter names a model (or any submodule) exempts through `no_weight_decay()`."""
+    names = set()
+    for prefix, module in model.named_modules():
+        listed = getattr(module, "no_weight_decay", None)
+        if callable(listed):
+            names |= {f"{prefix}.{n}" if prefix else n for n in listed()}
+    return names
 
 
 def build_optimizer(params, *, name: str, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),

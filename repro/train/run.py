@@ -22,7 +22,7 @@ from repro.track.host import finish_host_info, host_info
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import ConfigError, norm_factory, validate_config
-from .optim import build_optimizer, parameter_count
+from .optim import build_optimizer, parameter_count, parameter_groups
 from .trainer import Trainer, TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
             raise ConfigError(f"norm/model: {error}") from None
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         schedule = optim.pop("schedule")
-        optimizer = build_optimizer(model.parameters(), **optim)
+        optimizer = build_optimizer(parameter_groups(model, optim.get("weight_decay", 0.0)), **optim)
         t = cfg.trainer
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         trainer = Trainer(

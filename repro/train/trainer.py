@@ -6,7 +6,7 @@ token-batched tasks average correctly; optional gradient clipping; a step of a p
 schedule. Every `log_every` steps: train metrics averaged over the interval, step time and
 throughput; on every `norm_timing_every`-th step the norm layers are timed (repro.track.NormTimer).
 Every `eval_every` steps and at the end: evaluation on rank 0 and `checkpoints/best.pt` when the
-monitored metric improves; every `checkpoint_every` steps and at the end: `checkpoints/last.pt`.
+monitored validation metric improves (no best.pt without a validation split); every `checkpoint_every` steps and at the end: `checkpoints/last.pt`.
 A checkpoint holds the step, the data position (epoch, micro-batch), the model, optimizer and
 scheduler, the partial log interval and every rank's RNG states, so a resumed run repeats the
 uninterrupted one exactly.
@@ -97,7 +97,7 @@ class Trainer:
         self.s, self.device, self.world, self.run_dir = settings, device, world, Path(run_dir)
         self.tracker, self.autocast_dtype, self.config = tracker, autocast_dtype, config
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.metric, self.mode = task.monitor
+        self.metric, self.mode = task.monitor or (None, None)
         self.step = self.epoch = self.position = 0
         self.best: Optional[float] = None
         self.interval = _Interval(device)
@@ -296,7 +296,7 @@ class Trainer:
         # Every rank needs the result: saving best.pt below is a collective.
         metrics = dist.broadcast_object(metrics, self.world)
         self.last_eval = metrics
-        value = metrics.get(self.metric)
+        value = metrics.get(self.metric) if self.metric else None
         improved = value is not None and math.isfinite(value) and (
             self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         )
@@ -305,14 +305,17 @@ class Trainer:
         if self.tracker is not None:
             for split in self.task.eval_splits:
                 self.tracker.log(self.step, split, {k: v for k, v in metrics.items() if k.startswith(f"{split}/")})
-            self.tracker.update_summary(step=self.step, **metrics, **{f"best/{self.metric}": self.best})
+            best = {f"best/{self.metric}": self.best} if self.metric else {}
+            self.tracker.update_summary(step=self.step, **metrics, **best)
         if improved:
             self._save("best.pt")
 
     def _final(self) -> dict:
         t = self.totals
-        summary = {"step": self.step, "epoch": self.epoch, **getattr(self, "last_eval", {})}
-        summary[f"best/{self.metric}"] = self.best
+        summary = {"step": self.step, "epoch": self.epoch, **getattr(self, "last_eval", {}),
+                   **self.task.summary_extras()}
+        if self.metric:
+            summary[f"best/{self.metric}"] = self.best
         if t["steps"]:
             summary["time/step_ms"] = t["seconds"] * 1e3 / t["steps"]
             summary[f"throughput/{self.task.throughput_unit}_per_s"] = t["items"] / t["seconds"]
