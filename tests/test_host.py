@@ -16,6 +16,7 @@ def test_host_info_names_the_cpu_and_versions_and_the_load_at_start():
     assert info["git_sha"] is None or len(info["git_sha"]) == 40  # the checkout's commit when there is one
     finished = host.finish_host_info(info)
     assert len(finished["loadavg_end"]) == 3 and finished["loadavg_start"] == info["loadavg_start"]
+    assert finished["contended"] is (not host.is_uncontended(finished))  # what the tables read
 
 
 def _info(start, end, cores=2, threads=2):
@@ -39,3 +40,15 @@ def test_runs_without_a_complete_load_record_are_not_known_to_be_uncontended():
     assert host.is_uncontended(None) is None
     assert host.is_uncontended({"device": "cpu", "torch": "2.4"}) is None  # a summary from before host records
     assert host.is_uncontended(_info(0.1, None)) is None                   # a run that never finished
+    assert host.finish_host_info(None)["contended"] is None
+
+
+def test_table_notes_name_mixed_commits_and_contended_or_unrecorded_runs():
+    quiet = {**_info(0.1, 2.0), "git_sha": "a" * 40}
+    busy = {**_info(0.1, 4.0), "git_sha": "a" * 40}
+    other_commit = {**_info(0.1, 2.0), "git_sha": "b" * 40, "contended": False}
+    assert host.host_notes({"ln-1": quiet, "rms-1": quiet}) == []
+    notes = host.host_notes({"ln-1": quiet, "rms-1": busy, "rms-2": other_commit, "old": {"device": "cpu"}})
+    assert any("different commits" in n and "aaaaaaaaaa: ln-1, rms-1" in n and "bbbbbbbbbb: rms-2" in n for n in notes)
+    assert any("contended" in n and n.endswith("rms-1") for n in notes)
+    assert any("no load average" in n and n.endswith("old") for n in notes)

@@ -12,9 +12,11 @@ Every training run (summary.json, key "environment") and every `repro-bench step
     torch, triton, cuda, python, git_sha (the commit), git_dirty, host (the machine's name)
     loadavg_start  /proc/loadavg's 1, 5 and 15 minute averages when the run started
     loadavg_end    the same when it ended (absent while it runs, or if it crashed hard)
+    contended      at the end: whether other processes competed for the CPU (`is_uncontended`),
+                   null when the record cannot tell
 
-`is_uncontended(info)` judges from these whether the run had the CPU to itself, which decides
-whether its wall-clock times may stand in a table's speed column.
+The tables (repro.tables.render) take a training run's wall-clock times as a controlled speed
+measurement only where `contended` is false.
 """
 from __future__ import annotations
 
@@ -81,8 +83,10 @@ def host_info() -> dict:
 
 
 def finish_host_info(info: Optional[dict]) -> dict:
-    """`info` with the load average at the end of the run added."""
-    return {**(info or {}), "loadavg_end": loadavg()}
+    """`info` with the load average at the end of the run and the contention verdict added."""
+    info = {**(info or {}), "loadavg_end": loadavg()}
+    verdict = is_uncontended(info)
+    return {**info, "contended": None if verdict is None else not verdict}
 
 
 def other_load(info: dict) -> Optional[float]:
@@ -107,3 +111,32 @@ def is_uncontended(info: Optional[dict], tolerance: float = CONTENTION_TOLERANCE
         return None
     idle = max(0, info["cpu_count"] - min(info.get("cpu_threads") or 1, info["cpu_count"]))
     return other_load(info) <= idle + tolerance
+
+
+def host_notes(environments: dict[str, Optional[dict]]) -> list[str]:
+    """Lines to print under a table built from several runs (run name -> its summary's
+    "environment"): the commits the runs came from when there is more than one, and which runs
+    ran on a contended host or recorded too little to tell. [] when all is uniform and quiet."""
+    notes = []
+    commits: dict[str, list[str]] = {}
+    for name, env in environments.items():
+        sha = (env or {}).get("git_sha")
+        commits.setdefault(sha[:10] if sha else "unknown commit", []).append(name)
+    if len(commits) > 1:
+        notes.append("runs from different commits: " + "; ".join(
+            f"{sha}: {', '.join(sorted(names))}" for sha, names in sorted(commits.items())))
+    verdicts = {name: _recorded_uncontended(env) for name, env in environments.items()}
+    contended = sorted(n for n, v in verdicts.items() if v is False)
+    unknown = sorted(n for n, v in verdicts.items() if v is None)
+    if contended:
+        notes.append(f"runs on a contended host (other load beyond the idle cores): {', '.join(contended)}")
+    if unknown:
+        notes.append(f"runs that recorded no load average at start and end: {', '.join(unknown)}")
+    return notes
+
+
+def _recorded_uncontended(env: Optional[dict]) -> Optional[bool]:
+    # the verdict the run stored when it ended, else one from its load record
+    if env and env.get("contended") is not None:
+        return not env["contended"]
+    return is_uncontended(env)
