@@ -61,7 +61,7 @@ class StepsConfig:
     steps: int                  # timed step rounds
     warmup: int = 3             # untimed rounds first (optimizer state, allocator, caches)
     norm_steps: int = 10        # rounds timing the norm layers (0: skip)
-    budget_s: Optional[float] = None  # stop adding step rounds after this long (>= 3 rounds are made)
+    budget_s: Optional[float] = None  # per phase (step times, norm times): no new round after this long (>= 3 are made)
     device: str = "auto"
     command: Optional[list[str]] = None
 
@@ -206,7 +206,7 @@ def run_steps(config: StepsConfig) -> dict:
         def norm_fn(norm):
             return lambda: norm_times[norm].append(candidates[norm].timed_norms())
         interleave({norm: norm_fn(norm) for norm in norms}, config.norm_steps, warmup=0,
-                   timer=lambda fn: fn() or 0.0)
+                   timer=lambda fn: fn() or 0.0, budget_s=config.budget_s)
     return build_result(config, norms, first.task.name, host, timer_name, seconds, norm_times,
                         {n: c.parameters for n, c in candidates.items()})
 

@@ -132,7 +132,8 @@ def build_steps_parser() -> argparse.ArgumentParser:
     p.add_argument("--norm-steps", type=int, default=10,
                    help="rounds timing the norm layers' forward and backward (hooks; default 10, 0 = skip)")
     p.add_argument("--budget", type=_seconds, metavar="SECONDS",
-                   help="stop adding timed rounds after this many seconds (at least 3 are made)")
+                   help="in each phase (step times, then norm times) start no new round after this many "
+                        "seconds (at least 3 rounds are made)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: the trainer's choice (trainer.device)")
     p.add_argument("--threads", type=_positive_int, metavar="N", help="torch.set_num_threads(N) first")
