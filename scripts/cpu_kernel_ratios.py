@@ -14,8 +14,10 @@ the timed call, and the ratio is the median over rounds of ours / F.layer_norm's
 round, with a bootstrap 95 % interval, so it holds on a busy machine where absolute times do not.
 
 Allocator modes: "glibc" leaves malloc as a training process has it (outputs of 32 MiB or more
-are mmap'd and page-faulted afresh on every call, a cost every op pays alike); "kept" tells glibc
+are mmap'd and page-faulted afresh on every call; our kernels ask for huge pages on such outputs,
+F.layer_norm does not -- run with REPRO_CPU_HUGEPAGES=0 to compare without); "kept" tells glibc
 to keep freed memory (repro-bench's setting), which isolates the kernels' own time.
+Each build is compiled on first use (a minute or two), then cached.
 """
 from __future__ import annotations
 
