@@ -1,4 +1,4 @@
-"""Pure-torch references of the norm ops: the math of DESIGN.md, nothing else.
+"""Pure-torch references of the norm ops: the math of docs/DESIGN.md, nothing else.
 
 Every kernel backend is tested against these. They compute in fp32 (fp64 when the input is
 fp64), return the input's dtype, and are plain autograd graphs, so `gradcheck` applies.

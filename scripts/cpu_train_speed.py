@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
-from repro.train import norm_factory, train
+from repro.tasks import build_task_and_model
+from repro.train import train
 from repro.train.optim import build_optimizer, build_scheduler
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -53,8 +53,7 @@ def bare_loop(args, norm: str) -> dict:
     """The same model, optimizer, schedule and batches, with nothing but the step itself."""
     cfg = config(args, norm, 0)
     torch.manual_seed(cfg.seed)
-    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
-    model = task.build_model(norm_factory(cfg.norm))
+    task, model = build_task_and_model(cfg)
     task.setup(torch.device("cpu"))
     optimizer = build_optimizer(model.parameters(), name="adam", lr=cfg.optim.lr)
     scheduler = build_scheduler(optimizer, name="paper", total_steps=args.steps)

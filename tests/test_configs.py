@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 
 from repro.cli.train import check_group_choices, check_sweep, sweep_jobs
 from repro.nn import NORM_NAMES, NormLayer
-from repro.train import ConfigError, norm_factory, validate_config
+from repro.nn import norm_factory
+from repro.train import ConfigError, validate_config
 from train_helpers import CONF_DIR, compose_config, one_thread  # noqa: F401
 
 TASKS = {"cifar10_cnn": "ConvPoolCNNC", "cifar10_vit": "ViT"}
@@ -140,3 +141,31 @@ def test_resolved_config_has_no_interpolations_left():
     resolved = OmegaConf.to_container(compose_config(), resolve=True)
     assert "${" not in OmegaConf.to_yaml(resolved)
     assert resolved["data"]["root"].endswith("/cifar10") and resolved["trainer"]["checkpoint_every"] == 1000
+
+
+def test_a_run_recorded_before_the_decode_group_still_rebuilds():
+    """Runs recorded when decoding and loss options lived in the data group (config.yaml,
+    checkpoints) are rebuilt with them read where they now live (decode, task)."""
+    from repro.tasks import build_task
+
+    old = OmegaConf.to_container(compose_config("task=multi30k_transformer"), resolve=True)
+    old["data"].update(beam=2, length_penalty=1.0, label_smoothing=0.2)
+    old["decode"] = None
+    del old["task"]["label_smoothing"]
+    task = build_task(old)
+    assert (task.decode.beam, task.decode.length_penalty, task.smoothing) == (2, 1.0, 0.2)
+
+
+def test_the_trainer_schema_is_the_one_place_for_a_trainer_option():
+    """A trainer option is a TrainerSettings field: a config without its line takes the field's
+    default, and a key the schema lacks (a typo) is a one-line error before any work."""
+    from repro.train import TrainerSettings
+    from repro.util import check_options
+
+    cfg = compose_config("~trainer.keep_checkpoints")
+    validate_config(cfg)
+    assert check_options(cfg.trainer, TrainerSettings, "trainer").keep_checkpoints == 0
+    with pytest.raises(ConfigError) as error:
+        validate_config(compose_config("+trainer.max_step=5"))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith("trainer.max_step is not an option here") and "max_steps" in message

@@ -20,10 +20,11 @@ from repro.data.translation import (
     read_parallel, token_batches, train_tokenizer,
 )
 from repro.data.translation_fixtures import fixture_pairs, write_parallel
-from repro.decode import beam_search, greedy_search
 from repro.models import Transformer
 from repro.nn import NORM_NAMES, NormFactory, NormLayer
+from repro.tasks.decode import beam_search, greedy_search
 from repro.tasks.translation import Translation, label_smoothed_loss
+from repro.util import ConfigError
 from train_helpers import corpus, one_thread  # noqa: F401
 
 TINY = dict(dim=32, ffn=64, heads=2, encoder_layers=1, decoder_layers=1, dropout=0.0, max_positions=64)
@@ -324,9 +325,9 @@ def test_beam_wider_than_the_hypothesis_space_finds_the_exhaustive_optimum(seed)
 
 
 def test_task_rejects_bad_settings(corpus, tmp_path):
-    with pytest.raises(CorpusError, match=r"data\.beam=0 is not allowed: must be an integer >= 1"):
-        make_task(corpus, tmp_path, beam=0)
-    with pytest.raises(CorpusError, match=r"data\.label_smoothing=1.5 is not allowed"):
+    with pytest.raises(ConfigError, match=r"decode\.beam=0 is not allowed: must be an integer >= 1"):
+        make_task(corpus, tmp_path, decode={"beam": 0})
+    with pytest.raises(ConfigError, match=r"task\.label_smoothing=1.5 is not allowed"):
         make_task(corpus, tmp_path, label_smoothing=1.5)
 
 
@@ -336,7 +337,7 @@ def test_tiny_transformer_overfits_the_fixture_corpus(corpus, tmp_path):
     beam); an untrained model scores ~0, so this checks data, model, loss and decoding together."""
     torch.manual_seed(0)
     task = make_task(corpus, tmp_path, model=dict(dim=64, ffn=128, heads=4, encoder_layers=2, decoder_layers=2,
-                                                   dropout=0.0, max_positions=64), max_tokens=2048, beam=4)
+                                                   dropout=0.0, max_positions=64), max_tokens=2048, decode={"beam": 4})
     model = task.build_model(NormFactory("rmsnorm"))
     task.setup(torch.device("cpu"))
     model.eval()

@@ -95,7 +95,7 @@ def test_translation_configs_compose_and_validate(task):
     validate_config(cfg)
     assert cfg.model.dim == (256 if task.startswith("multi30k") else 512)
     assert list(cfg.optim.betas) == [0.9, 0.98] and cfg.optim.schedule.name == "inverse_sqrt"
-    assert cfg.data.label_smoothing == 0.1 and cfg.data.beam == 4 and cfg.data.length_penalty == 0.6
+    assert cfg.task.label_smoothing == 0.1 and cfg.decode.beam == 4 and cfg.decode.length_penalty == 0.6
 
 
 @pytest.mark.parametrize("experiment, model_dim, tokens_per_step", [
@@ -116,9 +116,9 @@ def test_table4_experiments_sweep_the_papers_norms(experiment, model_dim, tokens
 
 @pytest.mark.parametrize("override, message", [
     ("data.max_tokens=0", r"data\.max_tokens=0 is not allowed: must be an integer >= 1"),
-    ("data.beam=0", r"data\.beam=0 is not allowed: must be an integer >= 1"),
+    ("decode.beam=0", r"decode\.beam=0 is not allowed: must be an integer >= 1"),
     ("data.empty_lines=maybe", r"data\.empty_lines='maybe' is not allowed: must be one of error, skip"),
-    ("data.label_smoothing=1.0", r"data\.label_smoothing=1\.0 is not allowed: must be a number in \[0, 1\)"),
+    ("task.label_smoothing=1.0", r"task\.label_smoothing=1\.0 is not allowed: must be a number in \[0, 1\)"),
 ])
 def test_bad_translation_settings_are_config_errors(override, message):
     with pytest.raises(ConfigError, match=message):
@@ -153,18 +153,16 @@ def test_multi30k_loads_with_the_documented_sizes():
 @pytest.mark.realdata
 def test_multi30k_short_run_loss_falls(tmp_path):
     """30 steps of a tiny model on real Multi30k through the task: the training loss falls."""
-    from hydra.utils import instantiate
-
-    from repro.train import norm_factory
+    from repro.tasks import build_task_and_model
 
     cfg = compose_config(
         "task=multi30k_transformer", f"data.root={MULTI30K}", f"data.tokenizer={tmp_path}/spm.model",
         "data.vocab_size=1000", "data.tokenizer_sentences=20000", "data.max_tokens=1500",
         "model.dim=64", "model.ffn=128", "model.encoder_layers=1", "model.decoder_layers=1", "model.dropout=0",
+        "seed=0",
     )
     torch.manual_seed(0)
-    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=0, **cfg.data)
-    model = task.build_model(norm_factory(cfg.norm))
+    task, model = build_task_and_model(cfg)
     task.setup(torch.device("cpu"))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98))
     losses = []

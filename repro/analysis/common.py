@@ -38,7 +38,3 @@ def write_note(out: Path, name: str, title: str, body: list[str], command: str) 
     path.write_text("\n".join(lines) + "\n")
     return path
 
-
-def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|",
-            *["| " + " | ".join(row) + " |" for row in rows]]

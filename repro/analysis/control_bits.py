@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from repro.track.drift import row_stats
+from repro.util import markdown_table
 
-from .common import md_table, pyplot, save_figure, write_note
+from .common import pyplot, save_figure, write_note
 
 LAYOUTS = ("none", "head", "random", "tail")
 PARTIALS = tuple(2.0 ** -e for e in range(7, -1, -1))  # 1/128 ... 1
@@ -101,7 +102,7 @@ def run(out: Path, command: str = "repro-tables analyze control-bits") -> dict:
         f"features of magnitude {s['magnitude']:g} (random sign; {energy:.0%} of the row's energy), "
         f"placed at the head of the row, at its tail, at random positions, or absent. Relative error "
         f"|RMS(x[:k]) − RMS(x)| / RMS(x) of pRMSNorm's estimate, mean over {s['rows']} rows:", "",
-        *md_table(header, rows), "",
+        *markdown_table(header, rows), "",
         f"At the paper's p = {p0 * 100:g}% (k = {int(p0 * s['dim'])}): {err['none'][p0]:.3f} without control "
         f"features, {err['random'][p0]:.3f} with them at random positions, {err['head'][p0]:.3f} with them "
         f"inside the prefix (estimate too high: outputs shrink) and {err['tail'][p0]:.3f} with them outside "

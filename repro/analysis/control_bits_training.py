@@ -23,8 +23,9 @@ from tqdm.auto import tqdm
 
 from repro.nn import RMSNorm
 from repro.track.drift import row_stats
+from repro.util import markdown_table, mean_std
 
-from .common import md_table, pyplot, save_figure, write_note
+from .common import pyplot, save_figure, write_note
 from .control_bits import control_positions
 
 LAYOUTS = ("none", "head", "tail")
@@ -110,8 +111,8 @@ def measure(data: dict, setup: Setup = Setup(), partials=PARTIALS, layouts=LAYOU
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
-    t = torch.tensor(values, dtype=torch.float64)
-    return float(t.mean()), float(t.std()) if len(values) > 1 else 0.0
+    mean, std = mean_std(values)
+    return mean, std or 0.0  # one seed: an error bar of 0 rather than none
 
 
 def summarize(results: dict) -> dict:
@@ -178,7 +179,7 @@ def run(out: Path, data: dict, setup: Setup = Setup(), data_name: str = "CIFAR-1
         "Final loss: mean training loss over the last tenth of the steps. Partial err: relative error of "
         "the partial RMS against the full RMS on the trained model's first norm input (test images), as "
         "the drift monitor logs it. Mean ± std over seeds:", "",
-        *md_table(header, rows), "",
+        *markdown_table(header, rows), "",
         "Test-accuracy cost of the control channels (points: baseline minus layout at the same p, mean "
         "over seeds) at p = " + ", ".join(f"{p * 100:g}%" for p in partials) + ": " + "; ".join(
             f"{layout}: {', '.join(f'{cost[layout][p]:+.1f}' for p in partials)}"

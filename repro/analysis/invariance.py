@@ -18,8 +18,9 @@ from pathlib import Path
 import torch
 
 from repro.nn import LayerNorm, RMSNorm
+from repro.util import markdown_table
 
-from .common import md_table, pyplot, save_figure, write_note
+from .common import pyplot, save_figure, write_note
 
 SCALES = tuple(10.0 ** e for e in (-4, -3, -2, -1, -0.5, 0.5, 1, 2, 3, 4))
 SHIFTS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -99,7 +100,7 @@ def run(out: Path, command: str = "repro-tables analyze invariance") -> dict:
         "Relative change of the normalized output ‖y′−y‖/‖y‖ when the input x or the weight matrix W "
         "of y = norm(x Wᵀ) is transformed (256 rows, 256 → 512 features, summed inputs of unit "
         "scale, float64, gain 1, default eps: LayerNorm 1e-5, RMSNorm 1e-6 inside the root).", "",
-        *md_table(header, rows), "",
+        *markdown_table(header, rows), "",
         f"Reading: re-scaling up (δ ≥ 1) moves the output by at most {worst['LayerNorm']:.1e} "
         f"(LayerNorm) and {worst['RMSNorm']:.1e} (RMSNorm). What is left is eps: the output is "
         "a/√(ms + eps), so a change of ms by δ² changes it by about eps/(2·ms) — for unit-scale "

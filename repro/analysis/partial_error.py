@@ -17,8 +17,9 @@ from torch import nn
 from repro.kernels.reference import partial_size
 from repro.nn import NormLayer
 from repro.track.drift import norm_rows_layout, row_stats
+from repro.util import markdown_table
 
-from .common import md_table, pyplot, save_figure, write_note
+from .common import pyplot, save_figure, write_note
 
 PARTIALS = tuple(2.0 ** -e for e in range(7, 0, -1))  # 1/128 ... 1/2
 
@@ -64,11 +65,10 @@ def error_curves(rows_by_layer: dict, partials=PARTIALS, seed: int = 0) -> dict:
 def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str = "last.pt"):
     """(task, model) of a finished run: its config.yaml rebuilt as repro-train builds it, the
     checkpoint's weights loaded, the task's data set up on the CPU."""
-    from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from repro.tasks import build_task_and_model
     from repro.train import checkpoint as ckpt
-    from repro.train.config import norm_factory
 
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / checkpoint
@@ -77,8 +77,7 @@ def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str
     cfg = OmegaConf.load(run_dir / "config.yaml")
     if data_root:
         cfg.data.root = data_root
-    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
-    model = task.build_model(norm_factory(cfg.norm))
+    task, model = build_task_and_model(cfg)
     model.load_state_dict(ckpt.load(path)["model"])
     model.eval()
     task.setup(torch.device("cpu"))
@@ -123,7 +122,7 @@ def run(out: Path, run_dir: Path, data_root: Optional[str] = None,
         f"{cfg.norm.name}), captured on one training batch (rows as each layer normalizes them, at most "
         "4096 per layer). Relative error |RMS(x[:k]) − RMS(x)| / RMS(x), mean over rows, for the prefix "
         "pRMSNorm uses and for a random subset of the same size:", "",
-        *md_table(header, table), "",
+        *markdown_table(header, table), "",
         "Where the prefix error exceeds the random-subset error, the features at the start of the "
         "row are not representative of the whole (for conv features the prefix is the top rows of "
         "the image).",

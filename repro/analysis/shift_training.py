@@ -17,7 +17,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .common import md_table, pyplot, save_figure, write_note
+from repro.util import markdown_table
+
+from .common import pyplot, save_figure, write_note
 
 NORMS = ("layernorm", "rmsnorm")
 FACTORY = "repro.analysis.shift_training.shifted_init_task"
@@ -65,9 +67,9 @@ def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: floa
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from repro.cli.train import CONF_DIR
     from repro.tables import collect_local
     from repro.train import train
+    from repro.util.paths import CONF_DIR
 
     every = max(steps // 10, 1)
     results = {}
@@ -109,7 +111,7 @@ def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: floa
         f"ConvPool-CNN-C trained by repro-train for {steps} steps (seed {seed}; data {data_root}"
         + (f"; overrides {' '.join(overrides)}" if overrides else "") + "), once from the default "
         f"initialization and once with {center:g} added to every conv and linear weight. Runs: `{runs}`.", "",
-        *md_table(["norm", "weight centre", "first logged train loss", "last train loss", f"final {eval_key}"],
+        *markdown_table(["norm", "weight centre", "first logged train loss", "last train loss", f"final {eval_key}"],
                   rows), "",
         "This is a short budget, not the paper's schedule: it shows how each norm copes with the "
         "shifted start, not where either would end.",

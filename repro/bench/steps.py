@@ -80,8 +80,9 @@ def compose_configs(overrides: list[str], norms: list[str]) -> dict:
     """One validated config per norm: repro-train's config with `overrides` and norm=<name>."""
     from hydra import compose, initialize_config_dir
 
-    from repro.cli.train import CONF_DIR
-    from repro.train import ConfigError, validate_config
+    from repro.train import validate_config
+    from repro.util import ConfigError
+    from repro.util.paths import CONF_DIR
 
     if any(o.split("=", 1)[0].lstrip("+~") == "norm" for o in overrides):
         raise StepsError("give the norms with --norms, not a norm= override (norm.<option>=... is fine)")
@@ -105,10 +106,10 @@ class _Candidate:
     def __init__(self, task, cfg, device: torch.device, total_steps: int):
         from omegaconf import OmegaConf
 
-        from repro.train.checkpoint import seed_everything
-        from repro.train.config import norm_factory
-        from repro.train.optim import build_optimizer, build_scheduler, parameter_count
+        from repro.nn import norm_factory
         from repro.track import NormTimer
+        from repro.train.checkpoint import seed_everything
+        from repro.train.optim import build_optimizer, build_scheduler, parameter_count, parameter_groups
 
         seed_everything(cfg.seed)  # every model starts from the same draw
         try:
@@ -118,7 +119,7 @@ class _Candidate:
         self.model.train()
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         schedule = optim.pop("schedule")
-        self.optimizer = build_optimizer(self.model.parameters(), **optim)
+        self.optimizer = build_optimizer(parameter_groups(self.model, optim.get("weight_decay", 0.0)), **optim)
         self.scheduler = build_scheduler(self.optimizer, total_steps=total_steps, **schedule)
         self.parameters = parameter_count(self.model)
         self.norm_timer = NormTimer(self.model, 1, device)
@@ -170,8 +171,7 @@ def step_timer(device: torch.device):
 
 def run_steps(config: StepsConfig) -> dict:
     """Build, warm up and time every norm; return the result document (see the module doc)."""
-    from hydra.utils import instantiate
-
+    from repro.tasks import build_task
     from repro.train import distributed as dist
     from repro.train.run import resolve_device
 
@@ -185,7 +185,7 @@ def run_steps(config: StepsConfig) -> dict:
     host = host_info()
     device = resolve_device(config.device if config.device != "auto" else first.trainer.device,
                             dist.world_from_env())
-    task = instantiate(first.task, model=instantiate(first.model), seed=first.seed, **first.data)
+    task = build_task(first)
     total = config.warmup + config.steps + config.norm_steps
     # Models first (a bad norm/model combination fails before any data is read), then the data,
     # then the one batch every model trains on.

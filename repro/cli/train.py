@@ -8,7 +8,6 @@ so mistakes are one-line errors.
 from __future__ import annotations
 
 import itertools
-import os
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-CONF_DIR = Path(os.environ.get("REPRO_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+from repro.util.paths import CONF_DIR
 
 
 def check_group_choices(args: list[str], conf_dir: Path) -> None:

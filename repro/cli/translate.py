@@ -13,12 +13,11 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from repro.data.translation import CorpusError, read_lines
+from repro.tasks import build_task_and_model
 from repro.tasks.translation import bleu
-from repro.train import norm_factory
 from repro.train.checkpoint import load
 
 
@@ -41,8 +40,7 @@ def load_translator(paths: list[Path], device: torch.device):
     cfg = OmegaConf.create(state["config"])
     if "Translation" not in str(cfg.task.get("_target_", "")):
         raise CorpusError(f"{paths[-1]} is a {cfg.task.name} checkpoint, not a translation one")
-    task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
-    model = task.build_model(norm_factory(cfg.norm))
+    task, model = build_task_and_model(cfg)
     model.load_state_dict(state["model"])
     model.to(device).eval()
     task.attach(model, device)
@@ -55,7 +53,7 @@ def main(argv=None) -> None:
                         help="checkpoint file(s); several are averaged")
     parser.add_argument("--src", required=True, type=Path, help="source sentences, one a line (.gz allowed)")
     parser.add_argument("--ref", type=Path, help="reference translations: print sacreBLEU's score line")
-    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the run's data.beam; 1 = greedy)")
+    parser.add_argument("--beam", type=int, default=None, help="beam size (default: the run's decode.beam; 1 = greedy)")
     parser.add_argument("--out", type=Path, help="write translations here (default: stdout)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
@@ -66,7 +64,7 @@ def main(argv=None) -> None:
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
         task, model = load_translator(args.checkpoint, device)
-        beam = task.beam if args.beam is None else args.beam
+        beam = task.decode.beam if args.beam is None else args.beam
         if beam < 1:
             raise CorpusError(f"--beam {beam} is not allowed: must be >= 1")
         sources = read_lines(args.src)

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from repro.util import atomic_write
+
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
 )
@@ -101,10 +103,8 @@ def _load_jpeg_tarball(tarball: Path, cache: Path) -> tuple[np.ndarray, np.ndarr
             if str(arrays["source"]) == source:
                 return arrays["images"], arrays["labels"]
     images, labels = _decode_jpeg_tarball(tarball)
-    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:  # np.savez appends .npz to bare paths; a file object keeps the name
+    with atomic_write(cached, "wb") as f:  # np.savez appends .npz to bare paths; a file object keeps the name
         np.savez(f, images=images, labels=labels, source=np.array(source))
-    os.replace(tmp, cached)
     return images, labels
 
 

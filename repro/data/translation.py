@@ -22,6 +22,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 import torch
 
+from repro.util import atomic_write
+
 # Token ids fixed by the tokenizer training below; the model and the decoder rely on them.
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 EMPTY_LINE_POLICIES = ("error", "skip")
@@ -42,7 +44,7 @@ def check_translation_options(options: dict) -> None:
     def is_int(value):
         return isinstance(value, int) and not isinstance(value, bool)
 
-    for key in ("max_tokens", "eval_max_tokens", "batch_size", "beam", "val_beam"):
+    for key in ("max_tokens", "eval_max_tokens", "batch_size"):
         if key in options and (not is_int(options[key]) or options[key] < 1):
             fail(key, "an integer >= 1")
     if "vocab_size" in options and (not is_int(options["vocab_size"]) or options["vocab_size"] < MIN_VOCAB):
@@ -51,12 +53,6 @@ def check_translation_options(options: dict) -> None:
         fail("max_len", "an integer >= 1 or null")
     if "empty_lines" in options and options["empty_lines"] not in EMPTY_LINE_POLICIES:
         fail("empty_lines", f"one of {', '.join(EMPTY_LINE_POLICIES)}")
-    smoothing = options.get("label_smoothing", 0.0)
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)) or not 0 <= smoothing < 1:
-        fail("label_smoothing", "a number in [0, 1)")
-    penalty = options.get("length_penalty", 0.0)
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or penalty < 0:
-        fail("length_penalty", "a number >= 0")
     if "test_sets" in options and not (isinstance(options["test_sets"], dict) and options["test_sets"]):
         fail("test_sets", "a non-empty mapping of test set name to split")
 
@@ -200,8 +196,10 @@ def train_tokenizer(texts: Sequence[Sequence[str]], path, vocab_size: int, *, ma
             character_coverage=1.0, byte_fallback=True, pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, hard_vocab_limit=False,
             num_threads=os.cpu_count() or 1, minloglevel=2,
         )
-        os.replace(Path(tmp) / "spm.model", path)
-    meta.write_text(json.dumps({"fingerprint": fingerprint, **options}) + "\n")
+        with atomic_write(path, "wb") as f:
+            f.write((Path(tmp) / "spm.model").read_bytes())
+    with atomic_write(meta) as f:
+        f.write(json.dumps({"fingerprint": fingerprint, **options}) + "\n")
     return Tokenizer.load(path)
 
 

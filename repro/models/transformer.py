@@ -5,7 +5,7 @@ option (x = x + sublayer(norm(x)), plus a final norm on each stack). Every norm 
 norm factory and every Linear goes through `norm.wrap`, so norm=layernorm|rmsnorm|prmsnorm|none
 (and weight norm) swap all of them. One embedding matrix is shared by source, target and the
 output projection (a joint BPE vocabulary). Decoding keeps per-layer key/value caches, so beam
-search and greedy search (repro.decode) cost one token per step.
+search and greedy search (repro.tasks.decode) cost one token per step.
 
 Token ids: PAD pads; sources end in EOS; decoder inputs start with BOS (repro.data.translation).
 """

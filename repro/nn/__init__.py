@@ -1,14 +1,17 @@
 """Norm layers for models: LayerNorm, RMSNorm / pRMSNorm, the paper's baselines, and the factory.
 
 Models ask this package for "a norm" (a NormFactory) and never import kernels or name norms.
+What distinguishes one norm from another is its entry in `registry.NORMS`.
 """
-from .factory import NORM_NAMES, NormFactory, build_norm
+from .factory import NormConfig, NormFactory, build_norm, norm_factory
 from .norms import (
     CONV_MODES, BatchNorm, BatchNorm2d, ConvNorm, L2Norm, LayerNorm, NormLayer, PartialRMSNorm,
     RMSNorm, l2_norm,
 )
+from .registry import NORM_NAMES, NORMS, NormSpec, norm_spec, spec_of_layer
 
 __all__ = [
-    "CONV_MODES", "NORM_NAMES", "BatchNorm", "BatchNorm2d", "ConvNorm", "L2Norm", "LayerNorm",
-    "NormFactory", "NormLayer", "PartialRMSNorm", "RMSNorm", "build_norm", "l2_norm",
+    "CONV_MODES", "NORMS", "NORM_NAMES", "BatchNorm", "BatchNorm2d", "ConvNorm", "L2Norm", "LayerNorm",
+    "NormConfig", "NormFactory", "NormLayer", "NormSpec", "PartialRMSNorm", "RMSNorm", "build_norm", "l2_norm",
+    "norm_factory", "norm_spec", "spec_of_layer",
 ]

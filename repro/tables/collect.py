@@ -14,14 +14,15 @@ import logging
 import math
 import os
 import re
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
 import yaml
 
-from repro.track import RunStore, read_metrics, write_json_atomic
+from repro.nn import NORMS
+from repro.track import RunStore, read_metrics
+from repro.util import mean_std, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,9 @@ class Run:
 
     @property
     def partial(self) -> Optional[float]:
-        # Only pRMSNorm reads norm.partial; every other norm keeps the config's unused default.
-        if self.norm != "prmsnorm":
+        # Only norms that take a partial (pRMSNorm) read norm.partial; the others keep the
+        # config's unused default.
+        if self.norm not in NORMS or not NORMS[self.norm].takes_partial:
             return None
         value = self.summary.get("partial", _get(self.config, "norm", "partial"))
         return None if value is None else float(value)
@@ -253,12 +255,12 @@ class Stat:
 
     @property
     def mean(self) -> Optional[float]:
-        return statistics.fmean(self.values) if self.values else None
+        return mean_std(self.values)[0]
 
     @property
     def std(self) -> Optional[float]:
         """Sample standard deviation over seeds; None with fewer than two."""
-        return statistics.stdev(self.values) if len(self.values) >= 2 else None
+        return mean_std(self.values)[1]
 
 
 def group_runs(runs: Iterable[Run]) -> dict[tuple, list[Run]]:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 from .collect import Run, group_runs
-from .render import NORM_ORDER, norm_label, norm_share
+from .render import norm_label, norm_order, norm_rank, norm_share
 
 log = logging.getLogger(__name__)
-NORM_COLORS = {norm: f"C{i}" for i, norm in enumerate(NORM_ORDER)}
+NORM_COLORS = {norm: f"C{i}" for i, norm in enumerate(norm_order())}
 # Evaluation curves: the first (split, metric) a task logs is drawn; runs without a validation
 # split (CIFAR-10 as the paper trains it, on all 50k images) fall back to the test split.
 EVAL_CURVES = (("val", "val/bleu"), ("val", "val/acc"), ("test", "test/bleu"), ("test", "test/acc"),
@@ -61,7 +61,7 @@ def _by_task(runs: list[Run]) -> dict[str, dict]:
 
 def _norm_rank(key: tuple) -> tuple:
     _, norm, partial = key
-    return (NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER), norm, partial or 0.0)
+    return (norm_rank(norm), norm, partial or 0.0)
 
 
 def plot_curves(runs: list[Run], path: Path, curves: tuple[tuple[str, str], ...], title: str) -> Optional[Path]:

@@ -29,6 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from repro.nn import NORMS
+from repro.util import markdown_table
+
 from .collect import Run, Stat, group_runs
 from .paper import TABLE4, TABLE10, PaperTable
 from .stats import CONFIDENCE, Interval, ratio_interval, welch_interval
@@ -37,14 +40,22 @@ QUALITY_TOLERANCE = 0.5  # BLEU points / error points: the paper's "comparable q
 FAILED_BLEU = 1.0        # a translation model below this BLEU did not learn to translate
 UNCONTROLLED_MARK = "*"  # a speed cell from runs on a host not recorded as uncontended
 MISSING = "missing"
-NORM_ORDER = ("none", "batchnorm", "weightnorm", "l2norm", "layernorm", "rmsnorm", "prmsnorm")
-NORM_LABELS = {"none": "None", "batchnorm": "BatchNorm", "weightnorm": "WeightNorm", "l2norm": "L2-Norm",
-               "layernorm": "LayerNorm", "rmsnorm": "RMSNorm", "prmsnorm": "pRMSNorm"}
 CIFAR10_TRAIN_IMAGES = 50_000
 
 
+def norm_order() -> tuple[str, ...]:
+    """Table rows follow the norm registry's order (baselines first, then LN, RMS, pRMS)."""
+    return tuple(NORMS)
+
+
+def norm_rank(norm: str) -> int:
+    """A norm's row position; norms the registry does not know go last."""
+    order = norm_order()
+    return order.index(norm) if norm in order else len(order)
+
+
 def norm_label(norm: str, partial: Optional[float]) -> str:
-    label = NORM_LABELS.get(norm, norm)
+    label = NORMS[norm].label if norm in NORMS else norm
     return f"{label} (p={partial * 100:g}%)" if partial is not None else label
 
 
@@ -145,7 +156,7 @@ class Table:
 
 
 def _row_order(row: Row) -> tuple:
-    rank = NORM_ORDER.index(row.norm) if row.norm in NORM_ORDER else len(NORM_ORDER)
+    rank = norm_rank(row.norm)
     return (row.task, rank, row.norm, row.partial or 0.0)
 
 
@@ -405,8 +416,7 @@ def paper_speedup(paper: PaperTable, norm: str) -> Optional[float]:
 
 
 def _md_table(header: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+    return "\n".join(markdown_table(header, body))
 
 
 def _signature_lines(table: Table) -> list[str]:

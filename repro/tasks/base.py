@@ -15,7 +15,7 @@ The trainer (repro.train) drives any Task through these members only:
   (name -> float or 0-d tensor, e.g. {"train/acc": ...}). The trainer weights micro-batches and
   ranks by n_items, so token-batched tasks with unequal batch sizes average correctly, and
   reports `throughput/{throughput_unit}_per_s` from the summed n_items.
-- `evaluate(model, split) -> dict`: metrics of `split` with names as in DESIGN.md
+- `evaluate(model, split) -> dict`: metrics of `split` with names as in docs/DESIGN.md
   ("val/loss", "val/acc", "test/bleu", ...); the model arrives in eval mode, without DDP, under
   torch.no_grad. It may do anything a split needs: a CIFAR task classifies, a translation task
   decodes with beam search and scores with sacreBLEU.
@@ -24,6 +24,10 @@ The trainer (repro.train) drives any Task through these members only:
   None where the task has no validation split (no best.pt, no best/* metrics: never select on test).
 - `throughput_unit`: "images", "tokens", ...
 - `name`: the task's config name (W&B tags, run-store summary).
+- `check_options(cfg, world_size)` (a classmethod): raise repro.util.ConfigError, one line, on
+  the first bad option of the groups the task reads (`data`; `decode` for translation), before
+  anything is built. The task owns its options; repro.train calls this on the class
+  `task._target_` names and knows no particular task.
 
 A translation task (token batching, BLEU, tokens/s) implements the same members; the trainer
 does not change.
@@ -31,12 +35,14 @@ does not change.
 from __future__ import annotations
 
 import abc
-from typing import Any, Iterator, Protocol
+from typing import Any, Iterator, Mapping, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from repro.nn import NormFactory
+from repro.util import ConfigError, check_options
+from repro.util.schema import Rule, check_value
 
 
 class Batches(Protocol):
@@ -50,6 +56,23 @@ class Task(abc.ABC):
     throughput_unit: str
     eval_splits: tuple[str, ...]
     monitor: Optional[tuple[str, str]]
+    options: Optional[type] = None  # the data group's schema (a repro.util.schema dataclass)
+
+    @classmethod
+    def check_options(cls, cfg: Mapping, world_size: int = 1) -> None:
+        """Check the `data` group of the composed config `cfg` against `options`; every task
+        batches, and a global batch splits evenly over the processes."""
+        if "data" not in cfg:
+            raise ConfigError("data is missing from the config")
+        data = cfg["data"]
+        batch_size = data.get("batch_size", "<absent>")
+        check_value("data.batch_size", batch_size, int, Rule(minimum=1))
+        if batch_size % world_size:
+            raise ConfigError(
+                f"data.batch_size={batch_size} is not allowed: must be a multiple of trainer.devices={world_size}"
+            )
+        if cls.options is not None:
+            check_options(data, cls.options, "data")
 
     @abc.abstractmethod
     def build_model(self, norm: NormFactory) -> nn.Module: ...

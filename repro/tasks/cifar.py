@@ -1,6 +1,7 @@
 """CIFAR-10 image classification (ConvPool-CNN-C, ViT): data in device memory, cross-entropy, accuracy."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -8,13 +9,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from repro.data import ImageBatches, load_cifar10, prepare_cifar10
+from repro.data.cifar10 import PREPROCESS
 from repro.nn import NormFactory
+from repro.util import ConfigError, option
 
 from .base import Task
 
 
+@dataclass
+class CifarOptions:
+    """The image tasks' `data` group (conf/data/cifar10.yaml documents each option)."""
+    root: str = option()
+    cache_dir: Optional[str] = option(None)
+    download: bool = option(True)
+    batch_size: int = option(100, minimum=1)
+    eval_batch_size: int = option(1000, minimum=1)
+    val_size: int = option(0, minimum=0)
+    preprocess: str = option("standardize", choices=PREPROCESS)
+    zca_eps: float = option(1e-5, minimum=0, strict=True)
+    crop_padding: int = option(4, minimum=0)
+    flip: bool = option(True)
+
+
 class CifarClassification(Task):
     throughput_unit = "images"
+    options = CifarOptions
+
+    @classmethod
+    def check_options(cls, cfg, world_size: int = 1) -> None:
+        super().check_options(cfg, world_size)
+        if cfg.get("decode") is not None:
+            raise ConfigError("decode is not allowed for an image task: must be null (images are classified)")
 
     def __init__(
         self, name: str, model: Callable[..., nn.Module], *, root: str, cache_dir: Optional[str] = None,

@@ -11,7 +11,8 @@ tokens.
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
 
 import sacrebleu
 import torch
@@ -21,10 +22,12 @@ from repro.data.translation import (
     PAD, CorpusError, EncodedPairs, check_translation_options, ParallelText, TokenBatches, Tokenizer, collate, eval_batches, filter_long,
     load_hf_wmt, read_parallel, train_tokenizer,
 )
-from repro.decode import beam_search, greedy_search
 from repro.nn import NormFactory
+from repro.util import ConfigError, check_options, option
+from repro.util.schema import Rule, as_dict, check_value
 
 from .base import Task
+from .decode import beam_search, greedy_search
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,19 @@ def bleu(hypotheses: list[str], references: list[str]):
     return metric.corpus_score(hypotheses, [references]), str(metric.get_signature())
 
 
+LABEL_SMOOTHING = Rule(minimum=0, maximum=1, max_strict=True)  # task.label_smoothing, a loss option
+
+
+@dataclass
+class DecodeOptions:
+    """The `decode` config group's schema (conf/decode/beam.yaml documents each option)."""
+    beam: int = option(4, minimum=1)            # test sets; 1 = greedy
+    val_beam: int = option(1, minimum=1)        # val/bleu during training
+    length_penalty: float = option(0.6, minimum=0)  # GNMT alpha
+    max_len_a: float = option(1.2, minimum=0)   # at most a * source length + b tokens
+    max_len_b: int = option(10, minimum=0)
+
+
 class Translation(Task):
     throughput_unit = "tokens"
     eval_splits = ("val", "test")
@@ -58,16 +74,17 @@ class Translation(Task):
         src_lang: str = "en", tgt_lang: str = "de", train_split: str = "train", val_split: str = "val",
         test_sets: Optional[dict] = None, empty_lines: str = "error", max_tokens: int = 4096,
         batch_size: int = 1024, eval_max_tokens: int = 8192, max_len: Optional[int] = 256,
-        label_smoothing: float = 0.1, beam: int = 4, val_beam: int = 1, length_penalty: float = 0.6,
-        max_len_a: float = 1.2, max_len_b: int = 10, tokenizer_sentences: int = 2_000_000, seed: int = 0,
+        label_smoothing: float = 0.1, decode: Optional[Mapping] = None, tokenizer_sentences: int = 2_000_000,
+        seed: int = 0,
     ):
         test_sets = dict(test_sets) if test_sets is not None else {"test": "test"}
         check_translation_options(dict(
             vocab_size=vocab_size, test_sets=test_sets,
             empty_lines=empty_lines, max_tokens=max_tokens, batch_size=batch_size, eval_max_tokens=eval_max_tokens,
-            max_len=max_len, label_smoothing=label_smoothing, beam=beam, val_beam=val_beam,
-            length_penalty=length_penalty,
+            max_len=max_len,
         ))
+        check_value("task.label_smoothing", label_smoothing, float, LABEL_SMOOTHING)
+        self.decode = check_options(decode or {}, DecodeOptions, "decode")
         self.name, self.make_model, self.seed = name, model, seed
         self.tokenizer_path, self.vocab_size, self.tokenizer_sentences = tokenizer, vocab_size, tokenizer_sentences
         self.root, self.hf = root, (hf_dataset, hf_config)
@@ -76,9 +93,18 @@ class Translation(Task):
         self.test_sets = test_sets
         self.empty_lines, self.max_len = empty_lines, max_len
         self.max_tokens, self.max_sentences, self.eval_max_tokens = max_tokens, batch_size, eval_max_tokens
-        self.smoothing, self.beam, self.val_beam, self.alpha = label_smoothing, beam, val_beam, length_penalty
-        self.max_len_a, self.max_len_b = max_len_a, max_len_b
+        self.smoothing = label_smoothing
         self.model: Optional[nn.Module] = None
+
+    @classmethod
+    def check_options(cls, cfg, world_size: int = 1) -> None:
+        super().check_options(cfg, world_size)
+        try:  # the data rules live with the corpus code, which checks them again when it runs
+            check_translation_options(as_dict(cfg["data"]))
+        except CorpusError as error:
+            raise ConfigError(str(error)) from None
+        check_options(cfg.get("decode") or {}, DecodeOptions, "decode")
+        check_value("task.label_smoothing", cfg["task"].get("label_smoothing", 0.1), float, LABEL_SMOOTHING)
 
     # ---------------------------------------------------------------------------- set-up
     def build_model(self, norm: NormFactory) -> nn.Module:
@@ -137,9 +163,9 @@ class Translation(Task):
         out: list = [None] * len(pairs)
         for index in eval_batches(pairs, self.eval_max_tokens, self.max_sentences):
             batch = collate(pairs, index).to(self.device)
-            options = dict(max_len_a=self.max_len_a, max_len_b=self.max_len_b)
+            options = dict(max_len_a=self.decode.max_len_a, max_len_b=self.decode.max_len_b)
             hyps = (greedy_search(model, batch.src, **options) if beam == 1
-                    else beam_search(model, batch.src, beam=beam, alpha=self.alpha, **options))
+                    else beam_search(model, batch.src, beam=beam, alpha=self.decode.length_penalty, **options))
             for i, hyp in zip(index.tolist(), hyps):
                 out[i] = hyp
         return out
@@ -168,13 +194,13 @@ class Translation(Task):
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         if split == "val":
-            return {f"val/{k}": v for k, v in self._score(model, "val", self.val_beam).items()}
+            return {f"val/{k}": v for k, v in self._score(model, "val", self.decode.val_beam).items()}
         if split != "test":
             raise ValueError(f"split must be val or test, got {split!r}")
         metrics = {}
         for i, name in enumerate(self.test_sets):
-            scores = self._score(model, f"test:{name}", self.beam)
+            scores = self._score(model, f"test:{name}", self.decode.beam)
             metrics.update({f"test/{name}/{k}": v for k, v in scores.items()})
-            if i == 0:  # the headline test set, under the DESIGN.md names
+            if i == 0:  # the headline test set, under the docs/DESIGN.md names
                 metrics.update({f"test/{k}": v for k, v in scores.items()})
         return metrics

@@ -1,7 +1,9 @@
 """Where runs are recorded: the local run store (always), W&B (optional), norm-latency timing."""
+from .drift import DriftSettings
 from .latency import NormTimer
 from .run_store import RunStore, read_metrics, write_json_atomic
 from .tracker import Tracker
-from .wandb_sink import WANDB_MODES, WandbSink
+from .wandb_sink import WANDB_MODES, LoggerConfig, WandbSink
 
-__all__ = ["NormTimer", "RunStore", "Tracker", "WANDB_MODES", "WandbSink", "read_metrics", "write_json_atomic"]
+__all__ = ["DriftSettings", "LoggerConfig", "NormTimer", "RunStore", "Tracker", "WANDB_MODES", "WandbSink",
+           "read_metrics", "write_json_atomic"]

@@ -31,14 +31,15 @@ import functools
 import logging
 import warnings as _warnings
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
-from repro import kernels
 from repro.kernels.reference import partial_size
-from repro.nn import BatchNorm, BatchNorm2d, ConvNorm, LayerNorm, NormLayer, RMSNorm
+from repro.nn import ConvNorm, NormLayer, spec_of_layer
+from repro.util import option
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +65,34 @@ def row_stats(rows: Tensor, partial: Optional[float] = None) -> dict[str, float]
 
 
 def norm_rows_layout(layer: nn.Module):
-    """(to_rows, partial, centered) for a norm layer, or None for layers without per-row
-    statistics (BatchNorm normalizes over the batch)."""
-    if isinstance(layer, (BatchNorm, BatchNorm2d)):
+    """(to_rows, partial, centered) for a norm layer, from its registry entry; None for layers
+    without per-row statistics (BatchNorm normalizes over the batch)."""
+    spec = spec_of_layer(layer)
+    if spec is not None and not spec.row_statistics:
         return None
-    if isinstance(layer, RMSNorm):
-        return (lambda x: x), layer.partial, False
+    centered = spec is not None and spec.centered
     if isinstance(layer, ConvNorm):
         op = layer.normalize
-        func = op.func if isinstance(op, functools.partial) else op
         keywords = op.keywords if isinstance(op, functools.partial) else {}
-        centered = func is kernels.layer_norm
         partial = None if centered else keywords.get("partial", 1.0)
         if layer.mode == "channel":
             return (lambda x: x.movedim(1, -1)), partial, centered
         return (lambda x: x.flatten(2)), partial, centered  # (N, C, H*W): rows per sample and channel
-    if isinstance(layer, LayerNorm):
-        return (lambda x: x), None, True
-    return (lambda x: x), None, False  # L2Norm and any other row norm over the last dim
+    return (lambda x: x), getattr(layer, "partial", None), centered
+
+
+@dataclass
+class DriftSettings:
+    """The `track` config group's schema: the drift monitor's options."""
+    drift: bool = option(False)
+    drift_every: int = option(100, minimum=1)
+    drift_mean_threshold: float = option(0.5, minimum=0, strict=True)
+    drift_partial_threshold: float = option(0.2, minimum=0, strict=True)
+
+    def monitor(self, model: nn.Module) -> "DriftMonitor":
+        """The monitor these settings describe (every=0, i.e. off, unless `drift`)."""
+        return DriftMonitor(model, self.drift_every if self.drift else 0,
+                            mean_threshold=self.drift_mean_threshold, partial_threshold=self.drift_partial_threshold)
 
 
 class DriftMonitor:

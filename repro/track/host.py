@@ -29,8 +29,6 @@ from typing import Optional
 
 import torch
 
-from repro.bench.timing import cpu_model_name
-
 # Load from other processes, in cores, that a run tolerates beyond the cores it leaves idle:
 # a shell, an editor, a short `ls` come and go without changing a step's time measurably.
 CONTENTION_TOLERANCE = 0.5
@@ -42,6 +40,18 @@ def loadavg() -> Optional[list[float]]:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo; the platform's answer elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_count() -> int:
@@ -71,7 +81,7 @@ def host_info() -> dict:
     """Everything above but loadavg_end, taken now."""
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     status = _git("status", "--porcelain", "--untracked-files=no")
-    cpu = cpu_model_name()
+    cpu = cpu_model()
     return {
         "cpu_model": cpu, "cpu_count": cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or cpu,

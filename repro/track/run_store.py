@@ -14,11 +14,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+from repro.util import atomic_write, write_json_atomic
 
 
 def _jsonable(value):
@@ -38,9 +34,8 @@ class RunStore:
         if resume_step is not None and self.metrics_path.exists():
             kept = [line for line in self.metrics_path.read_text().splitlines()
                     if line.strip() and json.loads(line)["step"] <= resume_step]
-            tmp = self.metrics_path.with_name(".metrics.jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.metrics_path)
+            with atomic_write(self.metrics_path) as f:
+                f.write("".join(line + "\n" for line in kept))
         elif resume_step is None:
             self.metrics_path.unlink(missing_ok=True)
         self._metrics = open(self.metrics_path, "a")
@@ -48,9 +43,8 @@ class RunStore:
         self.summary: dict = json.loads(self.summary_path.read_text()) if resumed else {}
 
     def write_config(self, config: dict) -> None:
-        tmp = self.run_dir / ".config.yaml.tmp"
-        tmp.write_text(OmegaConf.to_yaml(OmegaConf.create(config)))
-        os.replace(tmp, self.run_dir / "config.yaml")
+        with atomic_write(self.run_dir / "config.yaml") as f:
+            f.write(OmegaConf.to_yaml(OmegaConf.create(config)))
 
     def log(self, step: int, split: str, metrics: dict) -> None:
         row = {"step": step, "split": split, **{k: _jsonable(v) for k, v in metrics.items()}}

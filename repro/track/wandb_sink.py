@@ -9,10 +9,27 @@ import netrc
 import os
 import uuid
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from repro.util import option
+
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+LOGGERS = ("wandb", "none")
+
+
+@dataclass
+class LoggerConfig:
+    """The `logger` config group's schema (conf/logger/wandb.yaml documents it)."""
+    name: str = option(choices=LOGGERS)
+    project: str = option("rmsnorm-repro")
+    entity: Optional[str] = option(None)
+    run_name: Optional[str] = option(None)
+    mode: str = option("auto", choices=WANDB_MODES)
+    group: Optional[str] = option(None)
+    job_type: str = option("train")
+    tags: list = option(default_factory=list)
 
 
 def _has_api_key() -> bool:

@@ -1,27 +1,19 @@
 """Checkpoints: atomic writes and the RNG states that make a resumed run continue bit-exactly."""
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from repro.util import atomic_write
+
 
 def save_atomic(state: dict, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: a crash mid-write leaves the
-    previous checkpoint intact, never a truncated one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """A crash mid-write leaves the previous checkpoint intact, never a truncated one."""
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path: Path) -> dict:

@@ -6,6 +6,7 @@ from the step alone.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -13,13 +14,40 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from repro.nn import NormLayer
+from repro.util import ConfigError, check_options, option
 
 # Modules whose own parameters never decay: norm gains and offsets (a norm comparison must not be
 # confounded by decaying the norm's own parameters) and embedding tables.
 NO_DECAY_MODULES = (NormLayer, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding)
-
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "paper", "inverse_sqrt", "cosine")
+
+
+@dataclass
+class ScheduleConfig:
+    """The schema of `optim.schedule` (see lr_multiplier)."""
+    name: str = option("paper", choices=SCHEDULES)
+    warmup_steps: int = option(0, minimum=0)
+    decay_start: float = option(0.5, minimum=0, maximum=1, max_strict=True)
+
+
+@dataclass
+class OptimConfig:
+    """The `optim` config group's schema."""
+    name: str = option(choices=OPTIMIZERS)
+    lr: float = option(minimum=0, strict=True)
+    weight_decay: float = option(0.0, minimum=0)
+    betas: list = option(default_factory=lambda: [0.9, 0.999])
+    momentum: float = option(0.9, minimum=0)
+    nesterov: bool = option(False)
+    schedule: dict = option(default_factory=dict)
+
+    def check(self) -> ScheduleConfig:
+        """The schedule, checked (rules between options included)."""
+        schedule = check_options(self.schedule, ScheduleConfig, "optim.schedule")
+        if schedule.name == "inverse_sqrt" and schedule.warmup_steps < 1:
+            raise ConfigError("optim.schedule.warmup_steps=0 is not allowed with inverse_sqrt: must be >= 1")
+        return schedule
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -13,15 +13,18 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from repro.track import RunStore, Tracker, WandbSink
-from repro.track.host import finish_host_info, host_info
+from repro.tasks import build_task_and_model
+from repro.nn import NORMS, norm_factory
+from repro.track import DriftSettings, RunStore, Tracker, WandbSink
+from repro.track.host import cpu_model, finish_host_info, host_info
+from repro.track.wandb_sink import resolve_mode
+from repro.util import ConfigError, check_options
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .config import ConfigError, norm_factory, validate_config
+from .config import validate_config
 from .optim import build_optimizer, parameter_count, parameter_groups
 from .trainer import Trainer, TrainerSettings
 
@@ -47,6 +50,22 @@ def resume_checkpoint(setting: Optional[str], run_dir: Path) -> Optional[Path]:
     return path / "checkpoints" / "last.pt" if path.is_dir() else path
 
 
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({cpu_model()})"
+
+
+def norm_description(norm: DictConfig) -> str:
+    """The norm as it will be built: name and the options that reach it."""
+    factory = norm_factory(norm)
+    options = {"eps": factory.eps, "partial": factory.partial if factory.spec.takes_partial else None,
+               "eps_mode": factory.eps_mode if len(factory.spec.eps_modes) > 1 else None,
+               "backend": factory.backend if "backend" in factory.spec.options else None}
+    shown = ", ".join(f"{key}={value}" for key, value in options.items() if value is not None)
+    return f"{factory.name} ({shown})" if shown else factory.name
+
+
 def environment() -> dict:
     """What the run ran on (repro.track.host); its loadavg_end is added when the run ends."""
     return host_info()
@@ -60,7 +79,7 @@ def build_tracker(cfg: DictConfig, run_dir: Path, resume_step: Optional[int], gr
     if cfg.logger.name == "wandb":
         lg = cfg.logger
         tags = [cfg.task.name, cfg.norm.name, *lg.tags]
-        if cfg.norm.name == "prmsnorm":
+        if NORMS[cfg.norm.name].takes_partial:
             tags.append(f"partial={cfg.norm.partial}")
         sink = WandbSink(
             run_dir, config=config, project=lg.project, entity=lg.entity, group=lg.group or group,
@@ -73,7 +92,8 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     """Train as `cfg` says, recording into `run_dir`; return the final summary (rank 0's)."""
     world = dist.world_from_env()
     validate_config(cfg, world.world_size)
-    device = resolve_device(cfg.trainer.device, world)
+    t = check_options(cfg.trainer, TrainerSettings, "trainer")
+    device = resolve_device(t.device, world)
     dist.init(world, device)
     tracker = None
     status = "failed"
@@ -83,34 +103,25 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     try:
         # Rank 0's run dir everywhere: all ranks resume from the checkpoint rank 0 writes.
         run_dir = Path(dist.broadcast_object(str(Path(run_dir).resolve()), world))
-        if cfg.trainer.deterministic:
+        if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # warn_only: some CUDA backward kernels (max-pool) have no deterministic version.
             torch.use_deterministic_algorithms(True, warn_only=True)
         # Fixed input shapes every step: let cuDNN pick its fastest algorithms unless asked not to.
-        torch.backends.cudnn.benchmark = not cfg.trainer.deterministic
+        torch.backends.cudnn.benchmark = not t.deterministic
         ckpt.seed_everything(cfg.seed)
 
-        task = instantiate(cfg.task, model=instantiate(cfg.model), seed=cfg.seed, **cfg.data)
         try:
-            model = task.build_model(norm_factory(cfg.norm)).to(device)
+            task, model = build_task_and_model(cfg)
         except ValueError as error:  # e.g. pRMSNorm keeping < 1 feature of some layer
             raise ConfigError(f"norm/model: {error}") from None
+        model = model.to(device)
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         schedule = optim.pop("schedule")
         optimizer = build_optimizer(parameter_groups(model, optim.get("weight_decay", 0.0)), **optim)
-        t = cfg.trainer
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         trainer = Trainer(
-            task, model, optimizer, schedule,
-            TrainerSettings(
-                max_steps=t.max_steps, max_epochs=t.max_epochs, eval_every=t.eval_every, log_every=t.log_every,
-                checkpoint_every=t.checkpoint_every, keep_checkpoints=t.keep_checkpoints, accumulate=t.accumulate, grad_clip=t.grad_clip,
-                norm_timing_every=t.norm_timing_every, progress_bar=t.progress_bar,
-                drift_every=cfg.track.drift_every if cfg.track.drift else 0,
-                drift_mean_threshold=cfg.track.drift_mean_threshold,
-                drift_partial_threshold=cfg.track.drift_partial_threshold,
-            ),
+            task, model, optimizer, schedule, t, drift=check_options(cfg.track, DriftSettings, "track"),
             device=device, world=world, run_dir=run_dir, tracker=None,
             autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
             config=OmegaConf.to_container(cfg, resolve=True),
@@ -120,12 +131,17 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
             trainer.resume_from(resume)
             log.info("resuming from %s at step %d", resume, trainer.step)
         if world.is_main:
+            trainer.banner = dict(
+                task=cfg.task.name, parameters=parameter_count(model), norm=norm_description(cfg.norm),
+                device=describe_device(device), threads=torch.get_num_threads(), run_dir=str(run_dir),
+                wandb=resolve_mode(cfg.logger.mode) if cfg.logger.name == "wandb" else "off",
+            )
             group = cfg.get("experiment_name") or sweep_name
             tracker = build_tracker(cfg, run_dir, trainer.step if resume else None, group)
             trainer.tracker = tracker
             tracker.update_summary(
                 status="running", task=cfg.task.name, norm=cfg.norm.name,
-                partial=cfg.norm.partial if cfg.norm.name == "prmsnorm" else None, seed=cfg.seed,
+                partial=cfg.norm.partial if NORMS[cfg.norm.name].takes_partial else None, seed=cfg.seed,
                 parameters=parameter_count(model), precision=precision, world_size=world.world_size,
                 environment=environment(), resumed_from=str(resume) if resume else None,
                 error=None,  # a resumed run's summary.json still holds the crash that stopped it

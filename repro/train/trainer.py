@@ -14,6 +14,7 @@ uninterrupted one exactly.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import shutil
@@ -28,28 +29,41 @@ from tqdm import tqdm
 
 from repro.tasks.base import Task
 from repro.track import NormTimer, Tracker
-from repro.track.drift import DriftMonitor
+from repro.track.drift import DriftSettings
+from repro.util import option
 
 from . import checkpoint as ckpt
 from . import distributed as dist
+from .banner import RunPlan, StepClock, start_banner
 from .optim import build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
 class TrainerSettings:
-    max_steps: Optional[int]
-    max_epochs: int
-    eval_every: int
-    log_every: int
-    checkpoint_every: int
-    keep_checkpoints: int = 0  # also keep the newest N step checkpoints (for averaging)
-    accumulate: int = 1
-    grad_clip: float = 0.0
-    norm_timing_every: int = 0
-    drift_every: int = 0  # 0: no drift monitor
-    drift_mean_threshold: float = 0.5
-    drift_partial_threshold: float = 0.2
-    progress_bar: bool = True
+    """The `trainer` config group's schema (conf/trainer/default.yaml documents each option): a new
+    trainer option is a field here, read where it is used, and its line in that file."""
+    max_steps: Optional[int] = option(None, minimum=1)  # null: max_epochs decides
+    max_epochs: int = option(200, minimum=1)
+    eval_every: int = option(1000, minimum=1)
+    log_every: int = option(50, minimum=1)
+    checkpoint_every: int = option(1000, minimum=1)
+    keep_checkpoints: int = option(0, minimum=0)  # also keep the newest N step checkpoints (for averaging)
+    accumulate: int = option(1, minimum=1)
+    grad_clip: float = option(0.0, minimum=0)
+    norm_timing_every: int = option(50, minimum=0)
+    progress_bar: bool = option(True)
+    # Read by repro.train.run before the loop starts.
+    precision: str = option("auto", choices=PRECISIONS)
+    device: str = option("auto", choices=DEVICES)
+    devices: int = option(1, minimum=1)
+    deterministic: bool = option(False)
+    resume: Optional[str] = option("auto")
 
 
 class _Interval:
@@ -90,12 +104,17 @@ class _Interval:
 class Trainer:
     def __init__(
         self, task: Task, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: dict,
-        settings: TrainerSettings, *, device: torch.device, world: dist.Dist, run_dir: Path,
-        tracker: Optional[Tracker], autocast_dtype: Optional[torch.dtype], config: dict,
+        settings: TrainerSettings, *, drift: Optional[DriftSettings] = None, device: torch.device,
+        world: dist.Dist, run_dir: Path, tracker: Optional[Tracker], autocast_dtype: Optional[torch.dtype],
+        config: dict,
     ):
         self.task, self.model, self.optimizer, self.schedule = task, model, optimizer, schedule
         self.s, self.device, self.world, self.run_dir = settings, device, world, Path(run_dir)
+        self.drift_settings = drift or DriftSettings()
         self.tracker, self.autocast_dtype, self.config = tracker, autocast_dtype, config
+        # What the start banner shows besides the step counts (repro.train.banner.RunPlan's other
+        # fields); None: no banner (e.g. ranks other than 0).
+        self.banner: Optional[dict] = None
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metric, self.mode = task.monitor or (None, None)
         self.step = self.epoch = self.position = 0
@@ -172,14 +191,17 @@ class Trainer:
             torch.nn.parallel.DistributedDataParallel(self.model) if self.world.enabled else self.model
         )
         timer = NormTimer(self.model, self.s.norm_timing_every, self.device)
-        drift = DriftMonitor(self.model, self.s.drift_every, mean_threshold=self.s.drift_mean_threshold,
-                             partial_threshold=self.s.drift_partial_threshold)
+        drift = self.drift_settings.monitor(self.model)
         drift_warnings = []
         bar = tqdm(
             total=self.total_steps, initial=self.step, disable=not (self.world.is_main and self.s.progress_bar),
             dynamic_ncols=True, desc=f"{self.task.name}",
         )
         micro_per_epoch = steps_per_epoch * self.s.accumulate
+        clock_for_estimate = StepClock(self.total_steps, self.step, self.device.type)
+        if self.banner is not None:
+            log.info("\n%s", start_banner(RunPlan(**self.banner, total_steps=self.total_steps,
+                                                  steps_per_epoch=steps_per_epoch, start_step=self.step)))
         self._restore()
         stream = batches.iter_epoch(self.epoch, self.position)
         self.model.train()
@@ -213,6 +235,9 @@ class Trainer:
                 drift_warnings += new_warnings
                 self.tracker.update_summary(**{"drift/warnings": " | ".join(drift_warnings)})
             bar.update(1)
+            estimate = clock_for_estimate.tick(self.step, time.perf_counter()) if self.banner is not None else None
+            if estimate:
+                log.info(estimate)
 
             if self.step % self.s.log_every == 0 or self.step == self.total_steps:
                 self.interval.seconds += time.perf_counter() - clock
