@@ -109,7 +109,9 @@ class _Candidate:
         from repro.nn import norm_factory
         from repro.track import NormTimer
         from repro.train.checkpoint import seed_everything
-        from repro.train.optim import build_optimizer, build_scheduler, parameter_count, parameter_groups
+        from repro.train.optim import (
+            OptimConfig, build_optimizer, build_scheduler, parameter_count, parameter_groups,
+        )
 
         seed_everything(cfg.seed)  # every model starts from the same draw
         try:
@@ -119,7 +121,8 @@ class _Candidate:
         self.model.train()
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         schedule = optim.pop("schedule")
-        self.optimizer = build_optimizer(parameter_groups(self.model, optim.get("weight_decay", 0.0)), **optim)
+        optim_config = OptimConfig(**optim)  # built as repro.train.run builds it
+        self.optimizer = build_optimizer(parameter_groups(self.model, optim_config.weight_decay), optim_config)
         self.scheduler = build_scheduler(self.optimizer, total_steps=total_steps, **schedule)
         self.parameters = parameter_count(self.model)
         self.norm_timer = NormTimer(self.model, 1, device)
