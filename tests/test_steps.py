@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from repro.bench import steps
 from repro.cli.bench import main as bench_main
+from repro.track.step_timings import load_step_timings
 from train_helpers import cifar_jpeg, corpus, one_thread  # noqa: F401
 
 CIFAR = ["task=cifar10_cnn", "model.width=4", "data.batch_size=8", "data.val_size=0", "data.download=false"]
@@ -41,7 +41,7 @@ def test_cifar_steps_write_a_table_json_and_figure(cifar_jpeg, tmp_path, capsys)
     assert doc["norms"]["rmsnorm"]["parameters"] == doc["norms"]["prmsnorm"]["parameters"] > 0
     assert (out / "steps.png").stat().st_size > 0
 
-    loaded = steps.load_step_timings(tmp_path)
+    loaded = load_step_timings(tmp_path)
     assert set(loaded) == {"layernorm", "rmsnorm", "prmsnorm"}
     assert loaded["rmsnorm"]["ratio_ci95"] == doc["norms"]["rmsnorm"]["ratio_ci95"]
     assert loaded["rmsnorm"]["host"]["cpu_model"] == doc["host"]["cpu_model"]
@@ -69,12 +69,12 @@ def test_loader_takes_the_newest_timing_of_a_task_and_refuses_to_guess_between_t
                       "mt": _doc("multi30k_transformer", "2026-03-01T00:00:00+00:00", 0.7)}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "steps.json").write_text(json.dumps(doc))
-    assert steps.load_step_timings(tmp_path, task="cifar10_cnn")["rmsnorm"]["ratio_vs_layernorm"] == 0.8
-    assert steps.load_step_timings(tmp_path / "old" / "steps.json")["rmsnorm"]["ratio_vs_layernorm"] == 0.9
+    assert load_step_timings(tmp_path, task="cifar10_cnn")["rmsnorm"]["ratio_vs_layernorm"] == 0.8
+    assert load_step_timings(tmp_path / "old" / "steps.json")["rmsnorm"]["ratio_vs_layernorm"] == 0.9
     with pytest.raises(ValueError, match="several tasks"):
-        steps.load_step_timings(tmp_path)
-    assert steps.load_step_timings(tmp_path / "nowhere") == {}
-    assert steps.load_step_timings(tmp_path, task="wmt14_transformer") == {}
+        load_step_timings(tmp_path)
+    assert load_step_timings(tmp_path / "nowhere") == {}
+    assert load_step_timings(tmp_path, task="wmt14_transformer") == {}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -28,12 +28,11 @@ Output in --out DIR: `steps.json`, `steps.png` and the table printed on the term
                       "parameters"}},
      "step_ms": {NAME: [per-round step times]}, "norm_ms": {NAME: [per-round fwd+bwd norm times]}}
 
-`load_step_timings(path)` reads it back for the tables.
+`repro.track.step_timings.load_step_timings(path)` reads it back for the tables.
 """
 from __future__ import annotations
 
 import datetime
-import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,11 +41,11 @@ from typing import Optional
 import torch
 
 from repro.track.host import finish_host_info, host_info
+from repro.track.step_timings import KIND, RESULT_FILE
 
 from .paired import interleave, paired_ratio
 
 BASELINE = "layernorm"
-RESULT_FILE = "steps.json"
 FORMAT = 1
 
 
@@ -104,14 +103,10 @@ class _Candidate:
     """One norm's model, optimizer and training step on the shared batch."""
 
     def __init__(self, task, cfg, device: torch.device, total_steps: int):
-        from omegaconf import OmegaConf
-
         from repro.nn import norm_factory
         from repro.track import NormTimer
         from repro.train.checkpoint import seed_everything
-        from repro.train.optim import (
-            OptimConfig, build_optimizer, build_scheduler, parameter_count, parameter_groups,
-        )
+        from repro.train.optim import build_optimization, build_scheduler, parameter_count
 
         seed_everything(cfg.seed)  # every model starts from the same draw
         try:
@@ -119,10 +114,7 @@ class _Candidate:
         except ValueError as error:
             raise StepsError(f"norm={cfg.norm.name}: {error}") from None
         self.model.train()
-        optim = OmegaConf.to_container(cfg.optim, resolve=True)
-        schedule = optim.pop("schedule")
-        optim_config = OptimConfig(**optim)  # built as repro.train.run builds it
-        self.optimizer = build_optimizer(parameter_groups(self.model, optim_config.weight_decay), optim_config)
+        self.optimizer, schedule = build_optimization(self.model, cfg.optim)  # as the trainer builds them
         self.scheduler = build_scheduler(self.optimizer, total_steps=total_steps, **schedule)
         self.parameters = parameter_count(self.model)
         self.norm_timer = NormTimer(self.model, 1, device)
@@ -239,7 +231,7 @@ def build_result(config: StepsConfig, norms: list[str], task: str, host: dict, t
                 entry["norm_ratio_ci95"] = list(norm_ratio.ci95)
         entries[n] = entry
     return {
-        "kind": "repro-bench steps", "format": FORMAT,
+        "kind": KIND, "format": FORMAT,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "task": task, "overrides": list(config.overrides), "command": config.command,
         "device": host["device"], "timer": timer_name, "baseline": BASELINE, "warmup": config.warmup,
@@ -318,29 +310,3 @@ def write_steps(result: dict, out_dir) -> list[Path]:
     json_path = out / RESULT_FILE
     write_json_atomic(json_path, result)
     return [json_path, plot_steps(result, out / "steps.png")]
-
-
-# ------------------------------------------------------------------------------ reading back
-def load_step_timings(path, task: Optional[str] = None) -> dict[str, dict]:
-    """Per-norm step timings of one task from a steps.json, or from the newest steps.json of
-    `task` anywhere under a directory: {norm: {"ratio_vs_layernorm", "ratio_ci95", "median_step_ms",
-    "norm_fwd_ms", "norm_bwd_ms", "norm_ratio_vs_layernorm", "norm_ratio_ci95", "parameters",
-    "host": the run's host record}}. {} when there is none; ValueError when a directory holds
-    several tasks' timings and `task` does not say which."""
-    path = Path(path)
-    files = [path] if path.is_file() else sorted(path.rglob(RESULT_FILE)) if path.is_dir() else []
-    docs = []
-    for f in files:
-        try:
-            doc = json.loads(f.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if doc.get("kind") == "repro-bench steps" and (task is None or doc.get("task") == task):
-            docs.append(doc)
-    if not docs:
-        return {}
-    tasks = sorted({d["task"] for d in docs})
-    if len(tasks) > 1:
-        raise ValueError(f"{path} holds step timings of several tasks ({', '.join(tasks)}); pass task=")
-    newest = max(docs, key=lambda d: d.get("created", ""))
-    return {norm: {**entry, "host": newest.get("host")} for norm, entry in newest["norms"].items()}

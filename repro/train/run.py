@@ -25,7 +25,7 @@ from repro.util import ConfigError, check_options
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import validate_config
-from .optim import OptimConfig, build_optimizer, parameter_count, parameter_groups
+from .optim import build_optimization, parameter_count
 from .trainer import Trainer, TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -116,10 +116,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         except ValueError as error:  # e.g. pRMSNorm keeping < 1 feature of some layer
             raise ConfigError(f"norm/model: {error}") from None
         model = model.to(device)
-        optim = OmegaConf.to_container(cfg.optim, resolve=True)
-        schedule = optim.pop("schedule")
-        optim_config = OptimConfig(**optim)
-        optimizer = build_optimizer(parameter_groups(model, optim_config.weight_decay), optim_config)
+        optimizer, schedule = build_optimization(model, cfg.optim)
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         trainer = Trainer(
             task, model, optimizer, schedule, t, drift=check_options(cfg.track, DriftSettings, "track"),
