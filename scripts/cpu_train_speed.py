@@ -24,7 +24,8 @@ import torch.nn.functional as F
 
 from repro.tasks import build_task_and_model
 from repro.train import compose_config, train
-from repro.train.optim import build_optimizer, build_scheduler
+from repro.train.optim import OptimConfig, build_optimizer, build_scheduler
+from repro.util import check_options
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -53,7 +54,7 @@ def bare_loop(args, norm: str) -> dict:
     torch.manual_seed(cfg.seed)
     task, model = build_task_and_model(cfg)
     task.setup(torch.device("cpu"))
-    optimizer = build_optimizer(model.parameters(), name="adam", lr=cfg.optim.lr)
+    optimizer = build_optimizer(model.parameters(), check_options(cfg.optim, OptimConfig, "optim"))
     scheduler = build_scheduler(optimizer, name="paper", total_steps=args.steps)
     batches = task.train_batches().iter_epoch(0)
     started = time.perf_counter()
