@@ -1,7 +1,7 @@
 """DDP with 2 gloo CPU processes (torch.multiprocessing spawn, torchrun): sharded evaluation gives one
 process's numbers while each rank does half the work; SyncBatchNorm conversion; the process-group
-timeout; the launchers' configs; averaged checkpoints and resume after kill -9 of one rank. What
-needs GPUs (SyncBatchNorm's forward over ranks) is in tests/test_gpu.py."""
+timeout; the launchers' configs; averaged checkpoints and resume after kill -9 of one rank. The
+NCCL path of SyncBatchNorm (torch's CUDA kernels) is in tests/test_gpu.py."""
 from __future__ import annotations
 
 import json
@@ -106,14 +106,52 @@ def test_sync_batch_norm_keeps_state_and_stays_a_norm_layer():
     torch.testing.assert_close(model[2](x[..., :4]), plain[2](x[..., :4]))
 
 
-def test_sync_batchnorm_on_cpu_ddp_is_a_config_error(cifar_jpeg, tmp_path, monkeypatch):
-    """Under DDP on the CPU a BatchNorm model stops with one line naming the option (torch's
-    SyncBatchNorm has no CPU forward); sync_batchnorm=false would train per-rank BatchNorm."""
-    monkeypatch.setattr(distributed, "init", lambda *args: None)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setattr(distributed, "broadcast_object", lambda obj, world: obj)
-    with pytest.raises(ConfigError, match=r"trainer\.sync_batchnorm=true is not allowed on CPU"):
-        train(smoke_config(cifar_jpeg, "norm=batchnorm", "trainer.devices=2"), tmp_path)
+def _sync_bn_model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3), BatchNorm2d(6), torch.nn.Flatten(2), _Transpose(),
+                               BatchNorm(6))
+
+
+class _Transpose(torch.nn.Module):
+    def forward(self, x):  # (N, C, L) -> (N, L, C): features last for the second BatchNorm
+        return x.transpose(1, 2)
+
+
+def _sync_bn_batch():
+    return torch.randn(8, 3, 7, 7, generator=torch.Generator().manual_seed(1))
+
+
+def _sync_bn_worker(rank: int, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(PORT + 7))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(minutes=5))
+    try:
+        model = _sync_bn_model()
+        assert sync_batch_norm(model) == 2
+        y = model(_sync_bn_batch()[rank * 4:(rank + 1) * 4])
+        y.square().sum().backward()
+    finally:
+        dist.destroy_process_group()
+    torch.save({"y": y.detach(), "state": model.state_dict(), "grad": model[0].weight.grad}, f"{out_dir}/rank{rank}.pt")
+
+
+def test_sync_batchnorm_over_two_gloo_processes_equals_one_process_with_the_whole_batch(tmp_path):
+    """The paper's BatchNorm baseline under DDP: 2 ranks x 4 images normalize like 1 process x 8
+    (outputs, running statistics, and gradients, whose sum over ranks is the whole batch's)."""
+    mp.spawn(_sync_bn_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    model = _sync_bn_model()
+    y = model(_sync_bn_batch())
+    y.square().sum().backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.detach(), atol=1e-5, rtol=1e-5)
+    for key, value in model.state_dict().items():  # running mean / var / count: the global batch's
+        for r in ranks:
+            torch.testing.assert_close(r["state"][key], value, atol=1e-6, rtol=1e-5, msg=key)
+    torch.testing.assert_close(ranks[0]["grad"] + ranks[1]["grad"], model[0].weight.grad, atol=1e-4, rtol=1e-4)
+    # without the synchronization each rank normalizes its own half: visibly different
+    torch.manual_seed(0)
+    half = _sync_bn_model()(_sync_bn_batch()[:4])
+    assert not torch.allclose(half, ranks[0]["y"], atol=1e-3)
 
 
 def test_process_group_timeout_comes_from_the_trainer_option(monkeypatch):

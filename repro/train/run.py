@@ -116,11 +116,8 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         except ValueError as error:  # e.g. pRMSNorm keeping < 1 feature of some layer
             raise ConfigError(f"norm/model: {error}") from None
         model = model.to(device)
-        if world.enabled and t.sync_batchnorm and sync_batch_norm(model) and device.type != "cuda":
-            raise ConfigError(
-                "trainer.sync_batchnorm=true is not allowed on CPU: torch's SyncBatchNorm runs on GPUs only; "
-                "set trainer.sync_batchnorm=false to normalize over each process's share of the batch"
-            )
+        if world.enabled and t.sync_batchnorm:
+            sync_batch_norm(model)  # BatchNorm over the global batch, as one process would see it
         optimizer, schedule = build_optimization(model, cfg.optim)
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         trainer = Trainer(

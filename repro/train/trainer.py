@@ -65,7 +65,7 @@ class TrainerSettings:
     deterministic: bool = option(False)
     resume: Optional[str] = option("auto")
     # DDP (trainer.devices > 1)
-    sync_batchnorm: bool = option(True)  # BatchNorm statistics over the global batch (GPUs only)
+    sync_batchnorm: bool = option(True)  # under DDP, BatchNorm statistics over the global batch
     dist_timeout_min: float = option(60.0, minimum=1)  # collective timeout; covers long evaluations
 
 
