@@ -15,7 +15,7 @@ from repro.models import ConvPoolCNNC
 from repro.models.convpool_cnn import GaussianNoise, Offset
 from repro.nn import BatchNorm, ConvNorm, LayerNorm, NormFactory, RMSNorm, data_dependent_init
 from repro.train.optim import build_scheduler
-from train_helpers import compose_config, one_thread  # noqa: F401
+from train_helpers import cifar_jpeg, compose_config, one_thread  # noqa: F401
 
 TABLE10_NORMS = ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm")
 
@@ -221,3 +221,52 @@ def test_table10_sweep_lists_the_six_rows():
 
     sweep = OmegaConf.load(CONF_DIR / "experiment" / "cifar10_table10.yaml").hydra.sweeper.params.norm
     assert sweep.split(",") == list(TABLE10_NORMS)
+
+
+# --------------------------------------------------------------------------- through the trainer
+def test_the_protocol_trains_resumes_exactly_and_inits_only_a_fresh_run(cifar_jpeg, tmp_path, monkeypatch):
+    """Weight norm under the whole protocol (ZCA, noise, final norm, data init, beta1 switch at
+    step 3 of 6): a run crashed at step 5 and resumed from its step-4 checkpoint repeats the
+    uninterrupted one exactly, and data-dependent init runs at the start of each fresh run only."""
+    from repro.tasks import CifarClassification
+    from repro.train import checkpoint as ckpt
+    from repro.train import train
+
+    overrides = ("experiment=cifar10_table10", "norm=weightnorm", f"data.root={cifar_jpeg}", "data.download=false",
+                 "logger=none", "model.width=4", "data.batch_size=20", "data.data_init_size=50",
+                 "trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.log_every=1", "trainer.eval_every=6",
+                 "trainer.deterministic=true", "trainer.progress_bar=false")
+    inits, real_init = [], CifarClassification.initialize
+
+    def counted_init(self, model):
+        inits.append(1)
+        return real_init(self, model)
+
+    monkeypatch.setattr(CifarClassification, "initialize", counted_init)
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    train(compose_config(*overrides), full)
+    assert len(inits) == 1
+
+    real_loss, calls = CifarClassification.loss, []
+
+    def crash_in_step_5(self, model, batch):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return real_loss(self, model, batch)
+
+    monkeypatch.setattr(CifarClassification, "loss", crash_in_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(compose_config(*overrides), broken)
+    assert len(inits) == 2
+    monkeypatch.setattr(CifarClassification, "loss", real_loss)
+    train(compose_config(*overrides), broken)
+    assert len(inits) == 2  # resumed: the checkpoint has the initialized weights
+    resumed = ckpt.load(broken / "checkpoints" / "last.pt")
+    uninterrupted = ckpt.load(full / "checkpoints" / "last.pt")
+    assert all(torch.equal(resumed["model"][k], uninterrupted["model"][k]) for k in uninterrupted["model"])
+    assert [g["betas"][0] for g in uninterrupted["optimizer"]["param_groups"]] == [0.5, 0.5]
+    # the init moved weight norm's gains off their start at ||v||
+    v = uninterrupted["model"]["features.0.parametrizations.weight.original1"]
+    g = uninterrupted["model"]["features.0.parametrizations.weight.original0"]
+    assert not torch.allclose(g.flatten(), v.flatten(1).norm(dim=1), rtol=0.05)
