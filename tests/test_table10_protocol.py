@@ -270,3 +270,32 @@ def test_the_protocol_trains_resumes_exactly_and_inits_only_a_fresh_run(cifar_jp
     v = uninterrupted["model"]["features.0.parametrizations.weight.original1"]
     g = uninterrupted["model"]["features.0.parametrizations.weight.original0"]
     assert not torch.allclose(g.flatten(), v.flatten(1).norm(dim=1), rtol=0.05)
+
+
+def test_data_init_with_an_activation_norm_is_a_one_line_config_error():
+    from repro.util import ConfigError
+
+    with pytest.raises(ConfigError, match=r"data.data_init=true is not allowed with norm=rmsnorm: .*none, weightnorm"):
+        compose_and_validate("experiment=cifar10_table10", "norm=rmsnorm", "data.data_init=true")
+
+
+@pytest.mark.parametrize("name", ["none", "prmsnorm"])
+def test_table10_mini_is_the_protocol_at_width_16_for_8_epochs(name):
+    full = compose_and_validate("experiment=cifar10_table10", f"norm={name}")
+    mini = compose_and_validate("experiment=cifar10_table10_mini", f"norm={name}")
+    assert (mini.model.width, mini.trainer.max_epochs) == (16, 8)
+    for group in ("data", "optim", "norm"):
+        assert mini[group] == full[group]
+    assert {k: v for k, v in mini.model.items() if k != "width"} == {k: v for k, v in full.model.items() if k != "width"}
+
+
+def test_prmsnorm_prefix_on_a_conv_map_is_its_top_rows():
+    # p = 12.5 % of a 32x32 map: the statistic is the first 128 row-major positions, the top 4 rows
+    norm = factory("prmsnorm")(3, conv=True)
+    x = torch.randn(2, 3, 32, 32)
+    changed = x.clone()
+    changed[:, :, 4:] *= 7.0  # below the prefix: the scale of every position stays the same
+    torch.testing.assert_close(norm(changed)[:, :, :4], norm(x)[:, :, :4])
+    changed = x.clone()
+    changed[:, :, 3, 31] += 5.0  # the prefix's last position: the statistic moves
+    assert not torch.allclose(norm(changed)[:, :, :3], norm(x)[:, :, :3])

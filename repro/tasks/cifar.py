@@ -10,7 +10,7 @@ from torch import nn
 
 from repro.data import ImageBatches, load_cifar10, prepare_cifar10
 from repro.data.cifar10 import PREPROCESS
-from repro.nn import NormFactory, data_dependent_init
+from repro.nn import NORMS, NormFactory, data_dependent_init
 from repro.util import ConfigError, option, register_schema
 
 from .base import Task
@@ -44,6 +44,11 @@ class CifarClassification(Task):
         super().check_options(cfg, world_size)
         if cfg.get("decode") is not None:
             raise ConfigError("decode is not allowed for an image task: must be null (images are classified)")
+        norm = (cfg.get("norm") or {}).get("name")
+        if cfg["data"].get("data_init") and norm in NORMS and not NORMS[norm].is_identity:
+            allowed = ", ".join(n for n, spec in NORMS.items() if spec.is_identity)
+            raise ConfigError(f"data.data_init=true is not allowed with norm={norm}: only with a norm in ({allowed}), "
+                              "whose layers keep their bias")
 
     def __init__(
         self, name: str, model: Callable[..., nn.Module], *, root: str, cache_dir: Optional[str] = None,
