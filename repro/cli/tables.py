@@ -100,7 +100,7 @@ def run_tables(argv: list[str]) -> int:
     paths = write_tables(runs, out, notes, controlled) + write_figures(runs, out, bench)
     print(f"{len(runs)} runs collected")
     for table in (table4(runs, controlled), table10(runs, controlled)):
-        print(f"{table.title}: {len(table.rows)} groups")
+        print(f"{table.title}: {sum(1 for row in table.rows if row.runs)} groups")
         for line in verdicts(table):
             print(f"  {line}")
     for path in paths:
