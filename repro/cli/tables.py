@@ -94,10 +94,15 @@ def run_tables(argv: list[str]) -> int:
     except (FileNotFoundError, RuntimeError) as error:
         p.error(str(error))
     runs = dedupe(runs)
+    if not runs:
+        p.error("no runs collected: nothing to tabulate")
     out = Path(args.out)
     bench = Path(args.bench) if args.bench else out / "bench"
     paths = write_tables(runs, out, notes) + write_figures(runs, out, bench)
-    print(f"{len(runs)} runs collected")
+    states = {state: sum(r.state == state for r in runs) for state in ("completed", "crashed", "running")}
+    print(f"{len(runs)} runs collected: " + ", ".join(f"{n} {state}" for state, n in states.items())
+          + ("; only completed runs are averaged (the others are listed under each table)"
+             if states["completed"] < len(runs) else ""))
     for table in (table4(runs), table10(runs)):
         print(f"{table.title}: {len(table.rows)} groups")
         for line in verdicts(table):

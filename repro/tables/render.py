@@ -162,8 +162,10 @@ def _row_order(row: Row) -> tuple:
 
 def build_table(key: str, title: str, runs: list[Run], columns: list[Column], quality: list[str],
                 time_key: str, paper: PaperTable) -> Table:
-    completed = [r for r in runs if r.status == "completed"]
-    notes = [f"excluded, not completed: {r.path} (status {r.status})" for r in runs if r.status != "completed"]
+    # Crashed and still-running runs are listed apart, never averaged in.
+    completed = [r for r in runs if r.state == "completed"]
+    notes = [f"excluded, {'still running' if r.state == 'running' else 'crashed'}: {r.path} (status {r.status}, "
+             f"step {r.summary.get('step', '?')})" for r in runs if r.state != "completed"]
     rows = []
     for (task, norm, partial), group in group_runs(completed).items():
         cells = {}

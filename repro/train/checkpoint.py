@@ -10,6 +10,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from repro.nn import NORMS
 from repro.util import ConfigError, StorageError, atomic_write
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,10 @@ def check_fits(state: dict, path: Path, config: dict, model: torch.nn.Module, wo
     """A ConfigError naming the first mismatch between a checkpoint and this run: task, norm,
     partial, the number of processes, or a parameter's name or shape."""
     saved = state.get("config") or {}
-    for group, key in (("task", "name"), ("norm", "name"), ("norm", "partial")):
+    checked = [("task", "name"), ("norm", "name")]
+    if NORMS.get(_config_item(config, "norm", "name")) and NORMS[config["norm"]["name"]].takes_partial:
+        checked.append(("norm", "partial"))  # the other norms ignore it
+    for group, key in checked:
         theirs, ours = _config_item(saved, group, key), _config_item(config, group, key)
         if theirs is not None and theirs != ours:
             raise ConfigError(f"trainer.resume: {path} is from a run with {group}.{key}={theirs}, this run has "

@@ -157,7 +157,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
                 status="running", task=cfg.task.name, norm=cfg.norm.name,
                 partial=cfg.norm.partial if NORMS[cfg.norm.name].takes_partial else None, seed=cfg.seed,
                 parameters=parameter_count(model), precision=precision, world_size=world.world_size,
-                environment=environment(), resumed_from=str(resume) if resume else None,
+                environment=environment(), pid=os.getpid(), resumed_from=str(resume) if resume else None,
                 resumed_step=trainer.step if resume else None,
                 # every start of this run directory: a fresh one, then each resume
                 starts=tracker.store.summary.get("starts", []) + [{"step": trainer.step, "checkpoint": str(resume) if resume else None}],
