@@ -160,7 +160,8 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
                 environment=environment(), pid=os.getpid(), resumed_from=str(resume) if resume else None,
                 resumed_step=trainer.step if resume else None,
                 # every start of this run directory: a fresh one, then each resume
-                starts=tracker.store.summary.get("starts", []) + [{"step": trainer.step, "checkpoint": str(resume) if resume else None}],
+                starts=tracker.store.summary.get("starts", [])
+                + [{"step": trainer.step, "checkpoint": str(resume) if resume else None}],
                 error=None,  # a resumed run's summary.json still holds the crash that stopped it
             )
         task.setup(device, world.rank, world.world_size)

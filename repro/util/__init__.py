@@ -5,5 +5,5 @@ from .markdown import markdown_table
 from .schema import ConfigError, check_options, option
 from .stats import mean_std
 
-__all__ = ["ConfigError", "StorageError", "atomic_write", "remove_stale_temporaries", "check_options", "markdown_table", "mean_std", "option",
-           "write_json_atomic"]
+__all__ = ["ConfigError", "StorageError", "atomic_write", "check_options", "markdown_table", "mean_std", "option",
+           "remove_stale_temporaries", "write_json_atomic"]
