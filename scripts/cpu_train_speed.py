@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from repro.tasks import build_task_and_model
-from repro.train import train
-from repro.train.optim import build_optimizer, build_scheduler
+from repro.train import compose_config, train
+from repro.train.optim import OptimConfig, build_optimizer, build_scheduler
+from repro.util import check_options
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -37,8 +37,7 @@ def config(args, norm: str, timing_every: int):
         f"trainer.log_every={args.steps}", f"trainer.eval_every={10**9}", f"trainer.checkpoint_every={10**9}",
         f"trainer.norm_timing_every={timing_every}", "trainer.progress_bar=false", "logger=none",
     ]
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides)
+    return compose_config(overrides, conf_dir=CONF)
 
 
 def trainer_run(args, norm: str, timing_every: int) -> dict:
@@ -55,7 +54,7 @@ def bare_loop(args, norm: str) -> dict:
     torch.manual_seed(cfg.seed)
     task, model = build_task_and_model(cfg)
     task.setup(torch.device("cpu"))
-    optimizer = build_optimizer(model.parameters(), name="adam", lr=cfg.optim.lr)
+    optimizer = build_optimizer(model.parameters(), check_options(cfg.optim, OptimConfig, "optim"))
     scheduler = build_scheduler(optimizer, name="paper", total_steps=args.steps)
     batches = task.train_batches().iter_epoch(0)
     started = time.perf_counter()

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from repro.cli.train import check_group_choices, check_sweep, sweep_jobs
 from repro.nn import NORM_NAMES, NormLayer
 from repro.nn import norm_factory
-from repro.train import ConfigError, validate_config
+from repro.train import ConfigError, TrainerSettings, validate_config
 from train_helpers import CONF_DIR, compose_config, one_thread  # noqa: F401
 
 TASKS = {"cifar10_cnn": "ConvPoolCNNC", "cifar10_vit": "ViT"}
@@ -89,11 +89,48 @@ BAD_VALUES = [
 
 @pytest.mark.parametrize("override,key", BAD_VALUES)
 def test_bad_value_is_one_line_error_naming_the_key(override, key):
-    cfg = compose_config("norm=layernorm" if "eps_mode" not in override else "norm=rmsnorm", override)
+    # a value of the wrong type stops composition (the groups' schemas are in Hydra's ConfigStore),
+    # one outside its rule stops validation: either way one line naming the key
     with pytest.raises(ConfigError) as error:
-        validate_config(cfg)
+        validate_config(compose_config("norm=layernorm" if "eps_mode" not in override else "norm=rmsnorm", override))
     message = str(error.value)
     assert "\n" not in message and message.startswith(key), message
+
+
+def test_every_group_is_typed_by_its_owners_schema_in_hydras_config_store():
+    from hydra.core.config_store import ConfigStore
+
+    from repro.nn import NormConfig
+    from repro.tasks.cifar import CifarOptions
+    from repro.tasks.translation import DecodeOptions
+    from repro.track import LoggerConfig
+    from repro.train.optim import OptimConfig
+
+    schemas = {"norm": NormConfig, "trainer": TrainerSettings, "optim": OptimConfig, "logger": LoggerConfig,
+               "data": CifarOptions, "decode": DecodeOptions}
+    repository = ConfigStore.instance().repo
+    for group, schema in schemas.items():
+        assert any(entry.node._metadata.object_type is schema for entry in repository[group].values()), group
+    cnn = compose_config()
+    translation = compose_config("task=multi30k_transformer")
+    for group, schema in schemas.items():
+        cfg = translation if group == "decode" else cnn
+        assert OmegaConf.get_type(cfg[group]) is schema, group
+    for name in ("adam", "adamw", "sgd"):
+        assert OmegaConf.get_type(compose_config(f"optim={name}").optim) is OptimConfig
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.max_step=3", "trainer.max_step is not an option here: must be one of max_steps,"),
+    ("norm.epsilon=1e-6", "norm.epsilon is not an option here: must be one of name, eps,"),
+    ("trainer.eval_every=1e3", "trainer.eval_every=1000.0 is not allowed: must be an integer >= 1"),
+    ("trainer.max_steps=many", "trainer.max_steps='many' is not allowed: must be an integer >= 1 or null"),
+    ("data.flip=sometimes", "data.flip='sometimes' is not allowed: must be true or false"),
+])
+def test_hydra_schema_errors_are_one_line(override, message):
+    with pytest.raises(ConfigError) as error:
+        compose_config(override)
+    assert "\n" not in str(error.value) and str(error.value).startswith(message), str(error.value)
 
 
 def test_eps_mode_outside_is_rejected_for_layernorm():
@@ -125,15 +162,18 @@ def test_a_bad_value_in_any_sweep_job_stops_the_sweep_before_it_starts():
     assert "\n" not in message and message.startswith("error: norm.eps") and "norm.eps=-1" in message
 
 
-def test_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path):
+@pytest.mark.parametrize("override,start,allowed", [
+    ("norm.eps_mode=sideways", "error: norm.eps_mode", "inside"),       # a rule, checked on the composed config
+    ("trainer.deterministic=maybe", "error: trainer.deterministic", "true or false"),  # a type, in Hydra's compose
+])
+def test_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path, override, start, allowed):
     result = subprocess.run(
-        [sys.executable, "-m", "repro.cli.train", "norm.eps_mode=sideways", "logger=none",
-         f"hydra.run.dir={tmp_path / 'run'}"],
+        [sys.executable, "-m", "repro.cli.train", override, "logger=none", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, timeout=120,
     )
     assert result.returncode != 0
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: norm.eps_mode") and "inside" in last, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(start) and allowed in lines[0], result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -156,13 +196,20 @@ def test_a_run_recorded_before_the_decode_group_still_rebuilds():
     assert (task.decode.beam, task.decode.length_penalty, task.smoothing) == (2, 1.0, 0.2)
 
 
-def test_the_trainer_schema_is_the_one_place_for_a_trainer_option():
+def test_the_trainer_schema_is_the_one_place_for_a_trainer_option(tmp_path):
     """A trainer option is a TrainerSettings field: a config without its line takes the field's
     default, and a key the schema lacks (a typo) is a one-line error before any work."""
+    import shutil
+
     from repro.train import TrainerSettings
+    from repro.train import compose_config as compose_with
     from repro.util import check_options
 
-    cfg = compose_config("~trainer.keep_checkpoints")
+    conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
+    trainer_file = conf / "trainer" / "default.yaml"
+    lines = trainer_file.read_text().splitlines(keepends=True)
+    trainer_file.write_text("".join(line for line in lines if not line.startswith("keep_checkpoints:")))
+    cfg = compose_with([], conf_dir=conf)
     validate_config(cfg)
     assert check_options(cfg.trainer, TrainerSettings, "trainer").keep_checkpoints == 0
     with pytest.raises(ConfigError) as error:

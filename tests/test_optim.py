@@ -8,7 +8,7 @@ from torch import nn
 
 from repro.models import ConvPoolCNNC, Transformer, ViT
 from repro.nn import NormFactory
-from repro.train.optim import build_optimizer, parameter_groups
+from repro.train.optim import OptimConfig, build_optimizer, parameter_groups
 from train_helpers import one_thread  # noqa: F401
 
 LR, WD = 0.1, 0.5
@@ -36,7 +36,8 @@ def _expected_exempt(model: nn.Module) -> set[str]:
 @pytest.mark.parametrize("name,model", list(_models()), ids=[n for n, _ in _models()])
 def test_an_adamw_step_decays_only_weight_matrices(name, model):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    optimizer = build_optimizer(parameter_groups(model, WD), name="adamw", lr=LR, weight_decay=WD)
+    config = OptimConfig(name="adamw", _target_="torch.optim.AdamW", lr=LR, weight_decay=WD)
+    optimizer = build_optimizer(parameter_groups(model, WD), config)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)  # Adam's update is 0: only decoupled weight decay moves a parameter
     optimizer.step()
@@ -56,3 +57,33 @@ def test_norm_gains_are_exempt_and_every_parameter_is_in_one_group():
     ids = [id(p) for p in decay["params"] + no_decay["params"]]
     assert sorted(ids) == sorted(id(p) for p in model.parameters())
     assert all(p.ndim >= 2 for p in decay["params"])
+
+
+@pytest.mark.parametrize("name,cls", [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
+def test_each_optim_file_instantiates_its_class_with_its_own_options(name, cls):
+    """No switch over names: the file's _target_ is the class, and only the options the file sets
+    reach it (Adam gets betas, SGD momentum and nesterov)."""
+    from omegaconf import OmegaConf
+
+    from repro.util import check_options
+    from train_helpers import CONF_DIR, compose_config
+
+    cfg = compose_config(f"optim={name}", "optim.lr=0.05")
+    config = check_options(cfg.optim, OptimConfig, "optim")
+    optimizer = build_optimizer([nn.Parameter(torch.zeros(3))], config)
+    assert type(optimizer) is cls and optimizer.defaults["lr"] == 0.05
+    file = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "optim" / f"{name}.yaml"))
+    if "betas" in file:
+        assert optimizer.defaults["betas"] == tuple(file["betas"])
+    if "momentum" in file:
+        assert optimizer.defaults["momentum"] == file["momentum"] and optimizer.defaults["nesterov"] == file["nesterov"]
+
+
+def test_a_target_that_is_not_an_optimizer_is_a_one_line_error():
+    from repro.train import ConfigError, validate_config
+    from train_helpers import compose_config
+
+    for target in ("torch.optim.Nope", "torch.nn.Linear"):
+        with pytest.raises(ConfigError) as error:
+            validate_config(compose_config(f"optim._target_={target}"))
+        assert str(error.value) == f"optim._target_={target!r} is not allowed: must name a torch.optim.Optimizer class"

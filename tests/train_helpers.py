@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from repro.data import translation_fixtures
 from repro.data.fixtures import write_fixture
+from repro.train import compose_config as repro_compose
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 N_TRAIN, N_TEST = 200, 100
@@ -61,8 +61,7 @@ def one_thread():
 
 
 def compose_config(*overrides: str):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", list(overrides))
+    return repro_compose(overrides, conf_dir=CONF_DIR)
 
 
 def smoke_config(root: Path, *overrides: str):

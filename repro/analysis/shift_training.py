@@ -64,26 +64,23 @@ def _finished_with(run_dir: Path, config: dict) -> bool:
 
 def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: float = 0.2, seed: int = 1,
         overrides: Optional[list[str]] = None, command: str = "repro-tables analyze shift-training") -> dict:
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from repro.tables import collect_local
-    from repro.train import train
-    from repro.util.paths import CONF_DIR
+    from repro.train import compose_config, train
 
     every = max(steps // 10, 1)
     results = {}
     for norm in NORMS:
         for c in (0.0, center):
             run_dir = Path(runs) / f"{norm}_center{c:g}"
-            with initialize_config_dir(str(CONF_DIR.resolve()), version_base="1.3"):
-                cfg = compose("config", [
-                    "task=cifar10_cnn", f"norm={norm}", f"seed={seed}", f"data.root={data_root}", "logger=none",
-                    f"trainer.max_steps={steps}", f"trainer.log_every={every}", f"trainer.eval_every={every * 5}",
-                    "trainer.norm_timing_every=0", "trainer.progress_bar=false", "trainer.resume=none",
-                    f"task._target_={FACTORY}", "+task.base_target=repro.tasks.CifarClassification",
-                    f"+task.init_center={c}", *(overrides or []),
-                ])
+            cfg = compose_config([
+                "task=cifar10_cnn", f"norm={norm}", f"seed={seed}", f"data.root={data_root}", "logger=none",
+                f"trainer.max_steps={steps}", f"trainer.log_every={every}", f"trainer.eval_every={every * 5}",
+                "trainer.norm_timing_every=0", "trainer.progress_bar=false", "trainer.resume=none",
+                f"task._target_={FACTORY}", "+task.base_target=repro.tasks.CifarClassification",
+                f"+task.init_center={c}", *(overrides or []),
+            ])
             if not _finished_with(run_dir, OmegaConf.to_container(cfg, resolve=True)):
                 train(cfg, run_dir)
             [record] = collect_local([run_dir])

@@ -12,7 +12,7 @@ from .backends import OP_FAMILIES
 from .suite import PASSES
 
 RECORD_FIELDS = ("op", "partial", "label", "M", "N", "dtype", "pass", "backend", "status", "reason",
-                 "ms", "ms_p20", "ms_p80", "gbps", "pct_copy", "bytes", "pool", "reps")
+                 "ms", "ms_p20", "ms_p80", "gbps", "pct_copy", "bytes", "pool", "reps", "timing")
 CELL = {"n/a": "n/a", "failed": "FAIL", "skipped": "skip"}
 NOISY_SPREAD = 0.5  # p80 - p20 above this fraction of the median marks a time as noisy
 

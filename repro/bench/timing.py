@@ -1,9 +1,12 @@
 """How the benchmark measures: the device it runs on, its timers, and a copy bandwidth to compare against.
 
-CUDA: `triton.testing.do_bench` (CUDA events around each call, L2 flushed between calls),
-median. CPU: wall-clock (`time.perf_counter`) medians after warm-up calls. Both report the
-median because one slow outlier (a context switch on a shared CPU, a clock ramp on a GPU) must
-not move the number.
+CUDA: CUDA events around each call, median, after an untimed first call (compiles: Triton's JIT,
+torch.compile) and warm-up calls. No L2 flush: the benchmark rotates through input sets larger
+than L2 already, and a flush memset's dirty lines would be written back inside the next timed
+call. Small cases, where the host's launch overhead rather than the kernels sets the time, are
+timed as a CUDA graph of many calls (`triton.testing.do_bench_cudagraph`). CPU: wall-clock
+(`time.perf_counter`) medians after warm-up calls. Both report the median because one slow
+outlier (a context switch on a shared CPU, a clock ramp on a GPU) must not move the number.
 """
 from __future__ import annotations
 
@@ -92,17 +95,19 @@ class Timing:
     median_s: float
     p20_s: float           # the 20th and 80th percentiles show how noisy the median is
     p80_s: float
-    reps: Optional[int]    # timed calls (do_bench does not say how many it made)
+    reps: Optional[int]    # timed calls (a CUDA graph's replays each time many calls: None)
+    method: str = "wall"   # "events" (CUDA events per call), "cudagraph", "wall" (CPU)
 
 
-Timer = Callable[[Callable[[], object]], Timing]
+# timer(fn, graph=False): graph asks a CUDA timer to replay fn from a CUDA graph (small cases)
+Timer = Callable[..., Timing]
 
 
 @dataclass(frozen=True)
 class TimingPlan:
     """How long to warm up and measure one function; the quick grid uses a lighter plan."""
-    warmup_ms: float       # CUDA: do_bench's warm-up time
-    rep_ms: float          # CUDA: do_bench's measuring time
+    warmup_ms: float       # CUDA: warm-up time
+    rep_ms: float          # CUDA: measuring time
     cpu_warmup: int        # CPU: untimed calls first
     cpu_reps: int          # CPU: at most this many timed calls ...
     cpu_min_reps: int      # ... at least this many ...
@@ -110,8 +115,9 @@ class TimingPlan:
 
     def describe(self, device: torch.device) -> str:
         if device.type == "cuda":
-            return (f"triton.testing.do_bench median (CUDA events, L2 flushed between calls), "
-                    f"warmup {self.warmup_ms:g} ms, rep {self.rep_ms:g} ms")
+            return (f"median of CUDA-event times per call after an untimed compile call, warmup "
+                    f"{self.warmup_ms:g} ms, rep {self.rep_ms:g} ms, no L2 flush (rotated inputs exceed L2); "
+                    f"small cases: triton.testing.do_bench_cudagraph median (a graph of many calls)")
         return (f"time.perf_counter median of {self.cpu_min_reps}-{self.cpu_reps} calls "
                 f"(stops adding calls after {self.cpu_budget_s:g} s) after {self.cpu_warmup} warm-up calls")
 
@@ -148,14 +154,9 @@ def keep_freed_memory() -> Optional[str]:
 def make_timer(device: torch.device, plan: TimingPlan) -> Timer:
     """A function timing `fn()` per call on the device."""
     if device.type == "cuda":
-        from triton.testing import do_bench
+        return lambda fn, graph=False: _cuda_time(fn, plan, graph)
 
-        def cuda_timer(fn):
-            median, p20, p80 = do_bench(fn, warmup=plan.warmup_ms, rep=plan.rep_ms, quantiles=[0.5, 0.2, 0.8])
-            return Timing(median * 1e-3, p20 * 1e-3, p80 * 1e-3, None)
-        return cuda_timer
-
-    def cpu_timer(fn):
+    def cpu_timer(fn, graph=False):
         for _ in range(plan.cpu_warmup):
             fn()
         times = []
@@ -164,20 +165,60 @@ def make_timer(device: torch.device, plan: TimingPlan) -> Timer:
             start = time.perf_counter()
             fn()
             times.append(time.perf_counter() - start)
-        p20, _, _, p80 = statistics.quantiles(times, n=5, method="inclusive")
-        return Timing(statistics.median(times), p20, p80, len(times))
+        return _timing(times, len(times), "wall")
     return cpu_timer
+
+
+def _timing(times_s: list[float], reps: Optional[int], method: str) -> Timing:
+    if len(times_s) == 1:
+        return Timing(times_s[0], times_s[0], times_s[0], reps, method)
+    p20, _, _, p80 = statistics.quantiles(times_s, n=5, method="inclusive")
+    return Timing(statistics.median(times_s), p20, p80, reps, method)
+
+
+def _cuda_time(fn, plan: TimingPlan, graph: bool) -> Timing:
+    fn()  # compiles (Triton JIT, torch.compile) and allocates outside any timing
+    torch.cuda.synchronize()
+    if graph:
+        from triton.testing import do_bench_cudagraph
+
+        try:
+            median, p20, p80 = do_bench_cudagraph(fn, rep=plan.rep_ms, quantiles=[0.5, 0.2, 0.8])
+            return Timing(median * 1e-3, p20 * 1e-3, p80 * 1e-3, None, "cudagraph")
+        except Exception:  # noqa: BLE001 - a backend that cannot be captured is timed per call
+            torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(3):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate_ms = max(start.elapsed_time(end) / 3, 1e-3)
+    for _ in range(max(1, int(plan.warmup_ms / estimate_ms))):
+        fn()
+    reps = max(5, min(10_000, int(plan.rep_ms / estimate_ms)))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+    for begin, finish in events:
+        begin.record()
+        fn()
+        finish.record()
+    torch.cuda.synchronize()
+    return _timing([b.elapsed_time(f) * 1e-3 for b, f in events], reps, "events")
 
 
 def copy_bandwidth(info: DeviceInfo, timer: Timer) -> tuple[float, int]:
     """GB/s of a plain same-device copy (bytes read + bytes written), and the buffer size used.
 
-    Source and destination are each twice the cache (at least 256 MiB, at most 1 GiB), so the
-    copy streams from memory, as the rotated benchmark inputs do. On a CPU the copy uses normal
-    stores, which first read each destination line (read for ownership); kernels that write
-    large outputs with streaming stores (the cpu backend) skip that read and can exceed 100 %.
+    GPU: source and destination of at least 1 GiB each (and twice L2), so the copy streams from
+    memory at its sustained rate, as the rotated benchmark inputs do. CPU: twice the cache (at
+    least 256 MiB, at most 1 GiB). On a CPU the copy uses normal stores, which first read each
+    destination line (read for ownership); kernels that write large outputs with streaming stores
+    (the cpu backend) skip that read and can exceed 100 %.
     """
-    nbytes = min(max(2 * info.cache_bytes, 256 * 2**20), 2**30)
+    if info.device.type == "cuda":
+        nbytes = max(2 * info.cache_bytes, 2**30)
+    else:
+        nbytes = min(max(2 * info.cache_bytes, 256 * 2**20), 2**30)
     src = torch.ones(nbytes, dtype=torch.uint8, device=info.device)
     dst = torch.empty_like(src)
     seconds = timer(lambda: dst.copy_(src)).median_s

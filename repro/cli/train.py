@@ -35,14 +35,13 @@ def check_group_choices(args: list[str], conf_dir: Path) -> None:
 def sweep_jobs(args: list[str], conf_dir: Path) -> list[list[str]]:
     """The override lists of every job a multirun launches: the command line's sweeps (`a,b`,
     `range(...)`) crossed with the experiment's `hydra.sweeper.params` not set on the command line."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    with initialize_config_dir(str(conf_dir.resolve()), version_base="1.3"):
-        base = compose("config", [o.input_line for o in parsed if not o.is_sweep_override()],
-                       return_hydra_config=True)
+    from repro.train import compose_config
+
+    parsed = OverridesParser.create().parse_overrides(_overrides(args))
+    base = compose_config([o.input_line for o in parsed if not o.is_sweep_override()], return_hydra_config=True,
+                          conf_dir=conf_dir)
     axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
             else [o.input_line] for o in parsed]
     given = {o.key_or_group for o in parsed}
@@ -56,17 +55,32 @@ def sweep_jobs(args: list[str], conf_dir: Path) -> list[list[str]]:
 
 def check_sweep(args: list[str], conf_dir: Path) -> None:
     """Validate every job of a multirun before the first one starts."""
-    from hydra import compose, initialize_config_dir
+    from repro.train import ConfigError, compose_config, validate_config
 
-    from repro.train import ConfigError, validate_config
+    try:
+        jobs = sweep_jobs(args, conf_dir)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+    for job in jobs:
+        try:
+            validate_config(compose_config(job, conf_dir=conf_dir))
+        except ConfigError as error:
+            sys.exit(f"error: {error} (in the sweep job {' '.join(job)})")
 
-    jobs = sweep_jobs(args, conf_dir)
-    with initialize_config_dir(str(conf_dir.resolve()), version_base="1.3"):
-        for job in jobs:
-            try:
-                validate_config(compose("config", job))
-            except ConfigError as error:
-                sys.exit(f"error: {error} (in the sweep job {' '.join(job)})")
+
+def check_composes(args: list[str], conf_dir: Path) -> None:
+    """Compose a single run's config against the groups' schemas before Hydra starts, so a value
+    a schema rejects is one line here rather than Hydra's multi-line error."""
+    from repro.train import ConfigError, compose_config
+
+    try:
+        compose_config(_overrides(args), conf_dir=conf_dir)
+    except ConfigError as error:
+        sys.exit(f"error: {error}")
+
+
+def _overrides(args: list[str]) -> list[str]:
+    return [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
 
 
 def _run(cfg: DictConfig) -> None:
@@ -89,6 +103,8 @@ def main() -> None:
     check_group_choices(sys.argv[1:], CONF_DIR)
     if {"-m", "--multirun"} & set(sys.argv[1:]):
         check_sweep(sys.argv[1:], CONF_DIR)
+    else:
+        check_composes(sys.argv[1:], CONF_DIR)
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_run)()
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from repro.kernels.ops import BACKENDS, EPS_MODES, check_backend, check_eps, check_eps_mode, check_partial
-from repro.util import option
+from repro.util import option, register_schema
 
 from .norms import CONV_MODES, PARTIAL_RMS_NORM_DEFAULT, ConvNorm, check_conv_mode, check_dim, check_flag
 from .registry import NORM_NAMES, NORMS, NormSpec, norm_spec
@@ -35,6 +35,8 @@ class NormConfig:
     affine: bool = option(True)
 
 
+
+register_schema("norm", "norm_schema", NormConfig)  # conf/norm/*.yaml list it first
 class NormFactory:
     """Builds the activation norm of one kind: `factory(dim)` for features-last input (..., dim),
     `factory(dim, conv=True)` for conv features (N, dim, H, W) (normalized as `conv_mode` says),

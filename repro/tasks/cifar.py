@@ -11,7 +11,7 @@ from torch import nn
 from repro.data import ImageBatches, load_cifar10, prepare_cifar10
 from repro.data.cifar10 import PREPROCESS
 from repro.nn import NormFactory
-from repro.util import ConfigError, option
+from repro.util import ConfigError, option, register_schema
 
 from .base import Task
 
@@ -31,6 +31,8 @@ class CifarOptions:
     flip: bool = option(True)
 
 
+
+register_schema("data", "cifar10_schema", CifarOptions)
 class CifarClassification(Task):
     throughput_unit = "images"
     options = CifarOptions

@@ -23,7 +23,7 @@ from repro.data.translation import (
     load_hf_wmt, read_parallel, train_tokenizer,
 )
 from repro.nn import NormFactory
-from repro.util import ConfigError, check_options, option
+from repro.util import ConfigError, check_options, option, register_schema
 from repro.util.schema import Rule, as_dict, check_value
 
 from .base import Task
@@ -63,6 +63,8 @@ class DecodeOptions:
     max_len_b: int = option(10, minimum=0)
 
 
+
+register_schema("decode", "decode_schema", DecodeOptions)
 class Translation(Task):
     throughput_unit = "tokens"
     eval_splits = ("val", "test")

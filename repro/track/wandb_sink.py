@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from repro.util import option
+from repro.util import option, register_schema
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 LOGGERS = ("wandb", "none")
@@ -32,6 +32,8 @@ class LoggerConfig:
     tags: list = option(default_factory=list)
 
 
+
+register_schema("logger", "logger_schema", LoggerConfig)
 def _has_api_key() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True

@@ -11,19 +11,40 @@ it knows no particular task or norm.
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Sequence
 
 from omegaconf import DictConfig
 
 from repro.nn import NormConfig, norm_factory
 from repro.tasks import task_class
 from repro.track import DriftSettings, LoggerConfig
-from repro.util import ConfigError
+from repro.util import ConfigError, composition_error
+from repro.util.paths import CONF_DIR
 from repro.util.schema import Rule, check_options, check_value
 
 from .optim import OptimConfig
 from .trainer import TrainerSettings
 
-__all__ = ["ConfigError", "validate_config"]
+__all__ = ["ConfigError", "compose_config", "validate_config"]
+
+
+def compose_config(overrides: Sequence[str] = (), *, return_hydra_config: bool = False,
+                   conf_dir: Path = CONF_DIR) -> DictConfig:
+    """The config repro-train would run with these overrides, composed by Hydra against the
+    schemas the groups' owners registered (importing this module imports them all); a value a
+    schema rejects, or a key it does not have, is a one-line ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    with initialize_config_dir(str(Path(conf_dir).resolve()), version_base="1.3"):
+        try:
+            return compose("config", list(overrides), return_hydra_config=return_hydra_config)
+        except ConfigCompositionException as error:
+            converted = composition_error(error)
+            if converted is None:
+                raise
+            raise converted from None
 
 
 def _group(cfg: DictConfig, key: str):

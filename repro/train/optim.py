@@ -7,19 +7,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from repro.nn import NormLayer
-from repro.util import ConfigError, check_options, option
+from repro.util import ConfigError, check_options, option, register_schema
 
 # Modules whose own parameters never decay: norm gains and offsets (a norm comparison must not be
 # confounded by decaying the norm's own parameters) and embedding tables.
 NO_DECAY_MODULES = (NormLayer, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding)
-OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "paper", "inverse_sqrt", "cosine")
 
 
@@ -34,22 +33,27 @@ class ScheduleConfig:
 @dataclass
 class OptimConfig:
     """The `optim` config group's schema."""
-    name: str = option(choices=OPTIMIZERS)
+    name: str = option()                            # a label (W&B, tables): the file name
+    _target_: str = option()                        # the torch.optim class, e.g. torch.optim.AdamW
     lr: float = option(minimum=0, strict=True)
     weight_decay: float = option(0.0, minimum=0)
-    betas: list = option(default_factory=lambda: [0.9, 0.999])
-    momentum: float = option(0.9, minimum=0)
-    nesterov: bool = option(False)
+    # The class's own options: passed only when the file sets them (SGD has no betas, Adam no momentum).
+    betas: Optional[list] = option(None)
+    momentum: Optional[float] = option(None, minimum=0)
+    nesterov: Optional[bool] = option(None)
     schedule: dict = option(default_factory=dict)
 
     def check(self) -> ScheduleConfig:
-        """The schedule, checked (rules between options included)."""
+        """The optimizer class and the schedule, checked (rules between options included)."""
+        optimizer_class(self._target_)
         schedule = check_options(self.schedule, ScheduleConfig, "optim.schedule")
         if schedule.name == "inverse_sqrt" and schedule.warmup_steps < 1:
             raise ConfigError("optim.schedule.warmup_steps=0 is not allowed with inverse_sqrt: must be >= 1")
         return schedule
 
 
+
+register_schema("optim", "optim_schema", OptimConfig)
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two optimizer groups, as timm does: weight decay on the weight matrices and kernels of
     linear / conv layers only; none on biases, norm gains and offsets (including weight norm's g),
@@ -82,15 +86,28 @@ def _listed_exempt(model: nn.Module) -> set[str]:
     return names
 
 
-def build_optimizer(params, *, name: str, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999),
-                    momentum: float = 0.9, nesterov: bool = False) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
-    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+def optimizer_class(target: str) -> type:
+    """The torch.optim.Optimizer subclass `target` names, or a one-line ConfigError."""
+    from hydra.utils import get_class
+
+    try:
+        cls = get_class(target)
+    except Exception:  # hydra raises ImportError or ValueError with a multi-line message
+        cls = None
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ConfigError(f"optim._target_={target!r} is not allowed: must name a torch.optim.Optimizer class")
+    return cls
+
+
+def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
+    """The optimizer the config's `_target_` names, instantiated by Hydra over `params` with the
+    options the config sets (no switch over names: a new optimizer is a conf file)."""
+    from hydra.utils import instantiate
+
+    optimizer_class(config._target_)
+    options = {"lr": config.lr, "weight_decay": config.weight_decay, "momentum": config.momentum,
+               "nesterov": config.nesterov, "betas": tuple(config.betas) if config.betas is not None else None}
+    return instantiate({"_target_": config._target_, **{k: v for k, v in options.items() if v is not None}}, params)
 
 
 def lr_multiplier(*, name: str, total_steps: int, warmup_steps: int = 0,

@@ -26,7 +26,7 @@ from repro.util import ConfigError, StorageError, check_options, remove_stale_te
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import validate_config
-from .optim import build_optimizer, parameter_count, parameter_groups
+from .optim import OptimConfig, build_optimizer, parameter_count, parameter_groups
 from .trainer import Trainer, TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,8 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         model = model.to(device)
         optim = OmegaConf.to_container(cfg.optim, resolve=True)
         schedule = optim.pop("schedule")
-        optimizer = build_optimizer(parameter_groups(model, optim.get("weight_decay", 0.0)), **optim)
+        optim_config = OptimConfig(**optim)
+        optimizer = build_optimizer(parameter_groups(model, optim_config.weight_decay), optim_config)
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         trainer = Trainer(
             task, model, optimizer, schedule, t, drift=check_options(cfg.track, DriftSettings, "track"),

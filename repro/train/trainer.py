@@ -30,7 +30,7 @@ from tqdm import tqdm
 from repro.tasks.base import Task
 from repro.track import NormTimer, Tracker
 from repro.track.drift import DriftSettings
-from repro.util import option
+from repro.util import option, register_schema
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -66,6 +66,8 @@ class TrainerSettings:
     resume: Optional[str] = option("auto")
 
 
+
+register_schema("trainer", "trainer_schema", TrainerSettings)
 class _Interval:
     """Sums over the steps since the last log line (item-weighted), kept as tensors so logging
     costs one device sync per interval rather than one per step."""

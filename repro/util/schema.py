@@ -12,8 +12,13 @@ dataclass is the only place that says what each option accepts.
 the first bad value raises ConfigError with one line naming the key and the allowed values
 ("trainer.eval_every=0 is not allowed: must be an integer >= 1"). A key the config leaves out
 takes the field's default, so a new option needs its field and nothing else (its line in conf/
-documents it). The check runs on the composed config before any work rather than inside Hydra's
-compose, because Hydra's own type errors span several lines and would stop a sweep with a trace.
+documents it).
+
+The same dataclass is the group's schema in Hydra's ConfigStore (`register_schema`, called by
+the module that owns it; the group's conf files list it first in their defaults), so Hydra
+types every option and rejects unknown keys while composing. Hydra's own errors span several
+lines: `composition_error` turns them into the same one-line ConfigError, and the rules Hydra
+does not know (ranges, choices) are checked by `check_options` on the composed config.
 """
 from __future__ import annotations
 
@@ -119,3 +124,30 @@ def check_options(values: Mapping, schema: type[T], prefix: str, *, ignore: Sequ
         check_value(f"{prefix}.{name}", values[name], hints[name], field.metadata.get("rule", Rule()))
         kwargs[name] = values[name]
     return schema(**kwargs)
+
+
+def register_schema(group: str, name: str, node: type) -> None:
+    """Store the dataclass `node` in Hydra's ConfigStore as `group/name`."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group=group, name=name, node=node)
+
+
+def composition_error(error: BaseException) -> Optional[ConfigError]:
+    """The one-line ConfigError for Hydra's error about a value its schema rejects, or a key the
+    schema does not have; None for any other composition error."""
+    cause = error.__cause__ or error
+    key, schema = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
+    if not key or not dataclasses.is_dataclass(schema):
+        return None
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    name = key.rsplit(".", 1)[-1]
+    if name not in fields:
+        return ConfigError(f"{key} is not an option here: must be one of {', '.join(fields)}")
+    field = fields[name]
+    try:
+        check_value(key, getattr(cause, "value", None), typing.get_type_hints(schema)[name],
+                    field.metadata.get("rule", Rule()))
+    except ConfigError as converted:
+        return converted
+    return ConfigError(f"{key}={getattr(cause, 'value', None)!r} is not allowed: {str(cause).splitlines()[0]}")
