@@ -65,7 +65,11 @@ def kill_at(point: str, n: int, data_root: Path, run_dir: Path, *overrides: str)
     assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
 
 
-def assert_same_as_uninterrupted(run_dir: Path, uninterrupted: Path, resumed_step: int) -> None:
+def wall_time_at(checkpoint: Path) -> float:
+    return ckpt.load(checkpoint)["wall_time_s"]
+
+
+def assert_same_as_uninterrupted(run_dir: Path, uninterrupted: Path, resumed_step: int, wall_before: float) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no torn line left to skip
         rows = read_metrics(run_dir)
@@ -82,8 +86,8 @@ def assert_same_as_uninterrupted(run_dir: Path, uninterrupted: Path, resumed_ste
     for key in ("totals/steps", "totals/items", "totals/norm_samples", "test/acc", "val/acc", "best/val/acc"):
         assert summary[key] == reference[key], key
     assert summary["totals/steps"] == 8
-    assert summary["wall_time_s"] > ckpt.load(run_dir / "checkpoints" / f"step_{resumed_step:08d}.pt")["wall_time_s"] \
-        if (run_dir / "checkpoints" / f"step_{resumed_step:08d}.pt").exists() else summary["wall_time_s"] > 0
+    # The wall time counts the time before the resume too: more than the resumed checkpoint had taken.
+    assert summary["wall_time_s"] > wall_before > 0
     assert not list(run_dir.rglob(".*.tmp")), "a temporary file was left behind"
 
 
@@ -108,8 +112,9 @@ def test_kill_9_then_rerun_ends_as_the_uninterrupted_run(fault, cifar_jpeg, unin
             read_metrics(tmp_path)
     if point == "checkpoint":
         assert list((tmp_path / "checkpoints").glob(".last.pt.*.tmp"))
+    wall_before = wall_time_at(tmp_path / "checkpoints" / "last.pt")
     train(smoke_config(cifar_jpeg, *OVERRIDES), tmp_path)  # trainer.resume=auto
-    assert_same_as_uninterrupted(tmp_path, uninterrupted, resumed_step)
+    assert_same_as_uninterrupted(tmp_path, uninterrupted, resumed_step, wall_before)
 
 
 @pytest.mark.slow
@@ -117,12 +122,13 @@ def test_kill_9_then_rerun_ends_as_the_uninterrupted_run(fault, cifar_jpeg, unin
 def test_kill_9_in_every_step_then_rerun_ends_as_the_uninterrupted_run(n, cifar_jpeg, uninterrupted, tmp_path):  # noqa: F811
     kill_at("step", n, cifar_jpeg, tmp_path)
     resumed_step = (n - 1) // 2 * 2  # the newest checkpoint before step n
+    wall_before = wall_time_at(tmp_path / "checkpoints" / "last.pt") if resumed_step else 0.0
     train(smoke_config(cifar_jpeg, *OVERRIDES), tmp_path)
     if resumed_step == 0:  # nothing to resume: a fresh start in the same directory
         assert without_timing(read_metrics(tmp_path)) == without_timing(read_metrics(uninterrupted))
         assert summary_of(tmp_path)["resumed_step"] is None
     else:
-        assert_same_as_uninterrupted(tmp_path, uninterrupted, resumed_step)
+        assert_same_as_uninterrupted(tmp_path, uninterrupted, resumed_step, wall_before)
 
 
 @pytest.mark.slow
@@ -179,11 +185,12 @@ def test_a_damaged_last_pt_falls_back_to_the_newest_intact_step_checkpoint(unint
     # step_8 is a hard link of last.pt: damage in place reaches both, so step_6 is the newest intact one.
     for name in ("last.pt", "step_00000008.pt"):
         (checkpoints / name).write_bytes(b"garbage")
+    wall_before = wall_time_at(checkpoints / "step_00000006.pt")
     with caplog.at_level("WARNING"):
         train(smoke_config(cifar_jpeg, *OVERRIDES), run_dir)
     assert any("last.pt is damaged" in r.message and "step_00000006.pt (step 6)" in r.message for r in caplog.records)
     assert summary_of(run_dir)["resumed_from"].endswith("step_00000006.pt")
-    assert_same_as_uninterrupted(run_dir, uninterrupted, 6)
+    assert_same_as_uninterrupted(run_dir, uninterrupted, 6, wall_before)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -277,12 +284,13 @@ def test_a_full_disk_stops_the_run_clearly_keeps_its_files_and_a_rerun_resumes(w
     assert "rerun the same run directory to resume" in message
     # Everything written before stays readable.
     assert ckpt.load(tmp_path / "checkpoints" / "last.pt")["step"] == resumed_step
+    wall_before = wall_time_at(tmp_path / "checkpoints" / "last.pt")
     summary = summary_of(tmp_path)
     assert summary["status"] in ("failed", "running")
     assert read_metrics(tmp_path)
     monkeypatch.undo()  # space freed
     train(smoke_config(cifar_jpeg, *OVERRIDES), tmp_path)
-    assert_same_as_uninterrupted(tmp_path, uninterrupted, resumed_step)
+    assert_same_as_uninterrupted(tmp_path, uninterrupted, resumed_step, wall_before)
 
 
 # -------------------------------------------------------------------------- tables, translation
