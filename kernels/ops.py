@@ -1,10 +1,19 @@
 """The public norm ops: argument checks, backend dispatch, and torch.library registration.
 
-`backend="torch"` runs the pure-torch reference (autograd through torch ops). Every kernel
-backend goes through one pair of custom ops per norm (forward, backward), registered with
-autograd and fake implementations so `torch.compile(fullgraph=True)` traces them as single
-nodes and CUDA graphs can capture them. A kernel backend is a module with four functions on
-2D row-major views (last dim contiguous, any row stride):
+`backend="torch"` runs the pure-torch reference (autograd through torch ops). A kernel backend
+is reached two ways, with the same kernels and the same results:
+
+- eager calls (the common case: training without torch.compile) go through a plain
+  `torch.autograd.Function` that calls the kernels directly. A `torch.library.custom_op` costs
+  roughly 100-300 us per call in Python dispatch on a 2-core CPU, more than the kernel itself at
+  small shapes, against 20-120 us for the Function;
+- under torch.compile (and any tracing: a dispatch mode, a tensor subclass) they go through one
+  pair of custom ops per norm (forward, backward), registered with autograd and fake
+  implementations so `torch.compile(fullgraph=True)` traces them as single nodes and CUDA
+  graphs can capture them.
+
+A kernel backend is a module with four functions on 2D row-major views (last dim contiguous,
+any row stride):
 
     rms_norm_forward(x, weight, bias, eps, k, eps_outside)         -> y, rstd
     rms_norm_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias) -> dx, dw, db
@@ -22,6 +31,8 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from . import cpu as cpu_kernels
 from . import reference
@@ -151,14 +162,92 @@ def _grad_rows(dy: Tensor, shape) -> Tensor:
     return as_rows(dy.reshape(shape) if dy.shape != shape else dy)
 
 
+# ---------------------------------------------------------------------------- kernel calls
+# The kernels on any-shaped tensors: row views in, the input's shape out. Both routes (the
+# eager Function and the custom ops) call these, so they cannot drift apart.
+def _rms_forward(x, weight, bias, eps, k, eps_outside, backend):
+    y, rstd = _kernels(backend).rms_norm_forward(as_rows(x), weight, bias, eps, k, eps_outside)
+    return y.view(x.shape), rstd.view(x.shape[:-1])
+
+
+def _rms_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, backend):
+    dx, dw, db = _kernels(backend).rms_norm_backward(
+        _grad_rows(dy, x.shape), as_rows(x), weight, rstd.reshape(-1), eps, k, eps_outside, has_bias
+    )
+    return dx.view(x.shape), dw, db
+
+
+def _ln_forward(x, weight, bias, eps, backend):
+    y, mean, rstd = _kernels(backend).layer_norm_forward(as_rows(x), weight, bias, eps)
+    return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+
+
+def _ln_backward(dy, x, weight, mean, rstd, has_bias, backend):
+    dx, dw, db = _kernels(backend).layer_norm_backward(
+        _grad_rows(dy, x.shape), as_rows(x), weight, mean.reshape(-1), rstd.reshape(-1), has_bias
+    )
+    return dx.view(x.shape), dw, db
+
+
+def _param_grad(g: Optional[Tensor], present: bool, like: Optional[Tensor]):
+    # kernels return parameter gradients in the compute dtype; cast to the parameter's
+    if not present:
+        return None
+    return g.to(like.dtype) if like is not None else g
+
+
+# ---------------------------------------------------------------------------- eager route
+EAGER_FAST_PATH = True  # False sends eager calls through the custom ops too (tests compare both)
+
+
+def _eager(x: Tensor) -> bool:
+    """Whether this call may take the plain autograd.Function: not while torch.compile traces
+    (it needs the custom ops), nor under a dispatch mode (fake tensors, make_fx) or for a tensor
+    subclass, whose handlers know custom ops but not the raw kernels."""
+    return (EAGER_FAST_PATH and not torch.compiler.is_compiling() and type(x) is Tensor
+            and _get_current_dispatch_mode() is None)
+
+
+class _RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, k, eps_outside, backend):
+        y, rstd = _rms_forward(x, weight, bias, eps, k, eps_outside, backend)
+        ctx.save_for_backward(x, weight, bias, rstd)
+        ctx.conf = (eps, k, eps_outside, backend)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias, rstd = ctx.saved_tensors
+        dx, dw, db = _rms_backward(dy, x, weight, rstd, *ctx.conf[:3], bias is not None, ctx.conf[3])
+        return (dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias),
+                None, None, None, None)
+
+
+class _LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, backend):
+        y, mean, rstd = _ln_forward(x, weight, bias, eps, backend)
+        ctx.save_for_backward(x, weight, bias, mean, rstd)
+        ctx.backend = backend
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy):
+        x, weight, bias, mean, rstd = ctx.saved_tensors
+        dx, dw, db = _ln_backward(dy, x, weight, mean, rstd, bias is not None, ctx.backend)
+        return dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias), None, None
+
+
 # ---------------------------------------------------------------------------- RMSNorm op
 @torch.library.custom_op("repro::rms_norm_fwd", mutates_args=())
 def _rms_norm_fwd(
     x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
     eps: float, k: int, eps_outside: bool, backend: str,
 ) -> tuple[Tensor, Tensor]:
-    y, rstd = _kernels(backend).rms_norm_forward(as_rows(x), weight, bias, eps, k, eps_outside)
-    return y.view(x.shape), rstd.view(x.shape[:-1])
+    return _rms_forward(x, weight, bias, eps, k, eps_outside, backend)
 
 
 @_rms_norm_fwd.register_fake
@@ -173,10 +262,8 @@ def _rms_norm_bwd(
     dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor,
     eps: float, k: int, eps_outside: bool, has_bias: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _kernels(backend).rms_norm_backward(
-        _grad_rows(dy, x.shape), as_rows(x), weight, rstd.reshape(-1), eps, k, eps_outside, has_bias
-    )
-    return dx.view(x.shape), _or_empty(dw, x), _or_empty(db, x)
+    dx, dw, db = _rms_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, backend)
+    return dx, _or_empty(dw, x), _or_empty(db, x)
 
 
 @_rms_norm_bwd.register_fake
@@ -198,19 +285,13 @@ def _fake_param_grad(present: bool, x: Tensor) -> Tensor:
     return x.new_empty(x.shape[-1] if present else 0, dtype=reference.compute_dtype(x))
 
 
-def _param_grad(g: Tensor, present: bool, like: Optional[Tensor]):
-    if not present:
-        return None
-    return g.to(like.dtype) if like is not None else g
-
-
 def _rms_setup(ctx, inputs, output):
     x, weight, bias, eps, k, eps_outside, backend = inputs
     ctx.save_for_backward(x, weight, bias, output[1])
     ctx.conf = (eps, k, eps_outside, backend)
 
 
-def _rms_backward(ctx, dy, _drstd):
+def _rms_op_backward(ctx, dy, _drstd):
     x, weight, bias, rstd = ctx.saved_tensors
     eps, k, eps_outside, backend = ctx.conf
     dx, dw, db = _rms_norm_bwd(dy, x, weight, rstd, eps, k, eps_outside, bias is not None, backend)
@@ -220,7 +301,7 @@ def _rms_backward(ctx, dy, _drstd):
     )
 
 
-_rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup)
+_rms_norm_fwd.register_autograd(_rms_op_backward, setup_context=_rms_setup)
 
 
 # ---------------------------------------------------------------------------- LayerNorm op
@@ -228,8 +309,7 @@ _rms_norm_fwd.register_autograd(_rms_backward, setup_context=_rms_setup)
 def _layer_norm_fwd(
     x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    y, mean, rstd = _kernels(backend).layer_norm_forward(as_rows(x), weight, bias, eps)
-    return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
+    return _ln_forward(x, weight, bias, eps, backend)
 
 
 @_layer_norm_fwd.register_fake
@@ -243,10 +323,8 @@ def _layer_norm_bwd(
     dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
     has_bias: bool, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _kernels(backend).layer_norm_backward(
-        _grad_rows(dy, x.shape), as_rows(x), weight, mean.reshape(-1), rstd.reshape(-1), has_bias
-    )
-    return dx.view(x.shape), _or_empty(dw, x), _or_empty(db, x)
+    dx, dw, db = _ln_backward(dy, x, weight, mean, rstd, has_bias, backend)
+    return dx, _or_empty(dw, x), _or_empty(db, x)
 
 
 @_layer_norm_bwd.register_fake
@@ -264,7 +342,7 @@ def _ln_setup(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _ln_backward(ctx, dy, _dmean, _drstd):
+def _ln_op_backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
     dx, dw, db = _layer_norm_bwd(dy, x, weight, mean, rstd, bias is not None, ctx.backend)
     return (
@@ -273,7 +351,31 @@ def _ln_backward(ctx, dy, _dmean, _drstd):
     )
 
 
-_layer_norm_fwd.register_autograd(_ln_backward, setup_context=_ln_setup)
+_layer_norm_fwd.register_autograd(_ln_op_backward, setup_context=_ln_setup)
+
+
+# ---------------------------------------------------------------------------- autocast rule
+# Under torch.autocast the norm ops run at the precision torch's own F.layer_norm runs at on that
+# device, so every row of a table (LayerNorm, RMSNorm, pRMSNorm, BatchNorm) runs at one precision:
+# - device types whose autocast policy lists layer_norm as an fp32 op (CUDA): x, weight and bias are
+#   cast to fp32 and the output is fp32, as F.layer_norm's is there;
+# - other device types (CPU: layer_norm is in no autocast list): the input's dtype is kept, so bf16
+#   in gives bf16 out, as F.layer_norm's does.
+# Either way the statistics are fp32 (every backend accumulates in fp32). The rule is applied in
+# the public functions below, before dispatch, so it holds for every backend and every route to
+# a kernel (the eager path and the custom ops torch.compile traces). tests/test_autocast.py checks
+# it against F.layer_norm on the CPU; tests/test_gpu.py on CUDA.
+AUTOCAST_FP32_DEVICES = ("cuda",)
+
+
+def autocast_inputs(x: Tensor, *params: Optional[Tensor]) -> tuple:
+    """(x, *params) as the norm ops see them under the autocast state of x's device."""
+    device = x.device.type
+    if device not in AUTOCAST_FP32_DEVICES or not torch.is_autocast_enabled(device):
+        return (x, *params)
+    if x.dtype == torch.float64:  # autocast leaves fp64 alone
+        return (x, *params)
+    return tuple(t.float() if t is not None and t.dtype != torch.float64 else t for t in (x, *params))
 
 
 # ---------------------------------------------------------------------------- public API
@@ -294,6 +396,7 @@ def rms_norm(
     _check_input(x)
     _check_param("weight", weight, x)
     _check_param("bias", bias, x)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
     check_eps_mode(eps_mode)
     k = check_partial(partial, x.shape[-1])
@@ -301,8 +404,8 @@ def rms_norm(
     if backend == "torch":
         return reference.rms_norm(x, weight, bias, eps=eps, partial=partial, eps_mode=eps_mode)
     weight, bias = _dense(weight), _dense(bias)
-    y, _ = _rms_norm_fwd(x, weight, bias, float(eps), k, eps_mode == "outside", backend)
-    return y
+    args = (x, weight, bias, float(eps), k, eps_mode == "outside", backend)
+    return _RMSNormFunction.apply(*args) if _eager(x) else _rms_norm_fwd(*args)[0]
 
 
 def layer_norm(
@@ -317,10 +420,11 @@ def layer_norm(
     _check_input(x)
     _check_param("weight", weight, x)
     _check_param("bias", bias, x)
+    x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
     backend = resolve_backend(backend, x)
     if backend == "torch":
         return reference.layer_norm(x, weight, bias, eps=eps)
     weight, bias = _dense(weight), _dense(bias)
-    y, _, _ = _layer_norm_fwd(x, weight, bias, float(eps), backend)
-    return y
+    args = (x, weight, bias, float(eps), backend)
+    return _LayerNormFunction.apply(*args) if _eager(x) else _layer_norm_fwd(*args)[0]

@@ -15,7 +15,7 @@ import torch
 
 from kernel_cases import (
     GRID_DTYPES, Case, check_case, covering_grid, forward_backward, full_grid, make_inputs,
-    parameter_grads_over_thread_counts,
+    parameter_grads_over_thread_counts, run_op,
 )
 from repro.kernels import cpu as cpu_kernels
 from repro.kernels import layer_norm, ops, reference, rms_norm
@@ -144,3 +144,89 @@ def test_failed_build_falls_back_to_torch_and_warns_once(failing_build):
     assert torch.equal(y2, reference.layer_norm(x))
     with pytest.raises(ValueError, match="backend='cpu' is unavailable"):
         rms_norm(x, backend=BACKEND)
+
+
+# ------------------------------------------------------------------------------ fresh large outputs
+# 8192 x 1024 fp32 outputs are 32 MiB: glibc maps each afresh, so the kernels take the path for
+# memory not yet backed by pages (normal stores, huge pages asked for) -- still the reference's answer.
+@pytest.mark.parametrize("op", ["rms", "ln"])
+def test_fresh_large_outputs_match_reference(op):
+    check_case(Case(op, 8192, 1024, torch.float32, "fp32", True, 0.25 if op == "rms" else 1.0), BACKEND)
+
+
+# ------------------------------------------------------------------------------ eager route vs custom op
+ROUTE_CASES = [
+    Case("rms", 67, 123, torch.float32, "fp32", True, 0.125, "outside"),
+    Case("rms", 33, 256, torch.bfloat16, "x", False, 1.0, "inside"),
+    Case("rms", 16, 64, torch.float64, "none", False, 0.5, "inside"),
+    Case("ln", 67, 123, torch.float32, "fp32", True),
+    Case("ln", 33, 256, torch.bfloat16, "none", False),
+]
+
+
+@pytest.mark.parametrize("case", ROUTE_CASES, ids=_ids(ROUTE_CASES))
+def test_eager_route_and_custom_op_give_identical_results(case, monkeypatch):
+    x, w, b, dy = make_inputs(case)
+    results, grad_fns = {}, {}
+    for fast in (True, False):
+        monkeypatch.setattr(ops, "EAGER_FAST_PATH", fast)
+        results[fast] = forward_backward(case, x, w, b, dy, BACKEND)
+        leaf = x.detach().requires_grad_()
+        grad_fns[fast] = type(run_op(case, leaf, w, b, BACKEND).grad_fn).__name__
+    for got, want in zip(results[True], results[False]):
+        assert (got is None and want is None) or torch.equal(got, want), case
+    assert "Function" in grad_fns[True] and "repro" in grad_fns[False]  # the two routes really ran
+
+
+def test_tracing_takes_the_custom_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    x = torch.randn(4, 8)
+    assert ops._eager(x)
+    with FakeTensorMode() as mode:
+        fake = mode.from_tensor(x)
+        assert not ops._eager(fake)
+        y = rms_norm(fake, backend=BACKEND)  # the custom op's fake implementation answers
+        assert y.shape == (4, 8)
+    compiled = torch.compile(lambda t: rms_norm(t, backend=BACKEND), fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(x), rms_norm(x, backend=BACKEND))
+
+
+# ------------------------------------------------------------------------------ capability builds
+def test_forcing_a_capability_this_cpu_lacks_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.CAPABILITY_ENV, "AVX1024")
+    with pytest.raises(ValueError, match="REPRO_CPU_CAPABILITY='AVX1024' is not allowed on this CPU: must be one of DEFAULT"):
+        cpu_kernels.build_capability()
+    monkeypatch.setenv(cpu_kernels.CAPABILITY_ENV, "default")
+    assert cpu_kernels.build_capability() == "DEFAULT"
+    monkeypatch.delenv(cpu_kernels.CAPABILITY_ENV)
+    assert cpu_kernels.build_capability() in cpu_kernels.CAPABILITIES
+
+
+PORTABLE_CHECK = """
+import sys, torch
+sys.path.insert(0, {tests!r})
+from kernel_cases import Case, check_case
+from repro.kernels import cpu
+assert cpu.available(), cpu.build_error()
+assert cpu.build_capability() == "DEFAULT"
+for case in [Case("rms", 37, 77, torch.float32, "fp32", True, 0.25, "outside"), Case("ln", 37, 77, torch.bfloat16, "x", True),
+             Case("rms", 8192, 1024, torch.float32, "fp32", False), Case("ln", 5, 300, torch.float64, "none", False)]:
+    check_case(case, "cpu")
+print("portable ok")
+"""
+
+
+def test_portable_build_without_x86_intrinsics_compiles_and_matches_reference():
+    """The DEFAULT build is what aarch64 and other non-x86 CPUs compile: at::vec's portable code with
+    no x86 intrinsics (norms.cpp includes immintrin.h only in the AVX2/AVX-512 builds). Forced here
+    on x86 through REPRO_CPU_CAPABILITY, in its own process (one process loads one build)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = PORTABLE_CHECK.format(tests=str(Path(__file__).parent))
+    env = {**os.environ, cpu_kernels.CAPABILITY_ENV: "DEFAULT"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0 and "portable ok" in done.stdout, done.stderr[-3000:]

@@ -63,3 +63,63 @@ def test_large_rows_never_crash_the_run(tmp_path):
                          "--ops", "rms_norm,layer_norm", "--backends", "native,triton,liger")
     assert {r["status"] for r in records if r["backend"] == "triton"} == {"ok"}
     assert all(r["reason"] for r in records if r["status"] == "failed")
+
+
+# ------------------------------------------------------------------------ mixed precision and DDP
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_norm_ops_follow_f_layer_norm_under_cuda_autocast(backend, dtype):
+    """On CUDA layer_norm is an fp32 autocast op: ours return what F.layer_norm returns, fp32."""
+    from repro import kernels
+
+    x = torch.randn(64, 256, device=CUDA).to(dtype)
+    w, b = torch.rand(256, device=CUDA) + 0.5, torch.randn(256, device=CUDA)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        want = torch.nn.functional.layer_norm(x, (256,), w, b)
+        ln = kernels.layer_norm(x, w, b, backend=backend)
+        rms = kernels.rms_norm(x, w, partial=0.25, backend=backend)
+    assert want.dtype == ln.dtype == rms.dtype == torch.float32
+    torch.testing.assert_close(ln, want, atol=1e-5, rtol=1e-5)
+
+
+def _sync_bn_worker(rank: int, out_dir: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    from repro.nn import BatchNorm2d, sync_batch_norm
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29651")
+    torch.cuda.set_device(rank)
+    dist.init_process_group("nccl", rank=rank, world_size=2)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), BatchNorm2d(8)).cuda()
+    sync_batch_norm(model)
+    x = torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(1)).cuda()
+    y = model(x[rank * 4:(rank + 1) * 4])
+    y.square().sum().backward()
+    torch.save({"y": y.cpu(), "running_mean": model[1].running_mean.cpu(), "grad": model[0].weight.grad.cpu()},
+               f"{out_dir}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="SyncBatchNorm over 2 ranks needs 2 GPUs (NCCL)")
+def test_sync_batchnorm_on_two_gpus_equals_one_process_with_the_whole_batch(tmp_path):
+    """The paper's BatchNorm baseline under DDP: 2 ranks x 4 images normalize like 1 x 8."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from repro.nn import BatchNorm2d
+
+    mp.spawn(_sync_bn_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), BatchNorm2d(8)).cuda()
+    x = torch.randn(8, 3, 10, 10, generator=torch.Generator().manual_seed(1)).cuda()
+    y = model(x)
+    y.square().sum().backward()
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    torch.testing.assert_close(torch.cat([r["y"] for r in ranks]), y.cpu(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ranks[0]["running_mean"], model[1].running_mean.cpu())
+    # each rank's gradient is its half of the whole batch's (DDP would sum them)
+    torch.testing.assert_close(ranks[0]["grad"] + ranks[1]["grad"], model[0].weight.grad.cpu(), atol=1e-3, rtol=1e-4)
+    assert not dist.is_initialized()

@@ -179,6 +179,39 @@ def test_speed_verdict_only_from_an_uncontended_host(tmp_path):
     assert "no speed verdict: not measured under controlled conditions" in tree(True)
 
 
+def test_speed_comes_from_paired_step_timings_stored_next_to_the_runs(cifar_tree, tmp_path, capsys):
+    """A steps.json (repro-bench steps) in the runs' folder replaces the training runs' wall clock
+    in the speed column and gives the speed verdict, with its interval."""
+    steps = {"kind": "repro-bench steps", "format": 1, "task": "cifar10_cnn", "created": "2026-01-01T00:00:00",
+             "host": {"cpu_model": "Test CPU", "cpu_threads": 1, "contended": True},
+             "norms": {"layernorm": {"ratio_vs_layernorm": 1.0, "ratio_ci95": [1.0, 1.0]},
+                       "rmsnorm": {"ratio_vs_layernorm": 0.8, "ratio_ci95": [0.75, 0.85],
+                                   "norm_ratio_vs_layernorm": 0.5, "norm_ratio_ci95": [0.4, 0.6]},
+                       "prmsnorm": {"ratio_vs_layernorm": 0.98, "ratio_ci95": [0.9, 1.05]}}}
+    (cifar_tree / "steps").mkdir()
+    (cifar_tree / "steps" / "steps.json").write_text(json.dumps(steps))
+    assert main(["--runs", str(cifar_tree), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "tables" / "table10_cifar10.md").read_text()
+    assert "| RMSNorm | 2 | 30 |" in md and "| 1.25x |" in md  # 1 / 0.8, no uncontrolled mark
+    lines = [line for line in md.splitlines() if line.startswith("- speed")]
+    rms = next(line for line in lines if "RMSNorm vs" in line and "pRMS" not in line)
+    assert "step time 1.25x [1.18, 1.33]" in rms and "norm time 2.00x [1.67, 2.50]" in rms
+    assert "paired, interleaved steps by repro-bench steps on Test CPU" in rms and rms.endswith("-> faster")
+    assert next(line for line in lines if "pRMSNorm" in line).endswith("-> inconclusive")
+
+
+def test_tables_list_runs_from_other_commits_and_contended_hosts(tmp_path):
+    root = tmp_path / "runs"
+    for seed, (sha, contended) in enumerate((("aaaa111111", False), ("bbbb222222", True)), 1):
+        run = write_run(root, f"ln{seed}", task="cifar10_cnn", norm="layernorm", seed=seed, test={"test/acc": 0.9})
+        summary = json.loads((run / "summary.json").read_text())
+        summary["environment"].update(git_sha=sha, contended=contended)
+        (run / "summary.json").write_text(json.dumps(summary))
+    md = to_markdown(table10(collect_local([root])))
+    assert "runs from different commits: aaaa111111: ln1; bbbb222222: ln2" in md
+    assert "runs on a contended host (other load beyond the idle cores): ln2" in md
+
+
 def test_a_run_on_the_papers_budget_is_comparable(tmp_path):
     root = tmp_path / "wmt"
     for norm in ("layernorm", "rmsnorm"):

@@ -59,7 +59,11 @@ def test_smoke_run_writes_a_complete_run_store(norm, fmt, request, tmp_path):
     stored = json.loads((tmp_path / "summary.json").read_text())
     assert stored["status"] == "completed" and stored["step"] == 2 and stored["norm"] == norm
     assert stored["test/acc"] == summary["test/acc"] == rows[-1]["test/acc"]
-    assert {"torch", "cuda", "device", "git_sha"} <= set(stored["environment"])
+    env = stored["environment"]
+    assert {"torch", "triton", "cuda", "device", "gpu", "git_sha", "cpu_count", "cpu_threads"} <= set(env)
+    assert env["cpu_model"] not in ("", "cpu") and env["cpu_count"] >= 1
+    assert len(env["loadavg_start"]) == 3 and len(env["loadavg_end"]) == 3  # at the start and the end
+    assert env["contended"] in (True, False)  # what the tables read to trust a run's speed
     assert stored["parameters"] > 0 and stored["wall_time_s"] > 0
     assert ckpt.load(tmp_path / "checkpoints" / "last.pt")["step"] == 2
     assert (tmp_path / "checkpoints" / "best.pt").is_file()

@@ -1,9 +1,15 @@
 """Fused C++ CPU kernels for LayerNorm, RMSNorm and pRMSNorm (the "cpu" backend of ops.py).
 
 The source (norms.cpp) is compiled with torch.utils.cpp_extension on first use and cached on
-disk, keyed by torch version and the CPU's vector capability, so later processes only load it.
-Where it cannot be built (no C++ compiler, no ninja, ...), `available()` says so and warns once;
-`backend="auto"` then falls back to the pure-torch path.
+disk, keyed by torch version and the vector capability it is built for, so later processes only
+load it. Where it cannot be built (no C++ compiler, no ninja, ...), `available()` says so and
+warns once; `backend="auto"` then falls back to the pure-torch path.
+
+The capability is the one torch dispatches to on this CPU (AVX512, AVX2, or DEFAULT: at::vec's
+portable code, which is what aarch64 and other non-x86 CPUs build). REPRO_CPU_CAPABILITY forces
+a lower one, e.g. `REPRO_CPU_CAPABILITY=AVX2` to benchmark the AVX2 build on an AVX-512 machine,
+or `DEFAULT` to build and test the portable path (no x86 intrinsics) on x86. Each capability is
+its own cached build; one process loads one of them.
 """
 from __future__ import annotations
 
@@ -25,6 +31,10 @@ _CAPABILITY_FLAGS = {
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
 }
 
+# Capabilities from lowest to highest; a CPU that runs one runs every one before it.
+CAPABILITIES = ("DEFAULT", "AVX2", "AVX512")
+CAPABILITY_ENV = "REPRO_CPU_CAPABILITY"
+
 _ops = None  # the loaded torch.ops namespace
 _error: Optional[BaseException] = None  # why the build failed, remembered so it is tried once
 
@@ -40,7 +50,7 @@ def _build():
     finally:
         log.setLevel(level)
 
-    capability = torch.backends.cpu.get_cpu_capability()
+    capability = build_capability()
     flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in torch's CPU builds
     if capability in _CAPABILITY_FLAGS:
         flags += _CAPABILITY_FLAGS[capability]
@@ -58,6 +68,22 @@ def _build():
         is_python_module=False,
     )
     return torch.ops.repro_cpu_norms
+
+
+def build_capability() -> str:
+    """The vector capability the kernels are built for: torch's own on this CPU (anything torch
+    reports beyond AVX2/AVX512, e.g. on aarch64, builds the portable DEFAULT code), or the lower
+    one REPRO_CPU_CAPABILITY asks for."""
+    native = torch.backends.cpu.get_cpu_capability()
+    native = native if native in CAPABILITIES else "DEFAULT"
+    forced = os.environ.get(CAPABILITY_ENV, "").strip().upper()
+    if not forced:
+        return native
+    allowed = CAPABILITIES[: CAPABILITIES.index(native) + 1]
+    if forced not in allowed:
+        raise ValueError(f"{CAPABILITY_ENV}={forced!r} is not allowed on this CPU: must be one of "
+                         f"{', '.join(allowed)} (torch reports {torch.backends.cpu.get_cpu_capability()})")
+    return forced
 
 
 def load():

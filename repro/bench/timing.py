@@ -24,6 +24,8 @@ from typing import Callable, Optional
 
 import torch
 
+from repro.track.host import cpu_model
+
 # Fallback when the CPU's cache sizes cannot be read: a typical server last-level cache.
 DEFAULT_CPU_CACHE_BYTES = 32 * 2**20
 
@@ -56,16 +58,6 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def cpu_model_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def cpu_cache_bytes() -> int:
     """The largest cache the CPU reports (the last level), from sysfs."""
     sizes = []
@@ -85,7 +77,7 @@ def describe_device(device: torch.device) -> DeviceInfo:
             {"sm_count": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
              "capability": f"{props.major}.{props.minor}", "cuda": torch.version.cuda},
         )
-    return DeviceInfo(device, cpu_model_name(), cpu_cache_bytes(), threads,
+    return DeviceInfo(device, cpu_model(), cpu_cache_bytes(), threads,
                       {"machine": platform.machine(), "logical_cpus": os.cpu_count()})
 
 

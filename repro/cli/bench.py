@@ -3,7 +3,10 @@
     repro-bench --quick                      # small grid, ~1-2 minutes on a 2-core CPU
     repro-bench                              # the standard grid of the device (GPU: up to N=256K)
     repro-bench --ops rms_norm --backends triton,liger --passes fwdbwd --N 4096,8192
+    repro-bench steps task=cifar10_cnn model.width=16 data.root=DIR --norms layernorm,rmsnorm --steps 40 --out DIR
 
+The `steps` subcommand times whole training steps, one model per norm, interleaved (see
+repro.bench.steps; `repro-bench steps --help`). Without it:
 Prints a table and writes JSON, CSV and a PNG figure to results/bench/<device>/ (or --out DIR).
 """
 from __future__ import annotations
@@ -113,7 +116,63 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
+def build_steps_parser() -> argparse.ArgumentParser:
+    from repro.bench import steps
+
+    p = argparse.ArgumentParser(
+        prog="repro-bench steps", description=steps.__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=steps.__doc__.split("\n\n", 1)[1])
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help="Hydra overrides as repro-train takes them, e.g. task=cifar10_cnn model.width=16 data.root=DIR")
+    p.add_argument("--norms", type=_list_of(_norm_names()), default=["layernorm", "rmsnorm", "prmsnorm"],
+                   help="norms to time (layernorm, the baseline of every ratio, is always added; "
+                        "default: layernorm,rmsnorm,prmsnorm)")
+    p.add_argument("--steps", type=_positive_int, default=30, help="timed rounds, one step of every norm each (default 30)")
+    p.add_argument("--warmup", type=_positive_int, default=3, help="untimed rounds first (default 3)")
+    p.add_argument("--norm-steps", type=int, default=10,
+                   help="rounds timing the norm layers' forward and backward (hooks; default 10, 0 = skip)")
+    p.add_argument("--budget", type=_seconds, metavar="SECONDS",
+                   help="in each phase (step times, then norm times) start no new round after this many "
+                        "seconds (at least 3 rounds are made)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: the trainer's choice (trainer.device)")
+    p.add_argument("--threads", type=_positive_int, metavar="N", help="torch.set_num_threads(N) first")
+    p.add_argument("--out", metavar="DIR", required=True, help="where steps.json and steps.png go")
+    return p
+
+
+def _norm_names() -> tuple[str, ...]:
+    from repro.nn import NORM_NAMES
+    return NORM_NAMES
+
+
+def steps_main(argv: list[str]) -> int:
+    from repro.bench import steps
+
+    parser = build_steps_parser()
+    args = parser.parse_args(argv)
+    if args.norm_steps < 0:
+        parser.error(f"--norm-steps: expected an integer >= 0, got {args.norm_steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = steps.StepsConfig(
+        overrides=args.overrides, norms=args.norms, steps=args.steps, warmup=args.warmup,
+        norm_steps=args.norm_steps, budget_s=args.budget, device=args.device,
+        command=["repro-bench", "steps", *argv])
+    try:
+        result = steps.run_steps(config)
+    except (steps.StepsError, FileNotFoundError) as error:
+        parser.exit(2, f"repro-bench steps: error: {error}\n")
+    print(steps.render_steps_table(result))
+    paths = steps.write_steps(result, args.out)
+    print(f"\nwrote {', '.join(map(str, paths))}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["steps"]:
+        return steps_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -132,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                      "give --M/--N too")
     config = BenchConfig(device=device, ops=expand_ops(args.ops, args.partials), shapes=shapes,
                          backends=args.backends, passes=args.passes, quick=args.quick, budget_s=args.budget,
-                         command=["repro-bench", *(sys.argv[1:] if argv is None else argv)])
+                         command=["repro-bench", *argv])
     try:
         with _sigterm_interrupts():
             meta, records = run_benchmark(config)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from repro.tables import collect_local, dedupe, fetch_wandb, verdicts
 from repro.tables.figures import write_figures
-from repro.tables.render import TABLE_NAMES, table4, table10, write_tables
+from repro.tables.render import TABLE_NAMES, find_step_timings, table4, table10, write_tables
 
 DEFAULT_CACHE = Path(os.environ.get("REPRO_CACHE", "~/.cache/repro")).expanduser() / "wandb"
 
@@ -98,12 +98,13 @@ def run_tables(argv: list[str]) -> int:
         p.error("no runs collected: nothing to tabulate")
     out = Path(args.out)
     bench = Path(args.bench) if args.bench else out / "bench"
-    paths = write_tables(runs, out, notes) + write_figures(runs, out, bench)
+    controlled = find_step_timings([Path(d) for d in args.runs], runs)  # repro-bench steps next to the runs
+    paths = write_tables(runs, out, notes, controlled) + write_figures(runs, out, bench)
     states = {state: sum(r.state == state for r in runs) for state in ("completed", "crashed", "running")}
     print(f"{len(runs)} runs collected: " + ", ".join(f"{n} {state}" for state, n in states.items())
           + ("; only completed runs are averaged (the others are listed under each table)"
              if states["completed"] < len(runs) else ""))
-    for table in (table4(runs), table10(runs)):
+    for table in (table4(runs, controlled), table10(runs, controlled)):
         print(f"{table.title}: {len(table.rows)} groups")
         for line in verdicts(table):
             print(f"  {line}")

@@ -53,6 +53,14 @@ def sweep_jobs(args: list[str], conf_dir: Path) -> list[list[str]]:
     return [list(job) for job in itertools.product(*axes)]
 
 
+def launched_processes(launcher) -> int:
+    """How many processes each job of a multirun runs as: nodes x tasks_per_node under the submitit
+    launchers (one task per GPU), one under Hydra's basic launcher."""
+    if launcher.get("tasks_per_node") is None:
+        return 1
+    return int(launcher.get("nodes") or 1) * int(launcher.tasks_per_node)
+
+
 def check_sweep(args: list[str], conf_dir: Path) -> None:
     """Validate every job of a multirun before the first one starts."""
     from repro.train import ConfigError, compose_config, validate_config
@@ -61,9 +69,12 @@ def check_sweep(args: list[str], conf_dir: Path) -> None:
         jobs = sweep_jobs(args, conf_dir)
     except ConfigError as error:
         sys.exit(f"error: {error}")
+    # the launcher's shape decides how many processes each job runs as
+    launcher = [a for a in args if a.startswith("hydra.launcher.")]
     for job in jobs:
         try:
-            validate_config(compose_config(job, conf_dir=conf_dir))
+            cfg = compose_config(job + launcher, return_hydra_config=True, conf_dir=conf_dir)
+            validate_config(cfg, launched_processes(cfg.hydra.launcher))
         except ConfigError as error:
             sys.exit(f"error: {error} (in the sweep job {' '.join(job)})")
 

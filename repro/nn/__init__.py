@@ -6,12 +6,12 @@ What distinguishes one norm from another is its entry in `registry.NORMS`.
 from .factory import NormConfig, NormFactory, build_norm, norm_factory
 from .norms import (
     CONV_MODES, BatchNorm, BatchNorm2d, ConvNorm, L2Norm, LayerNorm, NormLayer, PartialRMSNorm,
-    RMSNorm, l2_norm,
+    RMSNorm, SyncBatchNorm, SyncBatchNorm2d, l2_norm, sync_batch_norm,
 )
 from .registry import NORM_NAMES, NORMS, NormSpec, norm_spec, spec_of_layer
 
 __all__ = [
     "CONV_MODES", "NORMS", "NORM_NAMES", "BatchNorm", "BatchNorm2d", "ConvNorm", "L2Norm", "LayerNorm",
-    "NormConfig", "NormFactory", "NormLayer", "NormSpec", "PartialRMSNorm", "RMSNorm", "build_norm", "l2_norm",
-    "norm_factory", "norm_spec", "spec_of_layer",
+    "NormConfig", "NormFactory", "NormLayer", "NormSpec", "PartialRMSNorm", "RMSNorm", "SyncBatchNorm",
+    "SyncBatchNorm2d", "build_norm", "l2_norm", "norm_factory", "norm_spec", "spec_of_layer", "sync_batch_norm",
 ]

@@ -129,7 +129,9 @@ def l2_norm(
     eps: float = L2_NORM_EPS,
 ) -> Tensor:
     """y = x / max(||x||_2, eps) over the last dim, then the optional gain and offset; computed in
-    fp32 (fp64 for fp64 input) like the kernel ops, returned in x's dtype."""
+    fp32 (fp64 for fp64 input) like the kernel ops, returned in x's dtype; under autocast it
+    follows the kernel ops' rule (repro.kernels.autocast_inputs)."""
+    x, weight, bias = kernels.autocast_inputs(x, weight, bias)
     y = F.normalize(x.to(reference.compute_dtype(x)), p=2.0, dim=-1, eps=eps)
     if weight is not None:
         y = y * weight.to(y.dtype)
@@ -174,6 +176,88 @@ class BatchNorm(_CheckedBatchNorm, nn.BatchNorm1d):
 
 class BatchNorm2d(_CheckedBatchNorm, nn.BatchNorm2d):
     """BatchNorm over conv features (N, C, H, W), per channel."""
+
+
+def global_batch_norm(layer: nn.modules.batchnorm._BatchNorm, x: Tensor) -> Tensor:
+    """Training-mode batch norm of x (N, C, ...) with statistics over the batch of every rank:
+    per-channel sums, sums of squares and counts are summed across ranks by an all-reduce that
+    autograd differentiates (torch.distributed.nn), so gradients flow across ranks as one
+    process with the whole batch would have them. Works on any backend (gloo on CPU); torch's
+    SyncBatchNorm kernels are CUDA-only."""
+    from torch.distributed.nn.functional import all_reduce
+
+    channels, dims = x.shape[1], [0, *range(2, x.dim())]
+    xf = x.float()
+    local = torch.cat([xf.sum(dims), xf.square().sum(dims), xf.new_full((1,), x.numel() / channels)])
+    total = all_reduce(local)
+    count = total[-1]
+    mean = total[:channels] / count
+    var = (total[channels:2 * channels] / count - mean.square()).clamp_min(0.0)
+    if layer.track_running_stats:
+        with torch.no_grad():
+            layer.num_batches_tracked += 1
+            momentum = layer.momentum if layer.momentum is not None else 1.0 / float(layer.num_batches_tracked)
+            unbiased = var * count / (count - 1).clamp_min(1.0)
+            layer.running_mean.lerp_(mean.to(layer.running_mean.dtype), momentum)
+            layer.running_var.lerp_(unbiased.to(layer.running_var.dtype), momentum)
+    shape = (1, channels) + (1,) * (x.dim() - 2)
+    y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + layer.eps)
+    if layer.affine:
+        y = y * layer.weight.view(shape) + layer.bias.view(shape)
+    return y.to(x.dtype)
+
+
+class _SyncedBatchNorm:
+    """Statistics over the global batch while training in a process group: torch's SyncBatchNorm
+    on CUDA, `global_batch_norm` elsewhere; the layer's own BatchNorm otherwise (eval, one rank)."""
+
+    def _synced(self) -> bool:
+        return (self.training and torch.distributed.is_available() and torch.distributed.is_initialized()
+                and torch.distributed.get_world_size() > 1)
+
+
+class SyncBatchNorm(_SyncedBatchNorm, BatchNorm, nn.SyncBatchNorm):
+    """BatchNorm (features last) whose statistics span every rank of the process group. Made by
+    `sync_batch_norm`, never by a config directly."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._synced():
+            return BatchNorm.forward(self, x)
+        rows = x.reshape(-1, x.shape[-1])
+        out = nn.SyncBatchNorm.forward(self, rows) if x.is_cuda else global_batch_norm(self, rows)
+        return out.reshape(x.shape)
+
+
+class SyncBatchNorm2d(_SyncedBatchNorm, BatchNorm2d, nn.SyncBatchNorm):
+    """BatchNorm2d whose statistics span every rank of the process group."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self._synced():
+            return BatchNorm2d.forward(self, x)
+        return nn.SyncBatchNorm.forward(self, x) if x.is_cuda else global_batch_norm(self, x)
+
+
+_SYNCED = {BatchNorm: SyncBatchNorm, BatchNorm2d: SyncBatchNorm2d}
+
+
+def sync_batch_norm(model: nn.Module) -> int:
+    """Replace every BatchNorm / BatchNorm2d in `model` (in place) by its synchronized version with
+    the same parameters, buffers and momentum, so DDP ranks normalize over the global batch as one
+    process would; returns how many were replaced. They stay NormLayers (and isinstance of the
+    originals), so the timer, drift monitor and registry see them as before."""
+    replaced = 0
+    for name, child in model.named_children():
+        synced = _SYNCED.get(type(child))
+        if synced is None:
+            replaced += sync_batch_norm(child)
+            continue
+        layer = synced(child.num_features, eps=child.eps, affine=child.affine)
+        layer.momentum = child.momentum
+        layer.load_state_dict(child.state_dict())
+        layer.to(next(iter(child.state_dict().values())).device).train(child.training)
+        setattr(model, name, layer)
+        replaced += 1
+    return replaced
 
 
 class ConvNorm(NormLayer):

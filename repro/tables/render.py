@@ -25,16 +25,18 @@ import csv
 import io
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from repro.nn import NORMS
+from repro.track.host import host_notes
+from repro.track.step_timings import load_step_timings
 from repro.util import markdown_table
 
 from .collect import Run, Stat, group_runs
 from .paper import TABLE4, TABLE10, PaperTable
-from .stats import CONFIDENCE, Interval, ratio_interval, welch_interval
+from .stats import CONFIDENCE, ratio_interval, welch_interval
 
 QUALITY_TOLERANCE = 0.5  # BLEU points / error points: the paper's "comparable quality"
 FAILED_BLEU = 1.0        # a translation model below this BLEU did not learn to translate
@@ -153,6 +155,9 @@ class Table:
     time_key: str     # the column whose ratio to LayerNorm is the speedup
     paper: PaperTable
     notes: list
+    # task -> {norm: entry of repro-bench steps' steps.json}: paired, interleaved step timings, the
+    # speed measurement the tables prefer over training runs' wall clock
+    controlled: dict = field(default_factory=dict)
 
 
 def _row_order(row: Row) -> tuple:
@@ -161,7 +166,7 @@ def _row_order(row: Row) -> tuple:
 
 
 def build_table(key: str, title: str, runs: list[Run], columns: list[Column], quality: list[str],
-                time_key: str, paper: PaperTable) -> Table:
+                time_key: str, paper: PaperTable, controlled: Optional[dict] = None) -> Table:
     # Crashed and still-running runs are listed apart, never averaged in.
     completed = [r for r in runs if r.state == "completed"]
     notes = [f"excluded, {'still running' if r.state == 'running' else 'crashed'}: {r.path} (status {r.status}, "
@@ -174,10 +179,10 @@ def build_table(key: str, title: str, runs: list[Run], columns: list[Column], qu
             cells[col.key] = Stat([v for v in values if v is not None and math.isfinite(v)])
         rows.append(Row(task, norm, partial, group, cells))
     rows.sort(key=_row_order)
-    return Table(key, title, columns, rows, quality, time_key, paper, notes)
+    return Table(key, title, columns, rows, quality, time_key, paper, notes, controlled or {})
 
 
-def table4(runs: list[Run]) -> Table:
+def table4(runs: list[Run], controlled: Optional[dict] = None) -> Table:
     """Translation runs: those with BLEU in their summary."""
     runs = [r for r in runs if any(k.startswith("test/") and "bleu" in k for k in r.summary)]
     columns = []
@@ -188,10 +193,10 @@ def table4(runs: list[Run]) -> Table:
                 Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
     quality = [c.key for c in columns if c.key.endswith("/bleu")]
     return build_table("table4_transformer", "Table 4: Transformer translation", runs, columns, quality,
-                       "time", TABLE4)
+                       "time", TABLE4, controlled)
 
 
-def table10(runs: list[Run]) -> Table:
+def table10(runs: list[Run], controlled: Optional[dict] = None) -> Table:
     """ConvPool-CNN-C on CIFAR-10 (task cifar10_cnn)."""
     runs = [r for r in runs if r.task == "cifar10_cnn"]
     columns = [Column("error", "test error %", test_error, 2),
@@ -200,7 +205,7 @@ def table10(runs: list[Run]) -> Table:
                Column("norm_ms", "norm ms / step", norm_ms, 2),
                Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
     return build_table("table10_cifar10", "Table 10: ConvPool-CNN-C on CIFAR-10", runs, columns, ["error"],
-                       "time", TABLE10)
+                       "time", TABLE10, controlled)
 
 
 def _percent(value: Optional[float]) -> Optional[float]:
@@ -302,7 +307,36 @@ def _speed_part(what: str, base: Stat, ours: Stat) -> str:
     return f"{what} {base.mean / ours.mean:.2f}x{spread}"
 
 
+def controlled_timing(table: Table, row: Row) -> Optional[dict]:
+    """repro-bench steps' paired measurement of this row's norm on its task, if the runs have one."""
+    return (table.controlled.get(row.task) or {}).get(row.norm)
+
+
+def _inverse(ratio: float, ci: list) -> str:
+    """A norm/LayerNorm time ratio and its interval as LayerNorm/norm (> 1: faster)."""
+    return f"{1 / ratio:.2f}x [{1 / ci[1]:.2f}, {1 / ci[0]:.2f}]"
+
+
+def controlled_speed_verdict(table: Table, row: Row, entry: dict) -> str:
+    host = entry.get("host") or {}
+    lo, hi = entry["ratio_ci95"]
+    call = "faster" if hi < 1 else "slower" if lo > 1 else "inconclusive"
+    parts = [f"step time {_inverse(entry['ratio_vs_layernorm'], entry['ratio_ci95'])}"]
+    if entry.get("norm_ratio_vs_layernorm") and entry.get("norm_ratio_ci95"):
+        parts.append(f"norm time {_inverse(entry['norm_ratio_vs_layernorm'], entry['norm_ratio_ci95'])}")
+    published = paper_speedup(table.paper, row.norm)
+    published = f"; paper: {published:.2f}x on {table.paper.hardware}" if published else ""
+    where = host.get("gpu") or host.get("cpu_model") or host.get("device") or "unknown device"
+    return (f"LayerNorm/{row.label} = {', '.join(parts)} (>1: faster than LayerNorm; paired, interleaved "
+            f"steps by repro-bench steps on {where}, {host.get('cpu_threads', '?')} thread(s), "
+            f"{'a contended' if host.get('contended') else 'an uncontended'} host; 95 % bootstrap intervals"
+            f"{published}) -> {call}")
+
+
 def speed_verdict(table: Table, row: Row, base: Row) -> str:
+    entry = controlled_timing(table, row)
+    if entry:
+        return controlled_speed_verdict(table, row, entry)
     parts = [_speed_part("step time", base.cells[table.time_key], row.cells[table.time_key]),
              _speed_part("norm time", base.cells["norm_ms"], row.cells["norm_ms"])]
     published = paper_speedup(table.paper, row.norm)
@@ -361,6 +395,10 @@ def verdicts(table: Table) -> list[str]:
 
 
 def speedup(table: Table, row: Row) -> Optional[float]:
+    """LayerNorm's step time over this row's: from repro-bench steps when the runs have it."""
+    entry = controlled_timing(table, row)
+    if entry:
+        return 1 / entry["ratio_vs_layernorm"]
     base = _baseline(table, row)
     if base is None:
         return None
@@ -390,7 +428,8 @@ def _grid(table: Table, pm: str = "±") -> tuple[list[str], list[list[str]]]:
     body = []
     for row in table.rows:
         ratio, base = speedup(table, row), _baseline(table, row)
-        mark = "" if base and speed_controlled(row.runs + base.runs) else UNCONTROLLED_MARK
+        controlled = controlled_timing(table, row) or (base and speed_controlled(row.runs + base.runs))
+        mark = "" if controlled else UNCONTROLLED_MARK
         body.append(([row.task] if multi_task else []) + [row.label, str(len(row.runs)), _budget(row.runs)]
                     + [_fmt(row.cells[c.key], c.digits, len(row.runs), pm) for c in table.columns]
                     + [f"{ratio:.2f}x{mark}" if ratio else MISSING])
@@ -436,7 +475,10 @@ def _signature_lines(table: Table) -> list[str]:
 
 
 def _hardware_lines(table: Table) -> list[str]:
-    return [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows]
+    lines = [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows]
+    runs = [run for row in table.rows for run in row.runs]
+    lines += [f"- {note}" for note in host_notes({run.path.name: run.summary.get("environment") for run in runs})]
+    return lines
 
 
 def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
@@ -448,7 +490,9 @@ def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
                   "not the paper's schedule unless it says so). Time columns exclude the first logged "
                   "interval (warm-up)." + (" s / epoch = ms/step × steps per epoch." if table.key.startswith("table10") else
                                            " s / 1k steps = ms per step.")
-                  + f" `{UNCONTROLLED_MARK}`: from training runs on a host not recorded as uncontended, not a "
+                  + " speedup vs LN: from repro-bench steps (paired, interleaved) where the runs' folder "
+                  "holds its steps.json for the task, else from the training runs;"
+                  f" `{UNCONTROLLED_MARK}`: from training runs on a host not recorded as uncontended, not a "
                   "controlled speed measurement.", "",
                   *_signature_lines(table),
                   "Measured on:", *_hardware_lines(table), "", "## Verdicts", "",
@@ -503,14 +547,28 @@ def to_latex(table: Table) -> str:
 TABLE_NAMES = ("table4", "table10")  # what --note TABLE=TEXT may name
 
 
-def write_tables(runs: list[Run], out: Path, notes: Optional[dict[str, list[str]]] = None) -> list[Path]:
+def find_step_timings(roots: Sequence[Path], runs: list[Run]) -> dict:
+    """task -> {norm: entry}: the newest repro-bench steps measurement of each of the runs' tasks
+    found under the runs' folders (stored next to the runs)."""
+    found = {}
+    for task in sorted({run.task for run in runs}):
+        for root in roots:
+            entries = load_step_timings(root, task)
+            if entries:
+                found[task] = entries
+                break
+    return found
+
+
+def write_tables(runs: list[Run], out: Path, notes: Optional[dict[str, list[str]]] = None,
+                 controlled: Optional[dict] = None) -> list[Path]:
     """Both tables as Markdown, CSV and LaTeX under out/tables; `notes` ({"table4": [...],
     "table10": [...]}) head each table's Markdown."""
     out = Path(out) / "tables"
     out.mkdir(parents=True, exist_ok=True)
     notes = notes or {}
     paths = []
-    for table in (table4(runs), table10(runs)):
+    for table in (table4(runs, controlled), table10(runs, controlled)):
         table_notes = notes.get(table.key.split("_")[0], [])
         for ext, text in (("md", to_markdown(table, table_notes)), ("csv", to_csv(table)), ("tex", to_latex(table))):
             path = out / f"{table.key}.{ext}"

@@ -18,7 +18,9 @@ The trainer (repro.train) drives any Task through these members only:
 - `evaluate(model, split) -> dict`: metrics of `split` with names as in docs/DESIGN.md
   ("val/loss", "val/acc", "test/bleu", ...); the model arrives in eval mode, without DDP, under
   torch.no_grad. It may do anything a split needs: a CIFAR task classifies, a translation task
-  decodes with beam search and scores with sacreBLEU.
+  decodes with beam search and scores with sacreBLEU. Under DDP every rank calls it: each works
+  on its share and the results are gathered (repro.tasks.sharding), so each rank returns the
+  numbers one process would.
 - `eval_splits`: the splits evaluated every `trainer.eval_every` steps and at the end.
 - `monitor`: (metric, "max" | "min") on a validation split that selects `checkpoints/best.pt`;
   None where the task has no validation split (no best.pt, no best/* metrics: never select on test).

@@ -14,6 +14,7 @@ from repro.nn import NormFactory
 from repro.util import ConfigError, option, register_schema
 
 from .base import Task
+from .sharding import my_share, sum_over_ranks
 
 
 @dataclass
@@ -86,11 +87,14 @@ class CifarClassification(Task):
 
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
         images, labels = getattr(self.splits, split)
-        total_loss = torch.zeros((), device=images.device)
-        correct = torch.zeros((), device=images.device, dtype=torch.long)
-        for x, y in ImageBatches(images, labels, self.eval_batch_size, shuffle=False).iter_epoch(0):
+        # [loss sum, correct] over this rank's batches, then summed over ranks (sharding.py)
+        totals = torch.zeros(2, device=images.device, dtype=torch.float64)
+        starts = my_share(range(0, len(labels), self.eval_batch_size))
+        for start in starts:
+            x, y = images[start:start + self.eval_batch_size], labels[start:start + self.eval_batch_size]
             logits = model(x).float()
-            total_loss += F.cross_entropy(logits, y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            totals[0] += F.cross_entropy(logits, y, reduction="sum").double()
+            totals[1] += (logits.argmax(1) == y).sum()
+        loss, correct = sum_over_ranks(totals).tolist()
         n = len(labels)
-        return {f"{split}/loss": total_loss.item() / n, f"{split}/acc": correct.item() / n}
+        return {f"{split}/loss": loss / n, f"{split}/acc": correct / n}

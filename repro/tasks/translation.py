@@ -28,6 +28,7 @@ from repro.util.schema import Rule, as_dict, check_value
 
 from .base import Task
 from .decode import beam_search, greedy_search
+from .sharding import gather_in_order, my_share, sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -162,15 +163,15 @@ class Translation(Task):
     # ---------------------------------------------------------------------- evaluation
     def translate(self, model: nn.Module, pairs: EncodedPairs, beam: int) -> list[list[int]]:
         """Token ids of the translation of every source of `pairs`, in corpus order."""
-        out: list = [None] * len(pairs)
-        for index in eval_batches(pairs, self.eval_max_tokens, self.max_sentences):
+        mine: dict[int, list[int]] = {}
+        # Under DDP each rank decodes its share of the batches (the same batches as one process).
+        for index in my_share(eval_batches(pairs, self.eval_max_tokens, self.max_sentences)):
             batch = collate(pairs, index).to(self.device)
             options = dict(max_len_a=self.decode.max_len_a, max_len_b=self.decode.max_len_b)
             hyps = (greedy_search(model, batch.src, **options) if beam == 1
                     else beam_search(model, batch.src, beam=beam, alpha=self.decode.length_penalty, **options))
-            for i, hyp in zip(index.tolist(), hyps):
-                out[i] = hyp
-        return out
+            mine.update(zip(index.tolist(), hyps))
+        return gather_in_order(mine, len(pairs))
 
     def translate_text(self, model: nn.Module, lines: list[str], beam: int) -> list[str]:
         """Detokenized translations of `lines`."""
@@ -179,12 +180,12 @@ class Translation(Task):
 
     def _score(self, model, key: str, beam: int) -> dict[str, float]:
         pairs, text = self.encoded[key], self.text[key]
-        total = nll = 0.0
-        n = 0
-        for index in eval_batches(pairs, self.eval_max_tokens, self.max_sentences):
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # smoothed loss, nll, targets
+        for index in my_share(eval_batches(pairs, self.eval_max_tokens, self.max_sentences)):
             batch = collate(pairs, index).to(self.device)
             s, l, k = label_smoothed_loss(model(batch.src, batch.tgt_in), batch.tgt_out, self.smoothing)
-            total, nll, n = total + s.item(), nll + l.item(), n + k
+            sums += torch.stack([s.double(), l.double(), torch.tensor(float(k), dtype=torch.float64, device=self.device)])
+        total, nll, n = sum_over_ranks(sums).tolist()
         hyps = self.translate_text(model, text.src, beam)
         score, self.bleu_signature = bleu(hyps, text.tgt)
         log.info("%s (beam %d): %s | %s", key, beam, score, self.bleu_signature)

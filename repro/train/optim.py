@@ -99,6 +99,17 @@ def optimizer_class(target: str) -> type:
     return cls
 
 
+def build_optimization(model: nn.Module, optim) -> tuple[torch.optim.Optimizer, dict]:
+    """The optimizer over `model`'s two weight-decay groups and the schedule's options, from the
+    composed `optim` group: how the trainer and repro-bench steps both build them."""
+    from omegaconf import OmegaConf
+
+    options = OmegaConf.to_container(optim, resolve=True) if OmegaConf.is_config(optim) else dict(optim)
+    schedule = options.pop("schedule")
+    config = OptimConfig(**options)
+    return build_optimizer(parameter_groups(model, config.weight_decay), config), schedule
+
+
 def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer the config's `_target_` names, instantiated by Hydra over `params` with the
     options the config sets (no switch over names: a new optimizer is a conf file)."""

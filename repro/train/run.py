@@ -8,25 +8,23 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
-import subprocess
 from pathlib import Path
 from typing import Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import repro
 from repro.tasks import build_task_and_model
-from repro.nn import NORMS, norm_factory
+from repro.nn import NORMS, norm_factory, sync_batch_norm
 from repro.track import DriftSettings, RunStore, Tracker, WandbSink
+from repro.track.host import cpu_model, finish_host_info, host_info
 from repro.track.wandb_sink import resolve_mode
 from repro.util import ConfigError, StorageError, check_options, remove_stale_temporaries
 
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import validate_config
-from .optim import OptimConfig, build_optimizer, parameter_count, parameter_groups
+from .optim import build_optimization, parameter_count
 from .trainer import Trainer, TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -45,15 +43,6 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({cpu_model()})"
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    except OSError:
-        names = []
-    return names[0] if names else platform.processor() or platform.machine()
-
-
 def norm_description(norm: DictConfig) -> str:
     """The norm as it will be built: name and the options that reach it."""
     factory = norm_factory(norm)
@@ -65,18 +54,8 @@ def norm_description(norm: DictConfig) -> str:
 
 
 def environment() -> dict:
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(repro.__file__).parent, capture_output=True, text=True,
-            timeout=10,
-        ).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
-    return {
-        "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(), "git_sha": sha, "host": platform.node(),
-    }
+    """What the run ran on (repro.track.host); its loadavg_end is added when the run ends."""
+    return host_info()
 
 
 def build_tracker(cfg: DictConfig, run_dir: Path, resume_step: Optional[int], group: Optional[str]) -> Tracker:
@@ -102,7 +81,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     validate_config(cfg, world.world_size)
     t = check_options(cfg.trainer, TrainerSettings, "trainer")
     device = resolve_device(t.device, world)
-    dist.init(world, device)
+    dist.init(world, device, t.dist_timeout_min)
     tracker = None
     status = "failed"
     # Global switches set below; restored at the end so in-process callers (tests) are unaffected.
@@ -124,10 +103,9 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         except ValueError as error:  # e.g. pRMSNorm keeping < 1 feature of some layer
             raise ConfigError(f"norm/model: {error}") from None
         model = model.to(device)
-        optim = OmegaConf.to_container(cfg.optim, resolve=True)
-        schedule = optim.pop("schedule")
-        optim_config = OptimConfig(**optim)
-        optimizer = build_optimizer(parameter_groups(model, optim_config.weight_decay), optim_config)
+        if world.enabled and t.sync_batchnorm:
+            sync_batch_norm(model)  # BatchNorm over the global batch, as one process would see it
+        optimizer, schedule = build_optimization(model, cfg.optim)
         precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         trainer = Trainer(
             task, model, optimizer, schedule, t, drift=check_options(cfg.track, DriftSettings, "track"),
@@ -185,7 +163,10 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     finally:
         if tracker is not None:
             try:
-                tracker.finish(status)
+                try:
+                    tracker.update_summary(environment=finish_host_info(tracker.store.summary.get("environment")))
+                finally:
+                    tracker.finish(status)  # closes the store and W&B even when the line above failed
             except StorageError as unrecorded:
                 if status == "completed":
                     raise

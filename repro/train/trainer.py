@@ -5,7 +5,7 @@ Per optimizer step: `accumulate` micro-batches, each weighted by its item count 
 token-batched tasks average correctly; optional gradient clipping; a step of a pure-function LR
 schedule. Every `log_every` steps: train metrics averaged over the interval, step time and
 throughput; on every `norm_timing_every`-th step the norm layers are timed (repro.track.NormTimer).
-Every `eval_every` steps and at the end: evaluation on rank 0 and `checkpoints/best.pt` when the
+Every `eval_every` steps and at the end: evaluation sharded over the ranks and `checkpoints/best.pt` when the
 monitored validation metric improves (no best.pt without a validation split); every `checkpoint_every` steps and at the end: `checkpoints/last.pt`.
 A checkpoint holds the step, the data position (epoch, micro-batch), the model, optimizer and
 scheduler, the partial log interval and every rank's RNG states, so a resumed run repeats the
@@ -28,7 +28,7 @@ from torch import nn
 from tqdm import tqdm
 
 from repro.tasks.base import Task
-from repro.track import NormTimer, Tracker
+from repro.track import NormPrecision, NormTimer, Tracker
 from repro.track.drift import DriftSettings
 from repro.util import option, register_schema
 
@@ -64,6 +64,9 @@ class TrainerSettings:
     devices: int = option(1, minimum=1)
     deterministic: bool = option(False)
     resume: Optional[str] = option("auto")
+    # DDP (trainer.devices > 1)
+    sync_batchnorm: bool = option(True)  # under DDP, BatchNorm statistics over the global batch
+    dist_timeout_min: float = option(60.0, minimum=1)  # collective timeout; covers long evaluations
 
 
 
@@ -202,6 +205,7 @@ class Trainer:
             torch.nn.parallel.DistributedDataParallel(self.model) if self.world.enabled else self.model
         )
         timer = NormTimer(self.model, self.s.norm_timing_every, self.device)
+        precision = NormPrecision(self.model)  # the dtypes each norm ran at, from its first call
         drift = self.drift_settings.monitor(self.model)
         drift_warnings = []
         bar = tqdm(
@@ -239,6 +243,12 @@ class Trainer:
                 self.interval.samples.append({**norm, "time/sampled_step_ms": step_ms})
             self.step += 1
             self.interval.steps += 1
+            if precision is not None:
+                self.norm_precision = precision.result()
+                precision.close()
+                precision = None
+                if self.tracker is not None:
+                    self.tracker.update_summary(norm_precision=self.norm_precision)
             drift_metrics, new_warnings = drift.collect()
             if drift_metrics and self.tracker is not None:
                 self.tracker.log(self.step, "train", drift_metrics)
@@ -321,15 +331,17 @@ class Trainer:
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
 
     def _evaluate(self) -> None:
-        metrics = None
-        if self.world.is_main:
-            self.model.eval()
-            metrics = {}
-            with torch.no_grad(), self._autocast():
-                for split in self.task.eval_splits:
-                    metrics.update(self.task.evaluate(self.model, split))
-            self.model.train()
-        # Every rank needs the result: saving best.pt below is a collective.
+        # Sharded: every rank evaluates its share (the task gathers the results), so no rank idles
+        # in a collective for a whole evaluation. Rank 0's buffers first: each rank then runs the
+        # model rank 0 saves.
+        dist.broadcast_buffers(self.model, self.world)
+        self.model.eval()
+        metrics = {}
+        with torch.no_grad(), self._autocast():
+            for split in self.task.eval_splits:
+                metrics.update(self.task.evaluate(self.model, split))
+        self.model.train()
+        # Rank 0's numbers everywhere, so every rank takes the same best.pt decision (a collective).
         metrics = dist.broadcast_object(metrics, self.world)
         self.last_eval = metrics
         value = metrics.get(self.metric) if self.metric else None
@@ -349,6 +361,7 @@ class Trainer:
     def _final(self) -> dict:
         t = self.totals
         summary = {"step": self.step, "epoch": self.epoch, **getattr(self, "last_eval", {}),
+                   "norm_precision": getattr(self, "norm_precision", None),
                    **self.task.summary_extras()}
         if self.metric:
             summary[f"best/{self.metric}"] = self.best

@@ -1,0 +1,152 @@
+"""What a run ran on, and whether the host was busy with other work while it ran.
+
+Every training run (summary.json, key "environment") and every `repro-bench steps` result records
+`host_info()` when it starts and `finish_host_info()` adds the load average when it ends:
+
+    cpu_model      the CPU's model name from /proc/cpuinfo (never just "cpu")
+    cpu_count      logical CPUs this process may run on
+    cpu_capability the vector capability torch dispatches to (AVX512, AVX2, DEFAULT, ...)
+    cpu_threads    torch's intra-op threads
+    gpu            the CUDA device's name, or null
+    device         the GPU's name when there is one, else the CPU model (what tables print)
+    torch, triton, cuda, python, git_sha (the commit), git_dirty, host (the machine's name)
+    loadavg_start  /proc/loadavg's 1, 5 and 15 minute averages when the run started
+    loadavg_end    the same when it ended (absent while it runs, or if it crashed hard)
+    contended      at the end: whether other processes competed for the CPU (`is_uncontended`),
+                   null when the record cannot tell
+
+The tables (repro.tables.render) take a training run's wall-clock times as a controlled speed
+measurement only where `contended` is false.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+# Load from other processes, in cores, that a run tolerates beyond the cores it leaves idle:
+# a shell, an editor, a short `ls` come and go without changing a step's time measurably.
+CONTENTION_TOLERANCE = 0.5
+
+
+def loadavg() -> Optional[list[float]]:
+    """The 1, 5 and 15 minute load averages, or None where the OS has none."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo; the platform's answer elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git(*args: str) -> Optional[str]:
+    try:
+        done = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True,
+                              text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def host_info() -> dict:
+    """Everything above but loadavg_end, taken now."""
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    cpu = cpu_model()
+    return {
+        "cpu_model": cpu, "cpu_count": cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or cpu,
+        "torch": torch.__version__, "triton": _version("triton"), "cuda": torch.version.cuda,
+        "python": platform.python_version(), "git_sha": _git("rev-parse", "HEAD"),
+        "git_dirty": None if status is None else bool(status), "host": platform.node(),
+        "loadavg_start": loadavg(),
+    }
+
+
+def finish_host_info(info: Optional[dict]) -> dict:
+    """`info` with the load average at the end of the run and the contention verdict added."""
+    info = {**(info or {}), "loadavg_end": loadavg()}
+    verdict = is_uncontended(info)
+    return {**info, "contended": None if verdict is None else not verdict}
+
+
+def other_load(info: dict) -> Optional[float]:
+    """Cores' worth of load from other processes while the run ran, in the worse of its two ends,
+    or None when the run recorded no load average. At the start the run has not loaded the CPU
+    yet; at the end the 1-minute average includes the run's own threads, which are taken off."""
+    start, end = info.get("loadavg_start"), info.get("loadavg_end")
+    own = min(info.get("cpu_threads") or 1, info.get("cpu_count") or 1)
+    seen = []
+    if start:
+        seen.append(start[0])
+    if end:
+        seen.append(max(0.0, end[0] - own))
+    return max(seen) if seen else None
+
+
+def is_uncontended(info: Optional[dict], tolerance: float = CONTENTION_TOLERANCE) -> Optional[bool]:
+    """Whether a run had the host to itself: other processes' load (`other_load`) fit in the cores
+    the run left idle plus `tolerance`. None when the run recorded too little to tell (runs from
+    before host recording, or one that never ended): treat that as not known to be uncontended."""
+    if not info or not info.get("cpu_count") or not info.get("loadavg_start") or not info.get("loadavg_end"):
+        return None
+    idle = max(0, info["cpu_count"] - min(info.get("cpu_threads") or 1, info["cpu_count"]))
+    return other_load(info) <= idle + tolerance
+
+
+def host_notes(environments: dict[str, Optional[dict]]) -> list[str]:
+    """Lines to print under a table built from several runs (run name -> its summary's
+    "environment"): the commits the runs came from when there is more than one, and which runs
+    ran on a contended host or recorded too little to tell. [] when all is uniform and quiet."""
+    notes = []
+    commits: dict[str, list[str]] = {}
+    for name, env in environments.items():
+        sha = (env or {}).get("git_sha")
+        commits.setdefault(sha[:10] if sha else "unknown commit", []).append(name)
+    if len(commits) > 1:
+        notes.append("runs from different commits: " + "; ".join(
+            f"{sha}: {', '.join(sorted(names))}" for sha, names in sorted(commits.items())))
+    verdicts = {name: _recorded_uncontended(env) for name, env in environments.items()}
+    contended = sorted(n for n, v in verdicts.items() if v is False)
+    unknown = sorted(n for n, v in verdicts.items() if v is None)
+    if contended:
+        notes.append(f"runs on a contended host (other load beyond the idle cores): {', '.join(contended)}")
+    if unknown:
+        notes.append(f"runs that recorded no load average at start and end: {', '.join(unknown)}")
+    return notes
+
+
+def _recorded_uncontended(env: Optional[dict]) -> Optional[bool]:
+    # the verdict the run stored when it ended, else one from its load record
+    if env and env.get("contended") is not None:
+        return not env["contended"]
+    return is_uncontended(env)

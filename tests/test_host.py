@@ -1,0 +1,54 @@
+"""What every run records about its host (repro.track.host), and the contention verdict from it."""
+from __future__ import annotations
+
+import pytest
+
+from repro.track import host
+
+
+def test_host_info_names_the_cpu_and_versions_and_the_load_at_start():
+    info = host.host_info()
+    assert info["cpu_model"] and info["cpu_model"].lower() != "cpu"
+    assert info["cpu_count"] >= 1 and info["cpu_threads"] >= 1
+    assert info["torch"] and "triton" in info and "gpu" in info
+    assert info["device"] == (info["gpu"] or info["cpu_model"])
+    assert len(info["loadavg_start"]) == 3 and "loadavg_end" not in info
+    assert info["git_sha"] is None or len(info["git_sha"]) == 40  # the checkout's commit when there is one
+    finished = host.finish_host_info(info)
+    assert len(finished["loadavg_end"]) == 3 and finished["loadavg_start"] == info["loadavg_start"]
+    assert finished["contended"] is (not host.is_uncontended(finished))  # what the tables read
+
+
+def _info(start, end, cores=2, threads=2):
+    return {"cpu_count": cores, "cpu_threads": threads, "loadavg_start": [start, 0, 0],
+            "loadavg_end": None if end is None else [end, 0, 0]}
+
+
+@pytest.mark.parametrize("start, end, cores, threads, expected", [
+    (0.1, 2.1, 2, 2, True),    # the run's own 2 threads at the end are not contention
+    (0.2, 2.4, 2, 2, True),    # within the tolerance
+    (1.3, 2.1, 2, 2, False),   # someone was busy when it started
+    (0.1, 3.2, 2, 2, False),   # a neighbour joined while it ran
+    (0.1, 3.2, 8, 2, True),    # ... which 8 cores absorb
+    (6.9, 9.0, 8, 2, False),   # more than the 6 idle cores could take
+])
+def test_contention_is_other_load_beyond_the_idle_cores(start, end, cores, threads, expected):
+    assert host.is_uncontended(_info(start, end, cores, threads)) is expected
+
+
+def test_runs_without_a_complete_load_record_are_not_known_to_be_uncontended():
+    assert host.is_uncontended(None) is None
+    assert host.is_uncontended({"device": "cpu", "torch": "2.4"}) is None  # a summary from before host records
+    assert host.is_uncontended(_info(0.1, None)) is None                   # a run that never finished
+    assert host.finish_host_info(None)["contended"] is None
+
+
+def test_table_notes_name_mixed_commits_and_contended_or_unrecorded_runs():
+    quiet = {**_info(0.1, 2.0), "git_sha": "a" * 40}
+    busy = {**_info(0.1, 4.0), "git_sha": "a" * 40}
+    other_commit = {**_info(0.1, 2.0), "git_sha": "b" * 40, "contended": False}
+    assert host.host_notes({"ln-1": quiet, "rms-1": quiet}) == []
+    notes = host.host_notes({"ln-1": quiet, "rms-1": busy, "rms-2": other_commit, "old": {"device": "cpu"}})
+    assert any("different commits" in n and "aaaaaaaaaa: ln-1, rms-1" in n and "bbbbbbbbbb: rms-2" in n for n in notes)
+    assert any("contended" in n and n.endswith("rms-1") for n in notes)
+    assert any("no load average" in n and n.endswith("old") for n in notes)
