@@ -232,17 +232,16 @@ def enospc(*_args, **_kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-class FullAfter:
-    """A file whose writes fail with ENOSPC after `n` of them (a disk filling up)."""
+class FullFromStep:
+    """A metrics file whose writes fail with ENOSPC from the first line of step `step` on (a disk
+    filling up)."""
 
-    def __init__(self, f, n: int):
-        self.f, self.n = f, n
+    def __init__(self, f, step: int):
+        self.f, self.step, self.full = f, step, False
 
     def write(self, text):
-        self.n -= 1
-        if self.n < 0:
-            enospc()
-        return self.f.write(text)
+        self.full = self.full or json.loads(text)["step"] >= self.step
+        return enospc() if self.full else self.f.write(text)
 
     def __getattr__(self, name):
         return getattr(self.f, name)
@@ -253,28 +252,26 @@ def test_a_full_disk_stops_the_run_clearly_keeps_its_files_and_a_rerun_resumes(w
                                                                               tmp_path, monkeypatch):
     import repro.track.run_store as run_store_module
 
-    if where == "checkpoint":  # the third checkpoint: last.pt at step 4 (best.pt at 4 was the second)
-        real_save, saves = torch.save, []
+    if where == "checkpoint":  # the disk fills before step 6's last.pt (the first checkpoint without an evaluation)
+        real_save = torch.save
 
-        def save(*args, **kwargs):
-            saves.append(1)
-            return enospc() if len(saves) >= 3 else real_save(*args, **kwargs)
+        def save(state, *args, **kwargs):
+            return enospc() if state["step"] >= 6 else real_save(state, *args, **kwargs)
         monkeypatch.setattr(ckpt.torch, "save", save)
-        failed_file, resumed_step = "last.pt", 2
-    elif where == "summary":  # the third summary write (step 8's evaluation) and every one after it
-        real_write, writes = run_store_module.write_json_atomic, []
+        failed_file, resumed_step = "last.pt", 4
+    elif where == "summary":  # ... before the summary of step 8's evaluation
+        real_write = run_store_module.write_json_atomic
 
-        def write(*args, **kwargs):
-            writes.append(1)
-            return enospc() if len(writes) >= 3 else real_write(*args, **kwargs)
+        def write(path, data):
+            return enospc() if (data.get("step") or 0) >= 8 else real_write(path, data)
         monkeypatch.setattr(run_store_module, "write_json_atomic", write)
         failed_file, resumed_step = "summary.json", 6
-    else:  # the 8th metrics line (step 6's) and every one after it
+    else:  # ... before step 5's metrics line
         real_init = RunStore.__init__
 
         def init(self, *args, **kwargs):
             real_init(self, *args, **kwargs)
-            self._metrics = FullAfter(self._metrics, 7)
+            self._metrics = FullFromStep(self._metrics, 5)
         monkeypatch.setattr(RunStore, "__init__", init)
         failed_file, resumed_step = "metrics.jsonl", 4
     with pytest.raises(StorageError) as info:
