@@ -24,10 +24,7 @@ from repro.train import checkpoint as ckpt
 from repro.train import distributed
 from repro.train import train
 from repro.util import ConfigError
-from train_helpers import cifar_jpeg, compose_config, corpus, one_thread, smoke_config  # noqa: F401
-
-PORT = 29631
-
+from train_helpers import cifar_jpeg, compose_config, corpus, free_port, one_thread, smoke_config  # noqa: F401
 
 def _evaluate(cfg, rank: int, world_size: int) -> dict:
     """Evaluate an untrained model of `cfg` (seed 0) on its test split; also count the items this
@@ -47,8 +44,8 @@ def _evaluate(cfg, rank: int, world_size: int) -> dict:
     return out
 
 
-def _worker(rank: int, cfgs: dict, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(PORT))
+def _worker(rank: int, cfgs: dict, out_dir: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(minutes=5))
     try:
@@ -67,7 +64,7 @@ def test_sharded_evaluation_equals_one_process(cifar_jpeg, corpus, tmp_path):
                                       f"data.tokenizer={tmp_path}/spm.model", "data.eval_max_tokens=128"),
     }
     single = {name: _evaluate(cfg, 0, 1) for name, cfg in cfgs.items()}
-    mp.spawn(_worker, args=(cfgs, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(cfgs, str(tmp_path), free_port()), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     for name in cfgs:
         one, two = single[name], [r[name] for r in ranks]
@@ -121,8 +118,8 @@ def _sync_bn_batch():
     return torch.randn(8, 3, 7, 7, generator=torch.Generator().manual_seed(1))
 
 
-def _sync_bn_worker(rank: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(PORT + 7))
+def _sync_bn_worker(rank: int, out_dir: str, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(minutes=5))
     try:
@@ -138,7 +135,7 @@ def _sync_bn_worker(rank: int, out_dir: str) -> None:
 def test_sync_batchnorm_over_two_gloo_processes_equals_one_process_with_the_whole_batch(tmp_path):
     """The paper's BatchNorm baseline under DDP: 2 ranks x 4 images normalize like 1 process x 8
     (outputs, running statistics, and gradients, whose sum over ranks is the whole batch's)."""
-    mp.spawn(_sync_bn_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    mp.spawn(_sync_bn_worker, args=(str(tmp_path), free_port()), nprocs=2, join=True)
     model = _sync_bn_model()
     y = model(_sync_bn_batch())
     y.square().sum().backward()
@@ -212,9 +209,9 @@ DDP_RUN = ["experiment=smoke", "model.dropout=0", "norm=rmsnorm", "trainer.max_s
            "trainer.checkpoint_every=2", "trainer.keep_checkpoints=2", "trainer.deterministic=true"]
 
 
-def _torchrun(cifar_jpeg, run_dir, *, script=("-m", "repro.cli.train"), env=None, port=29641):
+def _torchrun(cifar_jpeg, run_dir, *, script=("-m", "repro.cli.train"), env=None, port=None):
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", *script,
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port or free_port()}", *script,
          *DDP_RUN, f"data.root={cifar_jpeg}", "trainer.devices=2", f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
     )

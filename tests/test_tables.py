@@ -69,7 +69,9 @@ def test_table10_numbers_match_the_run_files(cifar_tree, tmp_path):
     runs = collect_local([cifar_tree])
     assert len(runs) == 8
     table = table10(runs)
-    by_norm = {row.norm: row for row in table.rows}
+    # every paper row, measured or not, in the paper's order
+    assert [row.norm for row in table.rows] == ["none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm"]
+    by_norm = {row.norm: row for row in table.rows if row.runs}
     assert list(by_norm) == ["layernorm", "rmsnorm", "prmsnorm"]  # the ViT run is not Table 10's
 
     # recompute from the files: summary test/acc, metrics.jsonl step times after the first interval
@@ -271,12 +273,17 @@ def test_an_empty_sweep_renders_every_cell_missing(tmp_path):
     md = to_markdown(table10(runs))
     assert "No runs found for this table" in md and "excluded, crashed" in md
     assert "8.83" in md  # the paper's numbers are still shown
+    # every paper row is in the regenerated table, all missing (before, a row needed a run)
+    for label in ("None", "BatchNorm", "WeightNorm", "LayerNorm", "RMSNorm", "pRMSNorm (p=12.5%)"):
+        assert f"| {label} | 0 | ? | missing | missing | missing | missing | missing | missing |" in md
     only_rms = tmp_path / "rms"
     write_run(only_rms, "rms", task="cifar10_cnn", norm="rmsnorm", seed=1, test={"test/acc": 0.9})
     table = table10(collect_local([only_rms]))
     assert verdicts(table) == ["cifar10_cnn RMSNorm vs LayerNorm: no LayerNorm runs to compare with (missing)"]
     assert "| RMSNorm | 1 | 30 | 10.00 |" in to_markdown(table) and to_markdown(table).count("missing") >= 1
-    assert to_csv(table).splitlines()[1].endswith(",")  # no speedup without LayerNorm
+    csv_rows = to_csv(table).splitlines()
+    assert len(csv_rows) == 1 + 6  # header + the paper's six rows
+    assert next(line for line in csv_rows if line.startswith("cifar10_cnn,rmsnorm,")).endswith(",")  # no speedup
 
 
 class FakeRun:

@@ -19,7 +19,7 @@ from repro.train import train
 from repro.train.optim import lr_multiplier
 from repro.util import StorageError
 from repro.track import read_metrics
-from train_helpers import _cifar_pickle, cifar_jpeg, cifar_pickle, one_thread, smoke_config  # noqa: F401
+from train_helpers import _cifar_pickle, cifar_jpeg, cifar_pickle, free_port, one_thread, smoke_config  # noqa: F401
 
 TIMING_KEYS = ("time/", "throughput/")
 SHARED_CIFAR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10-jpg")
@@ -163,7 +163,7 @@ def test_two_process_ddp_equals_one_process(cifar_jpeg, tmp_path):
     train(smoke_config(cifar_jpeg, *common[2:]), tmp_path / "single")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
          "-m", "repro.cli.train", *common, "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"],
         capture_output=True, text=True, timeout=300, env=env,
     )

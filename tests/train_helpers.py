@@ -60,6 +60,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a test's process group (a fixed port collides with
+    another test run on the same machine)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def compose_config(*overrides: str):
     return repro_compose(overrides, conf_dir=CONF_DIR)
 

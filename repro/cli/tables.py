@@ -105,7 +105,7 @@ def run_tables(argv: list[str]) -> int:
           + ("; only completed runs are averaged (the others are listed under each table)"
              if states["completed"] < len(runs) else ""))
     for table in (table4(runs, controlled), table10(runs, controlled)):
-        print(f"{table.title}: {len(table.rows)} groups")
+        print(f"{table.title}: {sum(1 for row in table.rows if row.runs)} groups")
         for line in verdicts(table):
             print(f"  {line}")
     for path in paths:

@@ -166,8 +166,11 @@ def _row_order(row: Row) -> tuple:
 
 
 def build_table(key: str, title: str, runs: list[Run], columns: list[Column], quality: list[str],
-                time_key: str, paper: PaperTable, controlled: Optional[dict] = None) -> Table:
-    # Crashed and still-running runs are listed apart, never averaged in.
+                time_key: str, paper: PaperTable, controlled: Optional[dict] = None, *,
+                every_paper_row: bool = False) -> Table:
+    """Rows from the completed runs, one per (task, norm, partial); with `every_paper_row`, also
+    an all-`missing` row for each of the paper's rows that no run measured. Crashed and
+    still-running runs are listed apart in the notes, never averaged in."""
     completed = [r for r in runs if r.state == "completed"]
     notes = [f"excluded, {'still running' if r.state == 'running' else 'crashed'}: {r.path} (status {r.status}, "
              f"step {r.summary.get('step', '?')})" for r in runs if r.state != "completed"]
@@ -178,8 +181,24 @@ def build_table(key: str, title: str, runs: list[Run], columns: list[Column], qu
             values = [col.measure(r) for r in group]
             cells[col.key] = Stat([v for v in values if v is not None and math.isfinite(v)])
         rows.append(Row(task, norm, partial, group, cells))
+    if every_paper_row:
+        rows += _unmeasured_paper_rows(paper, rows, columns)
     rows.sort(key=_row_order)
     return Table(key, title, columns, rows, quality, time_key, paper, notes, controlled or {})
+
+
+def _unmeasured_paper_rows(paper: PaperTable, rows: list[Row], columns: list[Column]) -> list[Row]:
+    """A row of `missing` cells for each of the paper's rows that no run measured (on the paper's
+    task; a paper row without a p matches any p), so the table always shows the whole paper."""
+    task = paper.budget.task
+
+    def measured(norm: str, partial: Optional[float]) -> bool:
+        return any(r.task == task and r.norm == norm and (partial is None or r.partial is not None
+                                                           and math.isclose(r.partial, partial))
+                   for r in rows)
+
+    return [Row(task, p.norm, p.partial, [], {c.key: Stat([]) for c in columns})
+            for p in paper.rows if not measured(p.norm, p.partial)]
 
 
 def table4(runs: list[Run], controlled: Optional[dict] = None) -> Table:
@@ -205,7 +224,7 @@ def table10(runs: list[Run], controlled: Optional[dict] = None) -> Table:
                Column("norm_ms", "norm ms / step", norm_ms, 2),
                Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
     return build_table("table10_cifar10", "Table 10: ConvPool-CNN-C on CIFAR-10", runs, columns, ["error"],
-                       "time", TABLE10, controlled)
+                       "time", TABLE10, controlled, every_paper_row=True)
 
 
 def _percent(value: Optional[float]) -> Optional[float]:
@@ -214,7 +233,7 @@ def _percent(value: Optional[float]) -> Optional[float]:
 
 # -------------------------------------------------------------------------------- verdicts
 def _baseline(table: Table, row: Row) -> Optional[Row]:
-    return next((r for r in table.rows if r.task == row.task and r.norm == "layernorm"), None)
+    return next((r for r in table.rows if r.task == row.task and r.norm == "layernorm" and r.runs), None)
 
 
 def quality_verdict(name: str, ours: Stat, base: Stat, higher_is_better: bool) -> str:
@@ -375,6 +394,8 @@ def verdicts(table: Table) -> list[str]:
     lines = []
     higher_is_better = table.key.startswith("table4")
     for row in table.rows:
+        if not row.runs:  # a paper row no run measured: every cell says missing already
+            continue
         no_norm = no_norm_verdict(table, row)
         if no_norm:
             lines.append(no_norm)
@@ -475,7 +496,7 @@ def _signature_lines(table: Table) -> list[str]:
 
 
 def _hardware_lines(table: Table) -> list[str]:
-    lines = [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows]
+    lines = [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows if row.runs]
     runs = [run for row in table.rows for run in row.runs]
     lines += [f"- {note}" for note in host_notes({run.path.name: run.summary.get("environment") for run in runs})]
     return lines
@@ -483,7 +504,7 @@ def _hardware_lines(table: Table) -> list[str]:
 
 def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
     parts = [f"# {table.title} (regenerated)", ""] + [line for note in notes for line in (f"**{note}**", "")]
-    if table.rows:
+    if any(row.runs for row in table.rows):
         parts += [_md_table(*_grid(table)), "",
                   "Cells: mean ± sample std over seeds (n = cells with fewer runs than the row); "
                   f"`{MISSING}`: no run measured it. steps: optimizer steps each run trained (the budget, "
@@ -498,7 +519,8 @@ def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
                   "Measured on:", *_hardware_lines(table), "", "## Verdicts", "",
                   *([f"- {line}" for line in verdicts(table)] or ["- none: no RMSNorm/pRMSNorm runs"])]
     else:
-        parts += ["No runs found for this table: every cell is missing."]
+        parts += ([_md_table(*_grid(table)), ""] if table.rows else []) + [
+            "No runs found for this table: every cell is missing."]
     if table.notes:
         parts += ["", "## Runs left out", "", *[f"- {note}" for note in table.notes]]
     p = table.paper

@@ -26,6 +26,8 @@ The trainer (repro.train) drives any Task through these members only:
   None where the task has no validation split (no best.pt, no best/* metrics: never select on test).
 - `throughput_unit`: "images", "tokens", ...
 - `name`: the task's config name (W&B tags, run-store summary).
+- `initialize(model)`: once before the first step of a fresh run, never on resume (data-dependent
+  init); a no-op by default.
 - `check_options(cfg, world_size)` (a classmethod): raise repro.util.ConfigError, one line, on
   the first bad option of the groups the task reads (`data`; `decode` for translation), before
   anything is built. The task owns its options; repro.train calls this on the class
@@ -90,6 +92,10 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def evaluate(self, model: nn.Module, split: str) -> dict[str, float]: ...
+
+    def initialize(self, model: nn.Module) -> None:
+        """Called once before the first step of a fresh run (never on resume), after `setup`:
+        initialization that needs the data (e.g. data-dependent init); nothing by default."""
 
     def summary_extras(self) -> dict:
         """Facts about the evaluation that belong in summary.json beside the numbers (e.g. the

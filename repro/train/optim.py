@@ -28,6 +28,9 @@ class ScheduleConfig:
     name: str = option("paper", choices=SCHEDULES)
     warmup_steps: int = option(0, minimum=0)
     decay_start: float = option(0.5, minimum=0, maximum=1, max_strict=True)
+    # "paper" only: Adam's beta1 from the decay's start on (Salimans & Kingma: 0.9 -> 0.5 at epoch
+    # 100 of 200); null keeps the optimizer's beta1 throughout.
+    final_beta1: Optional[float] = option(None, minimum=0, maximum=1, max_strict=True)
 
 
 @dataclass
@@ -47,6 +50,11 @@ class OptimConfig:
         """The optimizer class and the schedule, checked (rules between options included)."""
         optimizer_class(self._target_)
         schedule = check_options(self.schedule, ScheduleConfig, "optim.schedule")
+        if schedule.final_beta1 is not None and schedule.name != "paper":
+            raise ConfigError(f"optim.schedule.final_beta1={schedule.final_beta1} is not allowed with "
+                              f"{schedule.name}: must be null (only the paper schedule sets beta1)")
+        if schedule.final_beta1 is not None and self.betas is None:
+            raise ConfigError("optim.schedule.final_beta1 is not allowed for an optimizer without betas: must be null")
         if schedule.name == "inverse_sqrt" and schedule.warmup_steps < 1:
             raise ConfigError("optim.schedule.warmup_steps=0 is not allowed with inverse_sqrt: must be >= 1")
         return schedule
@@ -150,8 +158,37 @@ def lr_multiplier(*, name: str, total_steps: int, warmup_steps: int = 0,
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {name!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, **schedule) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(**schedule))
+class PaperSchedule(torch.optim.lr_scheduler.LambdaLR):
+    """LambdaLR that also sets Adam's beta1 as a pure function of the step, as Salimans & Kingma's
+    code does: the optimizer's own beta1 before the decay starts, `final_beta1` from then on (their
+    mom1 = 0.9 for epochs < 100, 0.5 after; a switch, not a ramp). Being a function of the step
+    alone, a resumed run gets the same beta1 as the uninterrupted one."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, multiplier: Callable[[int], float], *,
+                 decay_begin: float, final_beta1: float):
+        self.decay_begin, self.final_beta1 = decay_begin, final_beta1
+        for group in optimizer.param_groups:
+            group.setdefault("initial_beta1", group["betas"][0])
+        super().__init__(optimizer, multiplier)
+
+    def beta1(self, step: int, initial: float) -> float:
+        return initial if step < self.decay_begin else self.final_beta1
+
+    def step(self, epoch=None):
+        super().step(epoch)
+        for group in self.optimizer.param_groups:
+            group["betas"] = (self.beta1(self.last_epoch, group["initial_beta1"]), group["betas"][1])
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, *, final_beta1: Optional[float] = None,
+                    **schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    multiplier = lr_multiplier(**schedule)
+    if final_beta1 is None:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)
+    if schedule.get("name") != "paper":
+        raise ValueError(f"final_beta1 applies only to the paper schedule, not {schedule.get('name')!r}")
+    begin = schedule.get("decay_start", 0.5) * schedule["total_steps"]
+    return PaperSchedule(optimizer, multiplier, decay_begin=begin, final_beta1=final_beta1)
 
 
 def parameter_count(model: nn.Module) -> int:
