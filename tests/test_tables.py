@@ -271,7 +271,7 @@ def test_an_empty_sweep_renders_every_cell_missing(tmp_path):
     write_run(root, "ln", task="cifar10_cnn", norm="layernorm", seed=1, status="failed")
     runs = collect_local([root])
     md = to_markdown(table10(runs))
-    assert "No runs found for this table" in md and "excluded, not completed" in md
+    assert "No runs found for this table" in md and "excluded, crashed" in md
     assert "8.83" in md  # the paper's numbers are still shown
     # every paper row is in the regenerated table, all missing (before, a row needed a run)
     for label in ("None", "BatchNorm", "WeightNorm", "LayerNorm", "RMSNorm", "pRMSNorm (p=12.5%)"):

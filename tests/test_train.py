@@ -17,6 +17,7 @@ from repro.tasks import CifarClassification
 from repro.train import checkpoint as ckpt
 from repro.train import train
 from repro.train.optim import lr_multiplier
+from repro.util import StorageError
 from repro.track import read_metrics
 from train_helpers import _cifar_pickle, cifar_jpeg, cifar_pickle, free_port, one_thread, smoke_config  # noqa: F401
 
@@ -214,14 +215,14 @@ def test_schedules():
 
 def test_checkpoint_write_failure_keeps_the_previous_file(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    ckpt.save_atomic({"step": 1}, path)
+    ckpt.save_atomic({"step": 1, "model": {}}, path)
 
     def broken_save(*_args, **_kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", broken_save)
-    with pytest.raises(OSError):
-        ckpt.save_atomic({"step": 2}, path)
+    with pytest.raises(StorageError, match="disk full; the previous one is intact"):
+        ckpt.save_atomic({"step": 2, "model": {}}, path)
     assert ckpt.load(path)["step"] == 1 and os.listdir(tmp_path) == ["last.pt"]
 
 

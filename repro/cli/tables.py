@@ -94,11 +94,16 @@ def run_tables(argv: list[str]) -> int:
     except (FileNotFoundError, RuntimeError) as error:
         p.error(str(error))
     runs = dedupe(runs)
+    if not runs:
+        p.error("no runs collected: nothing to tabulate")
     out = Path(args.out)
     bench = Path(args.bench) if args.bench else out / "bench"
     controlled = find_step_timings([Path(d) for d in args.runs], runs)  # repro-bench steps next to the runs
     paths = write_tables(runs, out, notes, controlled) + write_figures(runs, out, bench)
-    print(f"{len(runs)} runs collected")
+    states = {state: sum(r.state == state for r in runs) for state in ("completed", "crashed", "running")}
+    print(f"{len(runs)} runs collected: " + ", ".join(f"{n} {state}" for state, n in states.items())
+          + ("; only completed runs are averaged (the others are listed under each table)"
+             if states["completed"] < len(runs) else ""))
     for table in (table4(runs, controlled), table10(runs, controlled)):
         print(f"{table.title}: {sum(1 for row in table.rows if row.runs)} groups")
         for line in verdicts(table):

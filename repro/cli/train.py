@@ -96,12 +96,14 @@ def _overrides(args: list[str]) -> list[str]:
 
 def _run(cfg: DictConfig) -> None:
     from repro.train import ConfigError, train
+    from repro.util import StorageError
 
     hydra_cfg = HydraConfig.get()
     sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
     try:
         train(cfg, hydra_cfg.runtime.output_dir, sweep_name=sweep)
-    except (ConfigError, FileNotFoundError) as error:  # bad config or missing data: the message says it all
+    # bad config, missing data, a damaged checkpoint or a full disk: the message says it all
+    except (ConfigError, FileNotFoundError, StorageError) as error:
         sys.exit(f"error: {error}")
 
 

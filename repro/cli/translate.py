@@ -19,6 +19,7 @@ from repro.data.translation import CorpusError, read_lines
 from repro.tasks import build_task_and_model
 from repro.tasks.translation import bleu
 from repro.train.checkpoint import load
+from repro.util import StorageError
 
 
 def average_checkpoints(paths: list[Path]) -> dict:
@@ -63,17 +64,18 @@ def main(argv=None) -> None:
             sys.exit(f"error: --checkpoint {path} does not exist")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()) else "cpu")
     try:
-        task, model = load_translator(args.checkpoint, device)
-        beam = task.decode.beam if args.beam is None else args.beam
-        if beam < 1:
-            raise CorpusError(f"--beam {beam} is not allowed: must be >= 1")
+        # The inputs first: a bad file costs nothing, and an empty one never reaches the model.
+        if args.beam is not None and args.beam < 1:
+            raise CorpusError(f"--beam {args.beam} is not allowed: must be >= 1")
         sources = read_lines(args.src)
         references = read_lines(args.ref) if args.ref else None
         if references is not None and len(references) != len(sources):
             raise CorpusError(f"{args.src} has {len(sources)} lines but {args.ref} has {len(references)}")
+        task, model = load_translator(args.checkpoint, device)
+        beam = task.decode.beam if args.beam is None else args.beam
         with torch.no_grad():
             hypotheses = task.translate_text(model, sources, beam)
-    except (CorpusError, ValueError) as error:
+    except (CorpusError, ValueError, StorageError) as error:
         sys.exit(f"error: {error}")
     text = "".join(h + "\n" for h in hypotheses)
     if args.out:

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ import yaml
 
 from repro.nn import NORMS
 from repro.track import RunStore, read_metrics
-from repro.util import mean_std, write_json_atomic
+from repro.util import StorageError, mean_std, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,21 @@ class Run:
         return self.summary.get("status", "unknown")
 
     @property
+    def state(self) -> str:
+        """"completed", "crashed" or "running". A run whose summary still says "running" was
+        killed (kill -9, power cut) when it ran on this host and its process is gone; elsewhere
+        it cannot be told from a live run and counts as running. Only completed runs are averaged."""
+        status = self.status
+        if status == "completed":
+            return "completed"
+        if status != "running":
+            return "crashed"  # failed, interrupted, or W&B's crashed/killed/failed
+        host, pid = (self.summary.get("environment") or {}).get("host"), self.summary.get("pid")
+        if host == platform.node() and isinstance(pid, int) and not _process_alive(pid):
+            return "crashed"
+        return "running"
+
+    @property
     def group_key(self) -> tuple:
         return (self.task, self.norm, self.partial)
 
@@ -74,6 +90,16 @@ class Run:
         """(step, value) of `key` over the logged rows (of `split` if given), nulls left out."""
         return [(r["step"], r[key]) for r in self.rows
                 if r.get(key) is not None and (split is None or r.get("split") == split)]
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _get(config: dict, *keys):
@@ -95,12 +121,17 @@ def find_run_dirs(root: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if d not in ("checkpoints", "wandb", ".hydra"))
         if "summary.json" in files:
             found.append(Path(here))
+    if not found:
+        raise FileNotFoundError(f"--runs {root}: no runs in it (no summary.json at any depth)")
     return found
 
 
 def load_run(run_dir: Path) -> Run:
     run_dir = Path(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except ValueError as error:  # written atomically, so only a hand-edited or foreign file is torn
+        raise StorageError(f"{run_dir / 'summary.json'} is not valid JSON ({error})") from None
     config_path = run_dir / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.exists() else {}
     rows = read_metrics(run_dir) if (run_dir / "metrics.jsonl").exists() else []

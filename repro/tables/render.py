@@ -169,9 +169,11 @@ def build_table(key: str, title: str, runs: list[Run], columns: list[Column], qu
                 time_key: str, paper: PaperTable, controlled: Optional[dict] = None, *,
                 every_paper_row: bool = False) -> Table:
     """Rows from the completed runs, one per (task, norm, partial); with `every_paper_row`, also
-    an all-`missing` row for each of the paper's rows that no run measured."""
-    completed = [r for r in runs if r.status == "completed"]
-    notes = [f"excluded, not completed: {r.path} (status {r.status})" for r in runs if r.status != "completed"]
+    an all-`missing` row for each of the paper's rows that no run measured. Crashed and
+    still-running runs are listed apart in the notes, never averaged in."""
+    completed = [r for r in runs if r.state == "completed"]
+    notes = [f"excluded, {'still running' if r.state == 'running' else 'crashed'}: {r.path} (status {r.status}, "
+             f"step {r.summary.get('step', '?')})" for r in runs if r.state != "completed"]
     rows = []
     for (task, norm, partial), group in group_runs(completed).items():
         cells = {}

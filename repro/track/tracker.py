@@ -23,8 +23,10 @@ class Tracker:
     def finish(self, status: str) -> None:
         """Close every sink; W&B's finish runs whatever the status, so sweeps never merge runs."""
         try:
-            self.update_summary(status=status)
-            self.store.close()
+            try:
+                self.update_summary(status=status)
+            finally:
+                self.store.close()
         finally:
             if self.wandb is not None:
                 self.wandb.finish(exit_code=0 if status == "completed" else 1)

@@ -1,24 +1,113 @@
-"""Checkpoints: atomic writes and the RNG states that make a resumed run continue bit-exactly."""
+"""Checkpoints: atomic writes, loading with one-line errors for damaged or mismatched files, and
+the RNG states that make a resumed run continue bit-exactly."""
 from __future__ import annotations
 
+import logging
 import random
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
-from repro.util import atomic_write
+from repro.nn import NORMS
+from repro.util import ConfigError, StorageError, atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class DamagedCheckpoint(StorageError):
+    """A checkpoint file that exists but cannot be read (truncated, garbage)."""
+
+    def __init__(self, path: Path, reason: str):
+        super().__init__(f"{path} is damaged ({reason})")
+        self.path, self.reason = path, reason
 
 
 def save_atomic(state: dict, path: Path) -> None:
     """A crash mid-write leaves the previous checkpoint intact, never a truncated one."""
-    with atomic_write(path, "wb") as f:
-        torch.save(state, f)
+    try:
+        with atomic_write(path, "wb") as f:
+            torch.save(state, f)
+    except OSError as error:  # e.g. ENOSPC: say which file, and that the previous one is intact
+        kept = "the previous one is intact" if Path(path).exists() else "no earlier one exists"
+        raise StorageError(f"cannot write checkpoint {path}: {error.strerror or error}; {kept}. "
+                           f"Free space, then rerun the same run directory to resume") from error
 
 
 def load(path: Path) -> dict:
-    # weights_only=False: our own checkpoints hold RNG states (numpy arrays, python tuples).
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint's state; DamagedCheckpoint (one line naming the file) when it cannot be read."""
+    path = Path(path)
+    try:
+        # weights_only=False: our own checkpoints hold RNG states (numpy arrays, python tuples).
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - torch.load fails in many ways (zip, pickle, EOF)
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        raise DamagedCheckpoint(path, lines[-1][:160]) from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise DamagedCheckpoint(path, "not a repro checkpoint: no model state")
+    return state
+
+
+def load_for_resume(path: Path, *, fall_back: bool) -> tuple[Path, dict]:
+    """(path, state) of the checkpoint to resume from. A damaged `path` falls back, when
+    `fall_back`, to the newest intact step_*.pt beside it (with a warning); otherwise it is a
+    StorageError saying what to do."""
+    try:
+        return path, load(path)
+    except DamagedCheckpoint as damaged:
+        step_files = sorted(Path(path).parent.glob("step_*.pt"), reverse=True)
+        intact = None
+        for candidate in step_files:
+            if candidate == path:
+                continue
+            try:
+                intact = (candidate, load(candidate))
+                break
+            except DamagedCheckpoint:
+                continue
+        if fall_back and intact is not None:
+            log.warning("%s; resuming from the newest intact step checkpoint %s (step %d) instead",
+                        damaged, intact[0], intact[1]["step"])
+            return intact
+        where = (f"resume from the newest intact step checkpoint with trainer.resume={intact[0]}, "
+                 if intact is not None else "")
+        raise StorageError(f"cannot resume: {damaged}. Move it away, then {where}or start fresh with "
+                           f"trainer.resume=none") from None
+
+
+def _config_item(config: dict, group: str, key: str):
+    return (config.get(group) or {}).get(key)
+
+
+def check_fits(state: dict, path: Path, config: dict, model: torch.nn.Module, world_size: int) -> None:
+    """A ConfigError naming the first mismatch between a checkpoint and this run: task, norm,
+    partial, the number of processes, or a parameter's name or shape."""
+    saved = state.get("config") or {}
+    checked = [("task", "name"), ("norm", "name")]
+    if NORMS.get(_config_item(config, "norm", "name")) and NORMS[config["norm"]["name"]].takes_partial:
+        checked.append(("norm", "partial"))  # the other norms ignore it
+    for group, key in checked:
+        theirs, ours = _config_item(saved, group, key), _config_item(config, group, key)
+        if theirs is not None and theirs != ours:
+            raise ConfigError(f"trainer.resume: {path} is from a run with {group}.{key}={theirs}, this run has "
+                              f"{group}.{key}={ours} (resume with the same settings, or trainer.resume=none)")
+    if len(state["rng"]) != world_size:
+        raise ConfigError(f"trainer.resume: {path} was written by {len(state['rng'])} processes, this run has "
+                          f"{world_size}; resume it with as many")
+    ours = model.state_dict()
+    theirs = state["model"]
+    missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise ConfigError(f"trainer.resume: {path} does not fit this model: {what} "
+                          f"({len(missing)} missing, {len(extra)} unexpected parameters)")
+    for key, value in ours.items():
+        if tuple(theirs[key].shape) != tuple(value.shape):
+            raise ConfigError(f"trainer.resume: {path} does not fit this model: {key} has shape "
+                              f"{tuple(theirs[key].shape)} there, {tuple(value.shape)} here")
 
 
 def rng_state() -> dict:
@@ -42,3 +131,17 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def resume_target(setting: Optional[str], run_dir: Path) -> tuple[Optional[Path], bool]:
+    """(checkpoint, may fall back) for `trainer.resume`: "auto" is this run dir's last.pt if there
+    is one (re-running with the same hydra.run.dir continues it; a damaged one falls back to an
+    intact step checkpoint); "none"/null starts fresh; a path is that checkpoint (or that run
+    dir's last.pt), taken as given."""
+    if setting in (None, "none"):
+        return None, False
+    if setting == "auto":
+        path = run_dir / "checkpoints" / "last.pt"
+        return (path if path.exists() else None), True
+    path = Path(setting).expanduser()
+    return (path / "checkpoints" / "last.pt" if path.is_dir() else path), False

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -20,7 +19,7 @@ from repro.nn import NORMS, norm_factory, sync_batch_norm
 from repro.track import DriftSettings, RunStore, Tracker, WandbSink
 from repro.track.host import cpu_model, finish_host_info, host_info
 from repro.track.wandb_sink import resolve_mode
-from repro.util import ConfigError, check_options
+from repro.util import ConfigError, StorageError, check_options, remove_stale_temporaries
 
 from . import checkpoint as ckpt
 from . import distributed as dist
@@ -36,18 +35,6 @@ def resolve_device(name: str, world: dist.Dist) -> torch.device:
         torch.cuda.set_device(world.local_rank)
         return torch.device("cuda", world.local_rank)
     return torch.device("cpu")
-
-
-def resume_checkpoint(setting: Optional[str], run_dir: Path) -> Optional[Path]:
-    """"auto": this run dir's last.pt if there is one (re-running with the same hydra.run.dir
-    continues it); "none"/null: start fresh; a path: that checkpoint, or that run dir's last.pt."""
-    if setting in (None, "none"):
-        return None
-    if setting == "auto":
-        path = run_dir / "checkpoints" / "last.pt"
-        return path if path.exists() else None
-    path = Path(os.path.expanduser(setting))
-    return path / "checkpoints" / "last.pt" if path.is_dir() else path
 
 
 def describe_device(device: torch.device) -> str:
@@ -126,9 +113,15 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
             autocast_dtype=torch.bfloat16 if precision == "bf16" else None,
             config=OmegaConf.to_container(cfg, resolve=True),
         )
-        resume = resume_checkpoint(t.resume, run_dir)
+        resume, may_fall_back = ckpt.resume_target(t.resume, run_dir)
+        if world.is_main:  # a writer killed between its temporary file and the rename left one
+            for folder in (run_dir, run_dir / "checkpoints"):
+                for stale in remove_stale_temporaries(folder) if folder.is_dir() else []:
+                    log.warning("removed %s, left by a write a crash interrupted", stale)
         if resume is not None:
-            trainer.resume_from(resume)
+            resume, state = ckpt.load_for_resume(resume, fall_back=may_fall_back)
+            trainer.resume_from(resume, state)
+            del state
             log.info("resuming from %s at step %d", resume, trainer.step)
         if world.is_main:
             trainer.banner = dict(
@@ -143,13 +136,16 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
                 status="running", task=cfg.task.name, norm=cfg.norm.name,
                 partial=cfg.norm.partial if NORMS[cfg.norm.name].takes_partial else None, seed=cfg.seed,
                 parameters=parameter_count(model), precision=precision, world_size=world.world_size,
-                environment=environment(), resumed_from=str(resume) if resume else None,
+                environment=environment(), pid=os.getpid(), resumed_from=str(resume) if resume else None,
+                resumed_step=trainer.step if resume else None,
+                # every start of this run directory: a fresh one, then each resume
+                starts=tracker.store.summary.get("starts", [])
+                + [{"step": trainer.step, "checkpoint": str(resume) if resume else None}],
                 error=None,  # a resumed run's summary.json still holds the crash that stopped it
             )
-        started = time.time()
         task.setup(device, world.rank, world.world_size)
         summary = trainer.fit()
-        summary["wall_time_s"] = time.time() - started
+        summary["wall_time_s"] = trainer.wall_time()  # across resumes
         if tracker is not None:
             tracker.update_summary(**summary)
         status = "completed"
@@ -159,12 +155,22 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         raise
     except BaseException as error:
         if tracker is not None:
-            tracker.update_summary(error=f"{type(error).__name__}: {error}")
+            try:
+                tracker.update_summary(error=f"{type(error).__name__}: {error}")
+            except StorageError as unrecorded:  # a full disk: the error above is the one to report
+                log.warning("could not record the error in summary.json: %s", unrecorded)
         raise
     finally:
         if tracker is not None:
-            tracker.update_summary(environment=finish_host_info(tracker.store.summary.get("environment")))
-            tracker.finish(status)
+            try:
+                try:
+                    tracker.update_summary(environment=finish_host_info(tracker.store.summary.get("environment")))
+                finally:
+                    tracker.finish(status)  # closes the store and W&B even when the line above failed
+            except StorageError as unrecorded:
+                if status == "completed":
+                    raise
+                log.warning("could not record status %r in summary.json: %s", status, unrecorded)
         dist.shutdown(world)
         torch.use_deterministic_algorithms(saved_switches[0], warn_only=saved_switches[1])
         torch.backends.cudnn.benchmark = saved_switches[2]

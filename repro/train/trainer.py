@@ -126,6 +126,9 @@ class Trainer:
         self.best: Optional[float] = None
         self.interval = _Interval(device)
         self.totals = {"seconds": 0.0, "steps": 0, "items": 0, "norm_share": [], "sampled_ms": []}
+        # Wall time of the run before this process (a resumed run), and when this process's part began.
+        self.wall_time_before = 0.0
+        self.fit_started = time.time()
 
     # ------------------------------------------------------------------------- set-up
     def _autocast(self):
@@ -133,14 +136,16 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def resume_from(self, path: Path) -> None:
-        state = ckpt.load(path)
-        if len(state["rng"]) != self.world.world_size:
-            raise ValueError(f"{path} was written by {len(state['rng'])} processes; resume it with as many")
+    def resume_from(self, path: Path, state: dict) -> None:
+        """Continue from a checkpoint's `state` (read from `path`), checked against this run first."""
+        ckpt.check_fits(state, path, self.config, self.model, self.world.world_size)
         self.model.load_state_dict(state["model"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.best = state["best"]
         self.interval.load(state["interval"])
+        # The summary's totals cover the whole run, the steps before the checkpoint included.
+        self.totals = state.get("totals", self.totals)
+        self.wall_time_before = state.get("wall_time_s", 0.0)
         # Optimizer, scheduler and RNG are restored when the loop starts (`_restore`).
         self._resume_state = state
 
@@ -164,7 +169,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": self.step, "epoch": self.epoch,
             "position": self.position, "best": self.best, "interval": self.interval.state(),
-            "rng": rngs, "config": self.config,
+            "rng": rngs, "config": self.config, "totals": self.totals, "wall_time_s": self.wall_time(),
         }
         ckpt.save_atomic(state, self.ckpt_dir / name)
 
@@ -183,6 +188,10 @@ class Trainer:
             old.unlink()
 
     # -------------------------------------------------------------------------- loop
+    def wall_time(self) -> float:
+        """Seconds the run has taken so far, across resumes."""
+        return self.wall_time_before + time.time() - self.fit_started
+
     def fit(self) -> dict:
         batches = self.task.train_batches()
         steps_per_epoch = len(batches) // self.s.accumulate
@@ -358,6 +367,8 @@ class Trainer:
                    **self.task.summary_extras()}
         if self.metric:
             summary[f"best/{self.metric}"] = self.best
+        summary.update({"totals/steps": t["steps"], "totals/items": t["items"], "totals/train_s": t["seconds"],
+                        "totals/norm_samples": len(t["norm_share"])})
         if t["steps"]:
             summary["time/step_ms"] = t["seconds"] * 1e3 / t["steps"]
             summary[f"throughput/{self.task.throughput_unit}_per_s"] = t["items"] / t["seconds"]
