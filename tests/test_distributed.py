@@ -205,8 +205,13 @@ def test_submitit_slurm_tasks_get_torchrun_variables(monkeypatch):
 
 
 # ------------------------------------------------------------------- checkpoints and resume under DDP
-DDP_RUN = ["experiment=smoke", "model.dropout=0", "norm=rmsnorm", "trainer.max_steps=8", "trainer.eval_every=4",
-           "trainer.checkpoint_every=2", "trainer.keep_checkpoints=2", "trainer.deterministic=true"]
+# Plain SGD at a small lr, not Adam: Adam divides by the gradient's own scale, so a near-zero
+# gradient whose last bits differ with the batch split (conv reductions on another ISA) moves a
+# weight by a whole lr step, and at lr 0.05 SGD on this tiny net amplifies a 1e-8 difference ~10x a
+# step; the 1- vs 2-process comparison must not rest on one machine's floating-point path.
+DDP_RUN = ["experiment=smoke", "model.dropout=0", "norm=rmsnorm", "optim=sgd", "optim.lr=0.01", "optim.momentum=0",
+           "trainer.max_steps=8", "trainer.eval_every=4", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=2",
+           "trainer.deterministic=true"]
 
 
 def _torchrun(cifar_jpeg, run_dir, *, script=("-m", "repro.cli.train"), env=None, port=None):
