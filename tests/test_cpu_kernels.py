@@ -99,6 +99,37 @@ def test_stream_threshold_is_restored_and_rejects_negative_sizes():
         ops_ns.set_stream_threshold(before)
 
 
+# ------------------------------------------------------------------------------ row groups
+# The backward sweeps 1 row at a time for N <= 1024 and 4 above (speed; see norms.cpp). Every
+# group size must give the reference's gradients, with row counts that leave a short last group
+# (5, 67) and blocks of rows not a multiple of the group; dx is the same bits whatever the group
+# (each row's dx is computed alone), dw/db only add up in another order.
+GROUP_CASES = list(covering_grid(ns=(16, 123, 1000, 2048), ms=(1, 5, 67), dtypes=(torch.float32, torch.float64)))
+
+
+@pytest.mark.parametrize("case", GROUP_CASES, ids=_ids(GROUP_CASES))
+def test_every_row_group_size_matches_reference(case):
+    x, w, b, dy = make_inputs(case)
+    results = []
+    for rows in (1, 2, 3, 4):
+        with cpu_kernels.group_rows(rows):
+            check_case(case, BACKEND)
+            results.append(forward_backward(case, x, w, b, dy, BACKEND))
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            assert (got is None) == (want is None), case
+        assert torch.equal(other[0], results[0][0]) and torch.equal(other[1], results[0][1]), case
+
+
+def test_group_rows_is_restored_and_rejects_sizes_out_of_range():
+    ops_ns = cpu_kernels.load()
+    with cpu_kernels.group_rows(3):
+        assert ops_ns.set_group_rows(3) == 3
+    assert ops_ns.set_group_rows(0) == 0
+    with pytest.raises(RuntimeError, match=r"group rows must be in \[0, 4\]"):
+        ops_ns.set_group_rows(5)
+
+
 # ------------------------------------------------------------------------------ determinism
 # (1024, 4096): enough partial sums that adding them up is split across threads too
 @pytest.mark.parametrize("op", ["rms", "ln"])

@@ -156,3 +156,15 @@ def stream_threshold(nbytes: int):
         yield
     finally:
         load().set_stream_threshold(previous)
+
+
+@contextlib.contextmanager
+def group_rows(rows: int):
+    """Within the block, the backward sweeps `rows` rows (1-4) at a time instead of its choice by
+    row length (one row for N <= 1024, four above; see norms.cpp). 0 restores the choice. Only
+    the order in which dw/db add up depends on it; tests run every size, benchmarks compare them."""
+    previous = load().set_group_rows(int(rows))
+    try:
+        yield
+    finally:
+        load().set_group_rows(previous)
