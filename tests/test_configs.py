@@ -151,7 +151,45 @@ def test_unknown_group_option_exits_with_one_line_listing_the_options(args, caps
 def test_sweep_jobs_cross_the_command_line_with_the_experiments_sweep():
     jobs = sweep_jobs(["-m", "experiment=cifar10_table10", "seed=1,2", "trainer.max_steps=3"], CONF_DIR)
     assert len(jobs) == 2 * 6
-    assert ["experiment=cifar10_table10", "seed=2", "trainer.max_steps=3", "norm=prmsnorm"] in jobs
+    assert ["norm=prmsnorm", "experiment=cifar10_table10", "seed=2", "trainer.max_steps=3"] in jobs
+
+
+def _hydra_launch_order(args: list[str], sweep_dir) -> list[list[str]]:
+    """The task overrides of each job as Hydra's own multirun launches them (jobs do nothing)."""
+    script = (
+        "import sys, hydra\n"
+        "import repro.train\n"
+        "from hydra.core.hydra_config import HydraConfig\n"
+        "from repro.util.paths import CONF_DIR\n"
+        "def job(cfg):\n"
+        "    print('JOB', HydraConfig.get().job.num, ' '.join(HydraConfig.get().overrides.task), flush=True)\n"
+        "hydra.main(config_path=str(CONF_DIR), config_name='config', version_base='1.3')(job)()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, "-m", *args, f"hydra.sweep.dir={sweep_dir}",
+                             "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"],
+                            capture_output=True, text=True, timeout=300, check=True)
+    lines = [line.split(" ", 2) for line in result.stdout.splitlines() if line.startswith("JOB ")]
+    assert [int(num) for _, num, _ in lines] == list(range(len(lines)))
+    return [overrides.split(" ") for _, _, overrides in lines]
+
+
+@pytest.mark.parametrize("args", [
+    # the experiment's params name norm only: the command line's seed sweep goes inside each norm
+    ["experiment=cifar10_table10_mini", "logger=none", "seed=1,2", "norm=none,layernorm"],
+    # params seed, then norm: seed-major whatever the command line's order
+    ["experiment=multi30k_table4_cpu", "logger=none", "norm=rmsnorm,none", "seed=1,2"],
+])
+def test_sweep_jobs_are_the_jobs_hydra_launches_in_its_order(args, tmp_path):
+    assert sweep_jobs(["-m", *args], CONF_DIR) == _hydra_launch_order(args, tmp_path / "sweep")
+
+
+def test_the_cpu_table4_sweep_gives_every_norm_its_first_seed_first():
+    command = ("experiment=multi30k_table4_cpu data.root=../shared/data/multi30k logger=none seed=1,2,3 "
+               "norm=none,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/multi30k_table4_cpu").split()
+    jobs = sweep_jobs(["-m", *command], CONF_DIR)
+    order = [(next(o for o in job if o.startswith("seed=")), next(o for o in job if o.startswith("norm=")))
+             for job in jobs]
+    assert order == [(f"seed={s}", f"norm={n}") for s in (1, 2, 3) for n in ("none", "layernorm", "rmsnorm", "prmsnorm")]
 
 
 def test_a_bad_value_in_any_sweep_job_stops_the_sweep_before_it_starts():

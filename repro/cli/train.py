@@ -7,7 +7,6 @@ so mistakes are one-line errors.
 """
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 
@@ -33,24 +32,23 @@ def check_group_choices(args: list[str], conf_dir: Path) -> None:
 
 
 def sweep_jobs(args: list[str], conf_dir: Path) -> list[list[str]]:
-    """The override lists of every job a multirun launches: the command line's sweeps (`a,b`,
-    `range(...)`) crossed with the experiment's `hydra.sweeper.params` not set on the command line."""
+    """The override lists of every job a multirun launches, in the order Hydra launches them (its
+    job numbers, and so the run dirs a rerun resumes). Hydra's BasicSweeper puts the experiment's
+    `hydra.sweeper.params` first and the command line after; a key given in both keeps the params'
+    position with the command line's values (so `seed=1,2 norm=a,b` against params `{norm: ...}`
+    runs every seed of one norm before the next norm). Its own split_arguments does the crossing."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from repro.train import compose_config
 
-    parsed = OverridesParser.create().parse_overrides(_overrides(args))
-    base = compose_config([o.input_line for o in parsed if not o.is_sweep_override()], return_hydra_config=True,
+    parser = OverridesParser.create()
+    given = parser.parse_overrides(_overrides(args))
+    base = compose_config([o.input_line for o in given if not o.is_sweep_override()], return_hydra_config=True,
                           conf_dir=conf_dir)
-    axes = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override()
-            else [o.input_line] for o in parsed]
-    given = {o.key_or_group for o in parsed}
-    params = base.hydra.sweeper.get("params") or {}
-    for key, values in params.items():
-        if key not in given:
-            axes += [[f"{key}={v}" for v in OverridesParser.create().parse_override(f"{key}={values}")
-                      .sweep_string_iterator()]]
-    return [list(job) for job in itertools.product(*axes)]
+    params = [f"{key}={values}" for key, values in (base.hydra.sweeper.get("params") or {}).items()]
+    (jobs,) = BasicSweeper.split_arguments(parser.parse_overrides(params + _overrides(args)), None)
+    return [list(job) for job in jobs]
 
 
 def launched_processes(launcher) -> int:
