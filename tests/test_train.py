@@ -135,6 +135,33 @@ def test_crash_then_resume_repeats_the_uninterrupted_run_exactly(cifar_jpeg, tmp
     assert resumed_summary["resumed_from"].endswith("last.pt")
 
 
+def test_rerunning_a_completed_run_skips_it_without_touching_its_records(cifar_jpeg, tmp_path, monkeypatch):
+    """A sweep rerun to resume its killed job revisits every finished job: each is skipped before
+    any model or data is built, its records left as they were; a larger budget continues it."""
+    import repro.train.run as run_module
+
+    overrides = ("trainer.max_steps=2", "trainer.eval_every=2")
+    first = train(smoke_config(cifar_jpeg, *overrides), tmp_path)
+    records = {name: (tmp_path / name).read_bytes() for name in ("summary.json", "metrics.jsonl", "config.yaml")}
+
+    def no_building(cfg):
+        raise AssertionError("a completed run was built again")
+
+    monkeypatch.setattr(run_module, "build_task_and_model", no_building)
+    again = train(smoke_config(cifar_jpeg, *overrides), tmp_path)
+    assert again["status"] == "completed" and again["step"] == first["step"] == 2
+    assert {name: (tmp_path / name).read_bytes() for name in records} == records
+    # not the run asked for (another seed, a larger budget), or trainer.resume=none: not skipped
+    for other in (("seed=2",), ("trainer.max_steps=4",), ("trainer.resume=none",)):
+        with pytest.raises(AssertionError, match="built again"):
+            train(smoke_config(cifar_jpeg, *overrides, *other), tmp_path)
+    # a crashed run is resumed, not skipped
+    summary = json.loads(records["summary.json"])
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    with pytest.raises(AssertionError, match="built again"):
+        train(smoke_config(cifar_jpeg, *overrides), tmp_path)
+
+
 def test_keep_checkpoints_keeps_the_newest_step_checkpoints(cifar_jpeg, tmp_path):
     overrides = ("trainer.max_steps=8", "trainer.eval_every=4", "trainer.checkpoint_every=2",
                  "trainer.keep_checkpoints=2")

@@ -2,6 +2,7 @@
 the RNG states that make a resumed run continue bit-exactly."""
 from __future__ import annotations
 
+import json
 import logging
 import random
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Optional
 
 import numpy as np
 import torch
+import yaml
 
 from repro.nn import NORMS
 from repro.util import ConfigError, StorageError, atomic_write
@@ -78,8 +80,10 @@ def load_for_resume(path: Path, *, fall_back: bool) -> tuple[Path, dict]:
                            f"trainer.resume=none") from None
 
 
-def _config_item(config: dict, group: str, key: str):
-    return (config.get(group) or {}).get(key)
+def _config_item(config: dict, *keys: str):
+    for key in keys:
+        config = config.get(key) if isinstance(config, dict) else None
+    return config
 
 
 def check_fits(state: dict, path: Path, config: dict, model: torch.nn.Module, world_size: int) -> None:
@@ -145,3 +149,29 @@ def resume_target(setting: Optional[str], run_dir: Path) -> tuple[Optional[Path]
         return (path if path.exists() else None), True
     path = Path(setting).expanduser()
     return (path / "checkpoints" / "last.pt" if path.is_dir() else path), False
+
+
+# What must match for a completed run in a run dir to be the run asked for: the same task, norm,
+# seed and budget (a larger trainer.max_steps continues the run from last.pt instead).
+COMPLETED_RUN_KEYS = (("task", "name"), ("norm", "name"), ("norm", "partial"), ("seed",),
+                      ("trainer", "max_steps"), ("trainer", "max_epochs"))
+
+
+def completed_summary(run_dir: Path, config: dict) -> Optional[dict]:
+    """The summary of the completed run `run_dir` holds when it is the run `config` asks for, else
+    None. A sweep rerun to resume its killed job revisits every finished one: this lets it skip
+    them without reading data or rewriting their records (the host and load they trained under)."""
+    summary_path, config_path = Path(run_dir) / "summary.json", Path(run_dir) / "config.yaml"
+    if not summary_path.is_file() or not config_path.is_file():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+        recorded = yaml.safe_load(config_path.read_text()) or {}
+    except (ValueError, yaml.YAMLError):  # unreadable records: let the resume path report them
+        return None
+    if not isinstance(summary, dict) or summary.get("status") != "completed":
+        return None
+    for keys in COMPLETED_RUN_KEYS:
+        if _config_item(recorded, *keys) != _config_item(config, *keys):
+            return None
+    return summary

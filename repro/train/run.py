@@ -90,6 +90,13 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     try:
         # Rank 0's run dir everywhere: all ranks resume from the checkpoint rank 0 writes.
         run_dir = Path(dist.broadcast_object(str(Path(run_dir).resolve()), world))
+        if t.resume == "auto":  # a completed run of this config: nothing to do (rank 0's files decide)
+            done = ckpt.completed_summary(run_dir, OmegaConf.to_container(cfg, resolve=True)) if world.is_main else None
+            done = dist.broadcast_object(done, world)
+            if done is not None:
+                log.info("%s holds this run, completed at step %s: skipped (trainer.resume=none retrains it)",
+                         run_dir, done.get("step"))
+                return done
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # warn_only: some CUDA backward kernels (max-pool) have no deterministic version.
