@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from repro.tables import collect_local, dedupe, fetch_wandb, verdicts
+from repro.tables.depth import is_depth_run
 from repro.tables.figures import write_figures
 from repro.tables.render import TABLE_NAMES, find_step_timings, table4, table10, write_tables
 
@@ -99,7 +100,9 @@ def run_tables(argv: list[str]) -> int:
     out = Path(args.out)
     bench = Path(args.bench) if args.bench else out / "bench"
     controlled = find_step_timings([Path(d) for d in args.runs], runs)  # repro-bench steps next to the runs
-    paths = write_tables(runs, out, notes, controlled) + write_figures(runs, out, bench)
+    # the depth study's runs are a section under Table 4, not more runs of its norms' curves
+    paths = write_tables(runs, out, notes, controlled) + write_figures([r for r in runs if not is_depth_run(r)],
+                                                                       out, bench)
     states = {state: sum(r.state == state for r in runs) for state in ("completed", "crashed", "running")}
     print(f"{len(runs)} runs collected: " + ", ".join(f"{n} {state}" for state, n in states.items())
           + ("; only completed runs are averaged (the others are listed under each table)"

@@ -12,7 +12,9 @@ paper's published numbers are printed beside each table, and one verdict line pe
 - speed: LayerNorm / norm time ratios with their interval; a speed verdict only from runs whose
   host was recorded as uncontended, otherwise the line says the speed was not measured under
   controlled conditions.
-- the no-norm row, where the paper says its model failed to train: whether ours trained.
+- the no-norm row, where the paper says its model failed to train: whether ours trained, by the
+  rule of repro.tables.outcome; runs of the depth study (experiment=multi30k_nonorm_deep) are
+  kept out of Table 4's rows and get their own section (repro.tables.depth).
 
 Timing: `time/step_ms` is ms per optimizer step, which is numerically seconds per 1k steps (the
 unit of the paper's Table 4). It is the mean over the logged intervals *after the first*, since
@@ -35,11 +37,12 @@ from repro.track.step_timings import load_step_timings
 from repro.util import markdown_table
 
 from .collect import Run, Stat, group_runs
+from .depth import depth_section, depth_verdict, is_depth_run
+from .outcome import judge
 from .paper import TABLE4, TABLE10, PaperTable
 from .stats import CONFIDENCE, ratio_interval, welch_interval
 
 QUALITY_TOLERANCE = 0.5  # BLEU points / error points: the paper's "comparable quality"
-FAILED_BLEU = 1.0        # a translation model below this BLEU did not learn to translate
 UNCONTROLLED_MARK = "*"  # a speed cell from runs on a host not recorded as uncontended
 MISSING = "missing"
 CIFAR10_TRAIN_IMAGES = 50_000
@@ -158,6 +161,8 @@ class Table:
     # task -> {norm: entry of repro-bench steps' steps.json}: paired, interleaved step timings, the
     # speed measurement the tables prefer over training runs' wall clock
     controlled: dict = field(default_factory=dict)
+    sections: list = field(default_factory=list)        # Markdown lines of sections after the verdicts
+    extra_verdicts: list = field(default_factory=list)  # verdict lines of those sections
 
 
 def _row_order(row: Row) -> tuple:
@@ -202,8 +207,10 @@ def _unmeasured_paper_rows(paper: PaperTable, rows: list[Row], columns: list[Col
 
 
 def table4(runs: list[Run], controlled: Optional[dict] = None) -> Table:
-    """Translation runs: those with BLEU in their summary."""
-    runs = [r for r in runs if any(k.startswith("test/") and "bleu" in k for k in r.summary)]
+    """Translation runs: those with BLEU in their summary. The depth study's runs are not rows of
+    the table: they make its section "Does the no-norm Transformer fail at depth?"."""
+    depth = [r for r in runs if is_depth_run(r)]
+    runs = [r for r in runs if not is_depth_run(r) and any(k.startswith("test/") and "bleu" in k for k in r.summary)]
     columns = []
     for name in test_sets(runs):
         columns.append(Column(f"{name}/bleu", f"{name} sacreBLEU", bleu_of(name), 2))
@@ -211,8 +218,13 @@ def table4(runs: list[Run], controlled: Optional[dict] = None) -> Table:
                 Column("norm_ms", "norm ms / step", norm_ms, 2),
                 Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
     quality = [c.key for c in columns if c.key.endswith("/bleu")]
-    return build_table("table4_transformer", "Table 4: Transformer translation", runs, columns, quality,
-                       "time", TABLE4, controlled)
+    table = build_table("table4_transformer", "Table 4: Transformer translation", runs, columns, quality,
+                        "time", TABLE4, controlled)
+    if depth:
+        main = [run for row in table.rows for run in row.runs]
+        table.sections = depth_section(depth, main)
+        table.extra_verdicts = [f"depth: {depth_verdict([r for r in depth if r.state == 'completed'], main)}"]
+    return table
 
 
 def table10(runs: list[Run], controlled: Optional[dict] = None) -> Table:
@@ -378,15 +390,21 @@ def no_norm_verdict(table: Table, row: Row) -> Optional[str]:
     published = table.paper.row("none")
     if row.norm != "none" or published is None or "failed" not in published.values.values():
         return None
-    bleu = [row.cells[k] for k in table.quality if row.cells[k].n]
-    if not bleu:
-        return f"no norm, {row.task}: no test scores ({MISSING}); the paper's model failed to train"
-    best = max(stat.mean for stat in bleu)
+    judged = [o for o in (judge(run) for run in row.runs) if o.failed is not None]
+    if not judged:
+        return f"no norm, {row.task}: nothing to judge it by ({MISSING}); the paper's model failed to train"
+    failed = [o for o in judged if o.failed]
+    if len(failed) == len(judged):
+        return (f"no norm, {row.task}: failed to train here too ({len(failed)} of {len(judged)} runs; "
+                f"{failed[0].reason}), as the paper reports")
     gaps = shortfall(table.paper, row.runs)
     setup = f" (this set-up differs from the paper's: {'; '.join(gaps)})" if gaps else ""
-    if best < FAILED_BLEU:
-        return f"no norm, {row.task}: failed to train here too (BLEU {best:.2f}), as the paper reports"
-    return (f"no norm, {row.task}: TRAINED here (BLEU {best:.2f}, n = {bleu[0].n}), while the paper's "
+    if failed:
+        return (f"no norm, {row.task}: failed to train in {len(failed)} of {len(judged)} runs ({failed[0].reason}), "
+                f"trained in the others; the paper's Transformer base failed to train without a norm{setup}")
+    bleu = [row.cells[k] for k in table.quality if row.cells[k].n]
+    scores = f"BLEU {max(stat.mean for stat in bleu):.2f}, n = {bleu[0].n}" if bleu else judged[0].reason
+    return (f"no norm, {row.task}: TRAINED here ({scores}), while the paper's "
             f"Transformer base failed to train without a norm{setup}")
 
 
@@ -412,7 +430,7 @@ def verdicts(table: Table) -> list[str]:
             lines.append(f"quality, {prefix}, " + quality_verdict(header, row.cells[key], base.cells[key],
                                                                  higher_is_better) + comparable)
         lines.append(f"speed, {prefix}: {speed_verdict(table, row, base)}")
-    return lines
+    return lines + table.extra_verdicts
 
 
 def speedup(table: Table, row: Row) -> Optional[float]:
@@ -517,10 +535,13 @@ def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
                   "controlled speed measurement.", "",
                   *_signature_lines(table),
                   "Measured on:", *_hardware_lines(table), "", "## Verdicts", "",
-                  *([f"- {line}" for line in verdicts(table)] or ["- none: no RMSNorm/pRMSNorm runs"])]
+                  *([f"- {line}" for line in verdicts(table) if line not in table.extra_verdicts]
+                    or ["- none: no RMSNorm/pRMSNorm runs"])]
     else:
         parts += ([_md_table(*_grid(table)), ""] if table.rows else []) + [
             "No runs found for this table: every cell is missing."]
+    if table.sections:
+        parts += ["", *table.sections]
     if table.notes:
         parts += ["", "## Runs left out", "", *[f"- {note}" for note in table.notes]]
     p = table.paper

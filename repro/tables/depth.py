@@ -1,0 +1,131 @@
+""""Does the no-norm Transformer fail at depth?": the section beside Table 4.
+
+The paper's Transformer base (6+6 layers, post-norm) failed to train without a norm; the 3+3
+model of the CPU-budget Table 4 trained without one. experiment=multi30k_nonorm_deep trains the
+6+6 model with no norm and with LayerNorm (the control) on a short budget; its runs (told apart
+by their experiment_name) are kept out of Table 4's rows and shown here, with the main table's
+no-norm and LayerNorm rows beside them, each run judged trained or failed by the one rule of
+repro.tables.outcome.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+from repro.nn import NORMS
+from repro.util import markdown_table
+
+from .collect import Run, Stat
+from .outcome import RULE, final_bleu, final_val_loss, judge
+
+DEPTH_EXPERIMENT = "multi30k_nonorm_deep"  # conf/experiment/multi30k_nonorm_deep.yaml
+DEPTH_NORMS = ("none", "layernorm")
+TITLE = "Does the no-norm Transformer fail at depth?"
+
+
+def is_depth_run(run: Run) -> bool:
+    return run.config.get("experiment_name") == DEPTH_EXPERIMENT
+
+
+def layers(run: Run) -> str:
+    model = run.config.get("model") or {}
+    return f"{model.get('encoder_layers', '?')}+{model.get('decoder_layers', '?')}"
+
+
+def _stat_cell(values: list) -> str:
+    """mean ± std of the finite values; "NaN" when every measured value was NaN/inf."""
+    stat = Stat([v for v in values if v is not None and math.isfinite(v)])
+    if not stat.n:
+        return "NaN" if any(v is not None for v in values) else "missing"
+    text = f"{stat.mean:.2f}" + (f" ± {stat.std:.2f}" if stat.std is not None else "")
+    return text + (f" (n={stat.n})" if stat.n != len(values) else "")
+
+
+def _outcome_cell(runs: list[Run]) -> str:
+    outcomes = [judge(r) for r in runs]
+    judged = [o for o in outcomes if o.failed is not None]
+    failed = [o for o in judged if o.failed]
+    if not judged:
+        return "not judged (nothing measured)"
+    if not failed:
+        return f"trained ({len(judged)} of {len(judged)})"
+    return f"failed ({len(failed)} of {len(judged)}: {failed[0].reason})"
+
+
+def _summary(runs: list[Run], what: str) -> str:
+    """What happened to a group, as a clause: 'trained (2 of 2 runs)', 'failed to train (...)'."""
+    if not runs:
+        return f"{what} has no runs (missing)"
+    judged = [o for o in (judge(r) for r in runs) if o.failed is not None]
+    failed = [o for o in judged if o.failed]
+    if not judged:
+        return f"{what} could not be judged (no validation loss or BLEU)"
+    if not failed:
+        return f"{what} trained ({len(judged)} of {len(judged)} runs)"
+    return f"{what} failed to train ({len(failed)} of {len(judged)} runs; {failed[0].reason})"
+
+
+def _state(runs: list[Run]) -> Optional[bool]:
+    """True: every judged run failed; False: none failed; None: no judged runs or mixed."""
+    judged = [o.failed for o in (judge(r) for r in runs) if o.failed is not None]
+    if not judged or (any(judged) and not all(judged)):
+        return None
+    return all(judged)
+
+
+def depth_verdict(depth_runs: list[Run], main_runs: list[Run]) -> str:
+    """One sentence: the deep no-norm model and its LayerNorm control against the paper's "failed"
+    and against the shallower no-norm model of the main table."""
+    deep = max((layers(r) for r in depth_runs), default="6+6")
+    deep_none = [r for r in depth_runs if r.norm == "none"]
+    deep_ln = [r for r in depth_runs if r.norm == "layernorm"]
+    shallow_none = [r for r in main_runs if r.norm == "none"]
+    shallow = "/".join(sorted({layers(r) for r in shallow_none})) or "shallower"
+    facts = (f"The paper's Transformer base (6+6 layers, post-norm, WMT14) failed to train without a norm. "
+             f"Here {_summary(deep_none, f'the {deep}-layer model without a norm')}, "
+             f"{_summary(deep_ln, f'the {deep}-layer LayerNorm control on the same budget')}, and "
+             f"{_summary(shallow_none, f'the {shallow}-layer model of the table above without a norm')}.")
+    none_failed, ln_failed, shallow_failed = _state(deep_none), _state(deep_ln), _state(shallow_none)
+    if none_failed is None or ln_failed is None:
+        call = "No call: runs are missing, unjudged or disagree between seeds."
+    elif none_failed and ln_failed:
+        call = "The control failed too: this budget cannot tell depth from the set-up."
+    elif none_failed:
+        call = ("Depth is what breaks the no-norm model here" + (", as the shallower one trained" if shallow_failed is False
+                else "") + ": consistent with the paper's \"failed\".")
+    elif ln_failed:
+        call = "The no-norm model trained where its LayerNorm control failed: this budget says nothing about the paper's \"failed\"."
+    else:
+        call = (f"The paper's \"failed\" is not reproduced at {deep} layers on this budget (other data, width and "
+                f"schedule): depth alone does not break the no-norm model here.")
+    return f"{facts} {call}"
+
+
+def depth_section(depth_runs: list[Run], main_runs: list[Run]) -> list[str]:
+    """Markdown lines of the section: one row per (layers, norm) over the deep runs and the main
+    table's no-norm and LayerNorm runs of the same task, then the verdict sentence."""
+    completed = [r for r in depth_runs if r.state == "completed"]
+    tasks = {r.task for r in completed}
+    main = [r for r in main_runs if r.norm in DEPTH_NORMS and r.task in tasks and r.state == "completed"]
+    groups: dict[tuple, list[Run]] = {}
+    for run in sorted(main + completed, key=lambda r: (layers(r), DEPTH_NORMS.index(r.norm) if r.norm in DEPTH_NORMS
+                                                       else len(DEPTH_NORMS), str(r.seed), str(r.path))):
+        groups.setdefault((layers(run), run.norm), []).append(run)
+    body = []
+    for (depth, norm), runs in groups.items():
+        steps = "/".join(str(s) for s in sorted({r.summary.get("step") for r in runs if r.summary.get("step")})) or "?"
+        body.append([depth, NORMS[norm].label if norm in NORMS else norm, str(len(runs)), steps,
+                     _stat_cell([final_val_loss(r) for r in runs]), _stat_cell([final_bleu(r) for r in runs]),
+                     _outcome_cell(runs)])
+    lines = [f"## {TITLE}", ""]
+    if body:
+        lines += [*markdown_table(["layers (enc+dec)", "norm", "seeds", "steps", "final val loss", "BLEU",
+                                   "trained / failed"], body), ""]
+    lines += [f"Rows: the runs of experiment={DEPTH_EXPERIMENT} and the table's own no-norm and LayerNorm rows; "
+              f"cells mean ± sample std over seeds. BLEU: test sacreBLEU, else the last validation BLEU. "
+              f"The rule (repro.tables.outcome): {RULE}.", "", depth_verdict(completed, main)]
+    left_out = [r for r in depth_runs if r.state != "completed"]
+    if left_out:
+        lines += ["", *[f"- excluded, {r.state}: {r.path} (status {r.status}, step {r.summary.get('step', '?')})"
+                        for r in left_out]]
+    return lines

@@ -1,0 +1,94 @@
+"""The "failed to train" rule (repro.tables.outcome) and the depth section beside Table 4
+(repro.tables.depth), on made-up run stores written by the run store itself."""
+from __future__ import annotations
+
+import math
+
+from repro.cli.tables import main
+from repro.tables import collect_local, table4, verdicts
+from repro.tables.collect import load_run
+from repro.tables.outcome import FAILED_LOSS_FRACTION, judge
+from repro.tables.render import to_markdown
+from test_tables import write_run
+
+LN_V = math.log(8000)
+
+
+def translation_run(root, name, *, norm, seed=1, layers=3, experiment="multi30k_table4_cpu", val_loss=3.1,
+                    bleu=34.0, steps=1800, nan_at=None):
+    """A Multi30k run: validation rows every third of the budget, test BLEU at the end; `nan_at`:
+    the validation loss from that step on is NaN (the store writes null)."""
+    val = []
+    for step in (steps // 3, 2 * steps // 3, steps):
+        loss = float("nan") if nan_at is not None and step >= nan_at else val_loss + (steps - step) / steps
+        val.append((step, {"val/loss": loss, "val/bleu": bleu - (steps - step) / steps}))
+    test = {"test/bleu": bleu, "test/test_2016_flickr/bleu": bleu, "val/loss": val[-1][1]["val/loss"]}
+    return write_run(root, name, task="multi30k_transformer", norm=norm, seed=seed, steps=steps, val=val, test=test,
+                     config={"experiment_name": experiment, "data": {"vocab_size": 8000, "max_tokens": 2048},
+                             "model": {"dim": 128, "encoder_layers": layers, "decoder_layers": layers}})
+
+
+def test_the_rule_fails_nan_losses_flat_losses_and_no_bleu(tmp_path):
+    ok = load_run(translation_run(tmp_path, "ok", norm="none"))
+    assert judge(ok).failed is False and "BLEU 34.00" in judge(ok).reason
+    nan = load_run(translation_run(tmp_path, "nan", norm="none", nan_at=1200))
+    assert judge(nan).failed and judge(nan).reason == "loss NaN/inf at step 1200"
+    # just above / below the loss threshold (BLEU fine): the loss alone decides
+    flat = load_run(translation_run(tmp_path, "flat", norm="none", val_loss=FAILED_LOSS_FRACTION * LN_V + 0.01))
+    assert judge(flat).failed and "x ln V" in judge(flat).reason
+    learning = load_run(translation_run(tmp_path, "learning", norm="none", val_loss=FAILED_LOSS_FRACTION * LN_V - 0.05))
+    assert judge(learning).failed is False
+    mute = load_run(translation_run(tmp_path, "mute", norm="none", bleu=0.4))
+    assert judge(mute).failed and judge(mute).reason == "BLEU 0.40 < 1"
+    bare = load_run(write_run(tmp_path, "bare", task="multi30k_transformer", norm="none", seed=1))
+    assert judge(bare).failed is None
+
+
+def _tree(tmp_path, deep_none_nan: bool):
+    main_root, deep_root = tmp_path / "multi30k_table4_cpu", tmp_path / "multi30k_nonorm_deep"
+    for norm in ("none", "layernorm", "rmsnorm"):
+        for seed in (1, 2):
+            translation_run(main_root, f"{norm}{seed}", norm=norm, seed=seed, bleu=34.0 + seed / 10)
+    for seed in (1, 2):
+        translation_run(deep_root, f"none{seed}", norm="none", seed=seed, layers=6, steps=900,
+                        experiment="multi30k_nonorm_deep", nan_at=600 if deep_none_nan else None,
+                        bleu=0.0 if deep_none_nan else 20.0 + seed)
+        translation_run(deep_root, f"layernorm{seed}", norm="layernorm", seed=seed, layers=6, steps=900,
+                        experiment="multi30k_nonorm_deep", val_loss=3.5, bleu=25.0 + seed)
+    return main_root, deep_root
+
+
+def test_deep_runs_get_their_section_and_stay_out_of_the_table(tmp_path):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=True)
+    table = table4(collect_local([main_root, deep_root]))
+    # Table 4's rows: the 3+3 runs only, two seeds each
+    assert {row.norm: len(row.runs) for row in table.rows} == {"none": 2, "layernorm": 2, "rmsnorm": 2}
+    md = to_markdown(table)
+    assert "| None | 2 | 1800 | 34.15 ± 0.07 |" in md
+    section = md[md.index("## Does the no-norm Transformer fail at depth?"):]
+    assert "| 3+3 | None | 2 | 1800 | 3.10 ± 0.00 | 34.15 ± 0.07 | trained (2 of 2) |" in section
+    assert "| 3+3 | LayerNorm | 2 | 1800 |" in section
+    assert "| 6+6 | None | 2 | 900 | NaN | 0.00 ± 0.00 | failed (2 of 2: loss NaN/inf at step 600) |" in section
+    assert "| 6+6 | LayerNorm | 2 | 900 | 3.50 ± 0.00 | 26.50 ± 0.71 | trained (2 of 2) |" in section
+    assert "| 3+3 | RMSNorm" not in section
+    assert "failed to train without a norm" in section and "the 3+3-layer model of the table above" in section
+    assert "Depth is what breaks the no-norm model here, as the shallower one trained" in section
+    assert "x ln V" in section  # the rule is printed with the section
+    assert any(line.startswith("depth: ") for line in verdicts(table))
+    assert sum(line.startswith("no norm, ") for line in verdicts(table)) == 1  # the 3+3 row's verdict only
+
+
+def test_a_deep_no_norm_model_that_trains_contradicts_the_paper(tmp_path):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=False)
+    md = to_markdown(table4(collect_local([main_root, deep_root])))
+    assert "| 6+6 | None | 2 | 900 | 3.10 ± 0.00 | 21.50 ± 0.71 | trained (2 of 2) |" in md
+    assert "The paper's \"failed\" is not reproduced at 6+6 layers" in md
+
+
+def test_without_deep_runs_there_is_no_section_and_the_cli_writes_it_with_them(tmp_path, capsys):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=True)
+    assert "fail at depth" not in to_markdown(table4(collect_local([main_root])))
+    assert main(["--runs", str(main_root), "--runs", str(deep_root), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "tables" / "table4_transformer.md").read_text()
+    assert "## Does the no-norm Transformer fail at depth?" in md and "| 6+6 | None | 2 | 900 |" in md
+    assert "depth: The paper's Transformer base" in capsys.readouterr().out
