@@ -1,0 +1,126 @@
+#!/usr/bin/env bash
+# The queue of issue 14's long CPU-budget jobs, one at a time in a fixed order, then the tables:
+#
+#   table10   Table 10 on a CPU budget: experiment=cifar10_table10_mini, six norms x 3 seeds
+#             (width 32, 10 epochs; <= 30 min a run on 2 idle cores, ~9 h)
+#   table4    Table 4 on a CPU budget: experiment=multi30k_table4_cpu, four norms x 3 seeds
+#             (3+3-layer Transformer, 1800 steps; 12-15 min a run, ~3 h)
+#   deep      "Does the no-norm Transformer fail at depth?": experiment=multi30k_nonorm_deep,
+#             6+6 layers, none and LayerNorm, seed 1 (DEEP_SEEDS=1,2,3 for three; ~15 min a run)
+#   shift     the shift-sensitivity analysis (repro-tables analyze shift-training)
+#   tables    repro-tables over the three sweeps' run stores -> results/tables (seconds)
+#
+#   scripts/cpu_budget_runs.sh [--dry-run] [--only NAME[,NAME...]] [--data DIR]
+#   --dry-run     print each job's command, run nothing
+#   --only NAME   run only these jobs (repeatable or a comma list), in the queue's order
+#   --data DIR    the shared data folder (default $DATA, else ../shared/data)
+#
+# Resumable: rerun the script and it continues where it stopped. Each sweep writes into a fixed
+# hydra.sweep.dir (results/runs/<experiment>); Hydra numbers the jobs the same way each time, so
+# each job finds its run dir again: a killed run resumes from its last checkpoint, a completed one
+# is skipped in about a second (repro-train skips a run dir holding this run completed). A failing
+# job stops the queue. One line per job says when it started and how long it took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit "${1:-2}"; }
+
+JOBS=(table10 table4 deep shift tables)
+DATA="${DATA:-../shared/data}"
+DEEP_SEEDS="${DEEP_SEEDS:-1}"
+dry_run=0
+only=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --dry-run) dry_run=1 ;;
+        --only) [[ $# -ge 2 ]] || { echo "cpu_budget_runs.sh: --only needs a job name (${JOBS[*]})" >&2; exit 2; }
+                IFS=, read -ra names <<< "$2"; only+=("${names[@]}"); shift ;;
+        --data) [[ $# -ge 2 ]] || { echo "cpu_budget_runs.sh: --data needs a folder" >&2; exit 2; }
+                DATA="$2"; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "cpu_budget_runs.sh: unknown option '$1' (allowed: --dry-run --only NAME --data DIR)" >&2; exit 2 ;;
+    esac
+    shift
+done
+for name in "${only[@]}"; do
+    [[ " ${JOBS[*]} " == *" $name "* ]] || {
+        echo "cpu_budget_runs.sh: --only $name is not a job: must be one of ${JOBS[*]}" >&2; exit 2; }
+done
+[[ "$DEEP_SEEDS" =~ ^[0-9]+(,[0-9]+)*$ ]] || {
+    echo "cpu_budget_runs.sh: DEEP_SEEDS must be a comma list of ints, got '$DEEP_SEEDS'" >&2; exit 2; }
+
+RUNS=results/runs
+TABLE10_NOTE="CPU budget, not the paper's schedule: experiment=cifar10_table10_mini, Salimans & Kingma's protocol \
+(ZCA, input noise, the norm on every layer, Adam with the per-norm lr, decay and beta1 switch over the second half, \
+data-dependent init for none/weightnorm, all 50k training images, the test set) at widths 32/64 (paper: 96/192) for \
+10 epochs (paper: 200), 3 seeds per norm, pRMSNorm p = 12.5 %; one run at a time with 2 threads on a 2-core AMD EPYC \
+(Zen 4) VM. Made by: scripts/cpu_budget_runs.sh --only table10 (repro-train -m experiment=cifar10_table10_mini \
+data.root=../shared/data/cifar10-jpg logger=none seed=1,2,3 norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm \
+hydra.sweep.dir=results/runs/cifar10_table10_mini); run stores in results/runs/cifar10_table10_mini."
+TABLE4_NOTE="CPU budget, not the paper's schedule: experiment=multi30k_table4_cpu, a small post-norm Transformer \
+(dim 128, FFN 512, 4 heads, 3+3 layers, dropout 0.1; paper: Transformer base) on Multi30k En-De (paper: WMT14 En-De), \
+1800 steps of about 2048 tokens (paper: 300k steps of ~25k tokens), Adam 0.002 with inverse-sqrt warm-up over 400 \
+steps, label smoothing 0.1, beam 4; BLEU on test_2016_flickr; pRMSNorm p = 6.25 %; 3 seeds per norm; one run at a \
+time with 2 threads on a 2-core AMD EPYC (Zen 4) VM. The depth section: experiment=multi30k_nonorm_deep, the same \
+model at 6+6 layers for 900 steps, none and LayerNorm, seeds ${DEEP_SEEDS}. Made by: scripts/cpu_budget_runs.sh \
+--only table4,deep (repro-train -m experiment=multi30k_table4_cpu data.root=../shared/data/multi30k logger=none \
+seed=1,2,3 norm=none,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/multi30k_table4_cpu; repro-train -m \
+experiment=multi30k_nonorm_deep data.root=../shared/data/multi30k logger=none seed=${DEEP_SEEDS} \
+hydra.sweep.dir=results/runs/multi30k_nonorm_deep); run stores in results/runs/multi30k_table4_cpu and \
+results/runs/multi30k_nonorm_deep."
+
+command_of() {  # the job's command, one word per array element, into the array `cmd`
+    case "$1" in
+        table10) cmd=(repro-train -m experiment=cifar10_table10_mini "data.root=$DATA/cifar10-jpg" logger=none
+                      seed=1,2,3 norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm
+                      "hydra.sweep.dir=$RUNS/cifar10_table10_mini" trainer.progress_bar=false) ;;
+        table4) cmd=(repro-train -m experiment=multi30k_table4_cpu "data.root=$DATA/multi30k" logger=none
+                     seed=1,2,3 norm=none,layernorm,rmsnorm,prmsnorm
+                     "hydra.sweep.dir=$RUNS/multi30k_table4_cpu" trainer.progress_bar=false) ;;
+        deep) cmd=(repro-train -m experiment=multi30k_nonorm_deep "data.root=$DATA/multi30k" logger=none
+                   "seed=$DEEP_SEEDS" "hydra.sweep.dir=$RUNS/multi30k_nonorm_deep" trainer.progress_bar=false) ;;
+        # Its flags are those of the shift-training analysis as it is being rewritten (the Transformer
+        # on Multi30k, with seeds): see repro/analysis for what each means.
+        shift) cmd=(repro-tables analyze shift-training --data-root "$DATA/multi30k" --task multi30k_transformer
+                    --seeds 1,2,3 --runs "$RUNS/shift_training" --out results) ;;
+        tables) cmd=(repro-tables --runs "$RUNS/cifar10_table10_mini" --runs "$RUNS/multi30k_table4_cpu"
+                     --runs "$RUNS/multi30k_nonorm_deep" --out results
+                     --note "table10=$TABLE10_NOTE" --note "table4=$TABLE4_NOTE") ;;
+    esac
+}
+
+selected=()
+for name in "${JOBS[@]}"; do
+    if [[ ${#only[@]} -eq 0 || " ${only[*]} " == *" $name "* ]]; then
+        selected+=("$name")
+    fi
+done
+
+quoted() {  # the words as a shell line: plain words bare, others in single quotes
+    local word out=()
+    for word in "$@"; do
+        if [[ "$word" =~ ^[A-Za-z0-9_=,./:+@%-]+$ ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
+    done
+    echo "${out[*]}"
+}
+
+elapsed() { local s=$1; printf '%dh%02dm%02ds' $((s / 3600)) $((s % 3600 / 60)) $((s % 60)); }
+
+i=0
+for name in "${selected[@]}"; do
+    i=$((i + 1))
+    command_of "$name"
+    if [[ "$dry_run" == 1 ]]; then  # one line per job: exactly the command it would run
+        quoted "${cmd[@]}"
+        continue
+    fi
+    started=$(date +%s)
+    echo "== [$i/${#selected[@]}] $name: started $(date -u +%H:%M:%S) UTC"
+    if "${cmd[@]}"; then
+        echo "== [$i/${#selected[@]}] $name: done in $(elapsed $(( $(date +%s) - started )))"
+    else
+        status=$?
+        echo "== [$i/${#selected[@]}] $name: FAILED (exit $status) after $(elapsed $(( $(date +%s) - started ))); rerun the script to continue from here" >&2
+        exit "$status"
+    fi
+done

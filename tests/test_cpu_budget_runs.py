@@ -1,0 +1,103 @@
+"""scripts/cpu_budget_runs.sh, the queue of issue 14's CPU-budget jobs: every repro-train command it
+prints composes job by job as repro-train would run it (no data read), in the order and budgets
+the committed tables say; the queue runs its jobs in order with a progress line each, and stops at
+a failing one (checked with stand-in commands on PATH)."""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from repro.cli.train import sweep_jobs
+from repro.train import compose_config
+from repro.util.paths import CONF_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ["bash", "scripts/cpu_budget_runs.sh"]
+
+
+def dry_run(*args: str, **env: str) -> list[list[str]]:
+    result = subprocess.run([*SCRIPT, "--dry-run", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                            env={**os.environ, **env})
+    return [shlex.split(line) for line in result.stdout.splitlines()]
+
+
+def composed(command: list[str]) -> list:
+    assert command[:2] == ["repro-train", "-m"]
+    return [compose_config(job, conf_dir=CONF_DIR) for job in sweep_jobs(command[2:], CONF_DIR)]
+
+
+def option(command: list[str], key: str) -> str:
+    return next(word.split("=", 1)[1] for word in command if word.startswith(f"{key}="))
+
+
+def test_every_printed_sweep_composes_with_the_committed_budgets():
+    commands = dry_run(DATA="/data")
+    assert [c[0] for c in commands] == ["repro-train"] * 3 + ["repro-tables"] * 2
+    table10, table4, deep = (composed(c) for c in commands[:3])
+
+    assert [(c.norm.name, c.seed) for c in table10] == [
+        (n, s) for n in ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm") for s in (1, 2, 3)]
+    assert {(c.experiment_name, c.model.width, c.trainer.max_epochs, c.data.root) for c in table10} == {
+        ("cifar10_table10_mini", 32, 10, "/data/cifar10-jpg")}
+
+    # seed-major: every norm gets seed 1 before any gets seed 2
+    assert [(c.seed, c.norm.name) for c in table4] == [
+        (s, n) for s in (1, 2, 3) for n in ("none", "layernorm", "rmsnorm", "prmsnorm")]
+    for cfg in table4:
+        assert (cfg.task.name, cfg.model.dim, cfg.model.encoder_layers, cfg.model.decoder_layers) == (
+            "multi30k_transformer", 128, 3, 3)
+        assert (cfg.trainer.max_steps, cfg.data.max_tokens, cfg.data.root) == (1800, 2048, "/data/multi30k")
+        assert cfg.trainer.checkpoint_every <= 200 and cfg.logger.name == "none"
+    assert next(c for c in table4 if c.norm.name == "prmsnorm").norm.partial == 0.0625
+
+    assert [(c.seed, c.norm.name) for c in deep] == [(1, "none"), (1, "layernorm")]
+    for cfg in deep:  # the 3+3 model's width, data and optimizer at 6+6 layers, on a shorter budget
+        assert (cfg.model.dim, cfg.model.encoder_layers, cfg.model.decoder_layers) == (128, 6, 6)
+        assert cfg.trainer.max_steps < 1800 and cfg.optim.lr == table4[0].optim.lr
+        assert cfg.experiment_name == "multi30k_nonorm_deep"
+
+    # the tables are rebuilt from exactly the three sweeps' folders, with a note per table
+    tables = commands[-1]
+    runs = [tables[i + 1] for i, word in enumerate(tables) if word == "--runs"]
+    assert runs == [option(c, "hydra.sweep.dir") for c in commands[:3]]
+    notes = [tables[i + 1] for i, word in enumerate(tables) if word == "--note"]
+    assert [n.split("=", 1)[0] for n in notes] == ["table10", "table4"]
+    assert "--out" in tables and commands[3][:3] == ["repro-tables", "analyze", "shift-training"]
+
+
+def test_only_and_deep_seeds_select_and_bad_arguments_are_one_line_errors():
+    assert [c[0] for c in dry_run("--only", "tables,deep")] == ["repro-train", "repro-tables"]
+    deep = dry_run("--only", "deep", DEEP_SEEDS="1,2,3")
+    assert [(c.seed, c.norm.name) for c in composed(deep[0])] == [
+        (s, n) for s in (1, 2, 3) for n in ("none", "layernorm")]
+    for args, message in ((["--only", "table5"], "--only table5 is not a job"),
+                          (["--fast"], "unknown option '--fast'")):
+        result = subprocess.run([*SCRIPT, *args], cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    bin_dir.mkdir()
+    for tool in ("repro-train", "repro-tables"):  # stand-ins: record the call; fail when asked to
+        (bin_dir / tool).write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> {log}\n'
+                                    f'[[ "$*" == *"${{FAIL_ON:-never}}"* ]] && exit 3\nexit 0\n')
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(SCRIPT, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text().splitlines()
+    assert [c.split()[2] if c.startswith("repro-train") else c.split()[1] for c in calls] == [
+        "experiment=cifar10_table10_mini", "experiment=multi30k_table4_cpu", "experiment=multi30k_nonorm_deep",
+        "analyze", "--runs"]
+    progress = [line for line in result.stdout.splitlines() if line.startswith("== [")]
+    assert len(progress) == 10 and progress[0].startswith("== [1/5] table10: started")
+    assert progress[-1].startswith("== [5/5] tables: done in 0h00m")
+
+    log.unlink()
+    failing = subprocess.run(SCRIPT, cwd=ROOT, capture_output=True, text=True,
+                             env={**env, "FAIL_ON": "multi30k_table4_cpu"})
+    assert failing.returncode == 3 and len(log.read_text().splitlines()) == 2  # nothing after the failure
+    assert "== [2/5] table4: FAILED (exit 3)" in failing.stderr
