@@ -19,7 +19,7 @@ SCRIPT = ["bash", "scripts/cpu_budget_runs.sh"]
 
 def dry_run(*args: str, **env: str) -> list[list[str]]:
     result = subprocess.run([*SCRIPT, "--dry-run", *args], cwd=ROOT, capture_output=True, text=True, check=True,
-                            env={**os.environ, **env})
+                            env={**os.environ, "DATA": "../shared/data", "DEEP_SEEDS": "1", **env})
     return [shlex.split(line) for line in result.stdout.splitlines()]
 
 
@@ -85,7 +85,7 @@ def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
         (bin_dir / tool).write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> {log}\n'
                                     f'[[ "$*" == *"${{FAIL_ON:-never}}"* ]] && exit 3\nexit 0\n')
         (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DEEP_SEEDS": "1"}
     result = subprocess.run(SCRIPT, cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
@@ -101,3 +101,12 @@ def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
                              env={**env, "FAIL_ON": "multi30k_table4_cpu"})
     assert failing.returncode == 3 and len(log.read_text().splitlines()) == 2  # nothing after the failure
     assert "== [2/5] table4: FAILED (exit 3)" in failing.stderr
+
+
+def test_the_readme_lists_the_queues_sweeps_as_the_script_runs_them():
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("The queue's commands"):]
+    block = block[block.index("```bash") + len("```bash"):block.index("```", block.index("```bash") + 7)]
+    lines = [line.split("  #")[0].strip() for line in block.replace("\\\n", " ").splitlines()]
+    documented = [shlex.split(line) for line in lines if line.startswith("repro-train")]
+    assert documented and documented == [c for c in dry_run() if c[0] == "repro-train"]
