@@ -101,9 +101,9 @@ def depth_verdict(depth_runs: list[Run], main_runs: list[Run]) -> str:
     return f"{facts} {call}"
 
 
-def depth_section(depth_runs: list[Run], main_runs: list[Run]) -> list[str]:
-    """Markdown lines of the section: one row per (layers, norm) over the deep runs and the main
-    table's no-norm and LayerNorm runs of the same task, then the verdict sentence."""
+def depth_section(depth_runs: list[Run], main_runs: list[Run]) -> tuple[list[str], str]:
+    """(Markdown lines of the section, its verdict sentence): one row per (layers, norm) over the
+    deep runs and the main table's no-norm and LayerNorm runs of the same task, then the verdict."""
     completed = [r for r in depth_runs if r.state == "completed"]
     tasks = {r.task for r in completed}
     main = [r for r in main_runs if r.norm in DEPTH_NORMS and r.task in tasks and r.state == "completed"]
@@ -123,9 +123,11 @@ def depth_section(depth_runs: list[Run], main_runs: list[Run]) -> list[str]:
                                    "trained / failed"], body), ""]
     lines += [f"Rows: the runs of experiment={DEPTH_EXPERIMENT} and the table's own no-norm and LayerNorm rows; "
               f"cells mean ± sample std over seeds. BLEU: test sacreBLEU, else the last validation BLEU. "
-              f"The rule (repro.tables.outcome): {RULE}.", "", depth_verdict(completed, main)]
+              f"The rule (repro.tables.outcome): {RULE}.", ""]
+    verdict = depth_verdict(completed, main)
+    lines.append(verdict)
     left_out = [r for r in depth_runs if r.state != "completed"]
     if left_out:
         lines += ["", *[f"- excluded, {r.state}: {r.path} (status {r.status}, step {r.summary.get('step', '?')})"
                         for r in left_out]]
-    return lines
+    return lines, verdict

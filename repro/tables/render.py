@@ -37,7 +37,7 @@ from repro.track.step_timings import load_step_timings
 from repro.util import markdown_table
 
 from .collect import Run, Stat, group_runs
-from .depth import depth_section, depth_verdict, is_depth_run
+from .depth import depth_section, is_depth_run
 from .outcome import judge
 from .paper import TABLE4, TABLE10, PaperTable
 from .stats import CONFIDENCE, ratio_interval, welch_interval
@@ -221,9 +221,8 @@ def table4(runs: list[Run], controlled: Optional[dict] = None) -> Table:
     table = build_table("table4_transformer", "Table 4: Transformer translation", runs, columns, quality,
                         "time", TABLE4, controlled)
     if depth:
-        main = [run for row in table.rows for run in row.runs]
-        table.sections = depth_section(depth, main)
-        table.extra_verdicts = [f"depth: {depth_verdict([r for r in depth if r.state == 'completed'], main)}"]
+        table.sections, verdict = depth_section(depth, [run for row in table.rows for run in row.runs])
+        table.extra_verdicts = [f"depth: {verdict}"]
     return table
 
 
