@@ -151,10 +151,20 @@ def test_rerunning_a_completed_run_skips_it_without_touching_its_records(cifar_j
     again = train(smoke_config(cifar_jpeg, *overrides), tmp_path)
     assert again["status"] == "completed" and again["step"] == first["step"] == 2
     assert {name: (tmp_path / name).read_bytes() for name in records} == records
-    # not the run asked for (another seed, a larger budget), or trainer.resume=none: not skipped
-    for other in (("seed=2",), ("trainer.max_steps=4",), ("trainer.resume=none",)):
+    # display options and another spelling of the data's path do not make it another run
+    same_data = f"data.root={cifar_jpeg.parent}/./{cifar_jpeg.name}"
+    train(smoke_config(cifar_jpeg, *overrides, "trainer.progress_bar=true", same_data), tmp_path)
+    # not the run asked for (another seed or model, a larger budget), or trainer.resume=none: not skipped
+    for other in (("seed=2",), ("model.width=16",), ("trainer.max_steps=4",), ("trainer.resume=none",)):
         with pytest.raises(AssertionError, match="built again"):
             train(smoke_config(cifar_jpeg, *overrides, *other), tmp_path)
+    # a damaged last.pt is not skipped over: resuming reports it
+    last = tmp_path / "checkpoints" / "last.pt"
+    intact = last.read_bytes()
+    last.write_bytes(intact[: len(intact) // 2])
+    with pytest.raises(AssertionError, match="built again"):
+        train(smoke_config(cifar_jpeg, *overrides), tmp_path)
+    last.write_bytes(intact)
     # a crashed run is resumed, not skipped
     summary = json.loads(records["summary.json"])
     (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))

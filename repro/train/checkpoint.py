@@ -2,8 +2,10 @@
 the RNG states that make a resumed run continue bit-exactly."""
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import os
 import random
 from pathlib import Path
 from typing import Optional
@@ -151,17 +153,31 @@ def resume_target(setting: Optional[str], run_dir: Path) -> tuple[Optional[Path]
     return (path / "checkpoints" / "last.pt" if path.is_dir() else path), False
 
 
-# What must match for a completed run in a run dir to be the run asked for: the same task, norm,
-# seed and budget (a larger trainer.max_steps continues the run from last.pt instead).
-COMPLETED_RUN_KEYS = (("task", "name"), ("norm", "name"), ("norm", "partial"), ("seed",),
-                      ("trainer", "max_steps"), ("trainer", "max_epochs"))
+# Options that change how a run is shown, not what it computes: a completed run is the run asked
+# for when everything else in its recorded config is the same (data.root compared as a real path).
+DISPLAY_ONLY = (("trainer", "progress_bar"), ("trainer", "resume"))
+
+
+def _comparable(config: dict) -> dict:
+    config = copy.deepcopy(config)
+    for *groups, key in DISPLAY_ONLY:
+        parent = _config_item(config, *groups)
+        if isinstance(parent, dict):
+            parent.pop(key, None)
+    data = config.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str):
+        data["root"] = os.path.realpath(os.path.expanduser(data["root"]))
+    return config
 
 
 def completed_summary(run_dir: Path, config: dict) -> Optional[dict]:
-    """The summary of the completed run `run_dir` holds when it is the run `config` asks for, else
-    None. A sweep rerun to resume its killed job revisits every finished one: this lets it skip
-    them without reading data or rewriting their records (the host and load they trained under)."""
-    summary_path, config_path = Path(run_dir) / "summary.json", Path(run_dir) / "config.yaml"
+    """The summary of the completed run `run_dir` holds when it is the run `config` asks for (the
+    same recorded config, display options aside), else None. A sweep rerun to resume its killed
+    job revisits every finished one: this lets it skip them without reading data or rewriting
+    their records (the host and load they trained under). A last.pt that exists must load: a
+    damaged one goes the usual way, which reports it."""
+    run_dir = Path(run_dir)
+    summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
     if not summary_path.is_file() or not config_path.is_file():
         return None
     try:
@@ -169,9 +185,14 @@ def completed_summary(run_dir: Path, config: dict) -> Optional[dict]:
         recorded = yaml.safe_load(config_path.read_text()) or {}
     except (ValueError, yaml.YAMLError):  # unreadable records: let the resume path report them
         return None
-    if not isinstance(summary, dict) or summary.get("status") != "completed":
+    if not isinstance(summary, dict) or summary.get("status") != "completed" or not isinstance(recorded, dict):
         return None
-    for keys in COMPLETED_RUN_KEYS:
-        if _config_item(recorded, *keys) != _config_item(config, *keys):
+    if _comparable(recorded) != _comparable(config):
+        return None
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        try:
+            load(last)
+        except DamagedCheckpoint:
             return None
     return summary
