@@ -2,7 +2,6 @@
 control-bit layout); tables and the partial-RMS analysis from real short repro-train runs."""
 from __future__ import annotations
 
-import functools
 import json
 import math
 from pathlib import Path
