@@ -241,9 +241,10 @@ def run(out: Path, data_root: str, runs: Path, *, task: str = DEFAULT_TASK, step
         "norm.conv_mode=channel; the spatial mode is refused, since there a conv's shift varies over the H×W "
         "a norm normalizes).", "",
         f"{task} trained by repro-train for {steps} steps per run (data {data_root}"
-        + (f"; {settings}" if settings else "") + f"), from the default initialization and with {center:g} added "
+        + (f"; overrides, later ones win: {settings}" if settings else "") + f"), from the default initialization and with {center:g} added "
         f"to every conv and linear weight, for LayerNorm and RMSNorm, seeds {', '.join(map(str, seeds))} "
-        f"({len(records)} runs in `{runs}`). Final {eval_key} (the last evaluation) and final train loss (the "
+        f"({len(records)} runs in `{runs}`). Final {eval_key} (the last evaluation; label-smoothed for "
+        "translation, as train/loss) and final train loss (the "
         "last logged interval) of each run:", "",
         *markdown_table(["norm", "weight centre", "seed", f"final {eval_key}", "final train loss"], rows), "",
         "Effect of the shift (shifted − default, per seed; higher loss is worse): mean and 95 % one-sample "
