@@ -2,9 +2,9 @@
 control-bit layout); tables and the partial-RMS analysis from real short repro-train runs."""
 from __future__ import annotations
 
-import functools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -139,53 +139,52 @@ def test_partial_error_on_a_trained_model(real_runs, tmp_path):
     note = (tmp_path / "partial_error.md").read_text()
     assert "prmsnorm_1" in note and "| `features.1` |" in note
     assert (tmp_path / "partial_error.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(FileNotFoundError, match="no checkpoints/last.pt"):
+    with pytest.raises(FileNotFoundError, match="no config.yaml"):
         partial_error.run(tmp_path, tmp_path)
 
 
-def test_shifted_init_task_shifts_every_conv_and_linear_weight(cifar_jpeg):  # noqa: F811
-    from repro.analysis import shift_training
-    from repro.models import ConvPoolCNNC
-    from repro.nn import NormFactory
+def test_partial_error_trains_a_committed_run_store_that_has_no_checkpoint(real_runs, tmp_path, capsys):
+    """A committed run store keeps config.yaml, metrics.jsonl and summary.json, not its weights:
+    without --train-if-missing the error names the command that rebuilds it; with it, the run is
+    trained from its config.yaml into that folder and analysed."""
+    import shutil
 
-    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2), RMSNorm(2))
-    before = [p.clone() for p in model.parameters()]
-    assert shift_training.shift_weights(model, 0.2) == 2
-    after = list(model.parameters())
-    torch.testing.assert_close(after[0], before[0] + 0.2)  # conv weight
-    torch.testing.assert_close(after[1], before[1])        # conv bias untouched
-    torch.testing.assert_close(after[4], before[4])        # the norm's gain untouched
+    store = tmp_path / "runs" / "prmsnorm_1"
+    store.mkdir(parents=True)
+    for name in ("config.yaml", "metrics.jsonl", "summary.json"):
+        shutil.copy(real_runs / "prmsnorm_1" / name, store / name)
+    command = f"repro-tables analyze partial-error --run {store} --train-if-missing"
+    with pytest.raises(FileNotFoundError) as error:
+        partial_error.run(tmp_path / "out", store)
+    assert str(error.value).endswith(f"train it from its config.yaml with: {command}") and "\n" not in str(error.value)
+    with pytest.raises(SystemExit):  # the CLI: the same line, as a usage error
+        run_analyze(["partial-error", "--run", str(store), "--out", str(tmp_path / "out")])
+    assert command in capsys.readouterr().err
+    assert not (store / "checkpoints").exists()
 
-    options = dict(name="cifar10_cnn", model=functools.partial(ConvPoolCNNC, width=8), root=str(cifar_jpeg))
-    norm = NormFactory("rmsnorm")
-    torch.manual_seed(0)
-    plain = CifarClassification(**options).build_model(norm)
-    torch.manual_seed(0)
-    shifted = shift_training.shifted_init_task("repro.tasks.CifarClassification", 0.2, **options).build_model(norm)
-    convs = [(a, b) for a, b in zip(plain.modules(), shifted.modules()) if isinstance(a, nn.Conv2d)]
-    assert len(convs) == 10  # nine conv layers and the 1x1 classifier
-    for a, b in convs:
-        torch.testing.assert_close(b.weight, a.weight + 0.2)
+    result = partial_error.run(tmp_path / "out", store, train_if_missing=True)
+    assert (store / "checkpoints" / "last.pt").is_file() and len(result["layers"]) == 9
+    summary = json.loads((store / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["step"] == 4 and summary["seed"] == 1
+    err = capsys.readouterr().err
+    assert "lies outside the repository" in err  # tmp_path is not in the checkout
+    note = (tmp_path / "out" / "partial_error.md").read_text()
+    assert f"`{store}`" in note and command in note and "outside the repository" in note
+    # the checkpoint is there now: the same call analyses without training again
+    stamp = (store / "checkpoints" / "last.pt").stat().st_mtime_ns
+    partial_error.run(tmp_path / "out", store, train_if_missing=True)
+    assert (store / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
 
 
-def test_shift_training_runs_the_trainer_and_writes_its_note(cifar_jpeg, tmp_path):  # noqa: F811
-    assert run_analyze(["shift-training", "--data-root", str(cifar_jpeg), "--steps", "2", "--runs",
-                        str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--set", "experiment=smoke",
-                        "trainer.max_steps=2"]) == 0
-    runs = collect_local([tmp_path / "runs"])
-    assert sorted((r.norm, r.config["task"]["init_center"]) for r in runs) == [
-        ("layernorm", 0.0), ("layernorm", 0.2), ("rmsnorm", 0.0), ("rmsnorm", 0.2)]
-    assert all(r.status == "completed" and r.summary["step"] == 2 for r in runs)
-    note = (tmp_path / "out" / "shift_training.md").read_text()
-    assert "| rmsnorm | 0.2 |" in note and (tmp_path / "out" / "shift_training.png").is_file()
-    # the same command again reuses the finished runs (only redraws); a changed option retrains
-    stamps = {r.path.name: (r.path / "summary.json").stat().st_mtime_ns for r in runs}
-    args = ["shift-training", "--data-root", str(cifar_jpeg), "--steps", "2", "--runs", str(tmp_path / "runs"),
-            "--out", str(tmp_path / "out"), "--set", "experiment=smoke", "trainer.max_steps=2"]
-    assert run_analyze(args) == 0
-    assert {r.path.name: (r.path / "summary.json").stat().st_mtime_ns for r in collect_local([tmp_path / "runs"])} == stamps
-    assert run_analyze(args[:-1] + ["trainer.max_steps=2", "seed=2"]) == 0
-    assert all((tmp_path / "runs" / name / "summary.json").stat().st_mtime_ns != t for name, t in stamps.items())
+def test_partial_error_names_a_run_inside_the_repository_relative_to_it():
+    from repro.util.paths import REPO_ROOT
+
+    inside = REPO_ROOT / "results" / "runs" / "cifar10_cpu_budget" / "4_cifar10_cnn_prmsnorm_seed1"
+    assert partial_error.shown_path(inside) == "results/runs/cifar10_cpu_budget/4_cifar10_cnn_prmsnorm_seed1"
+    assert partial_error.rerun_command(inside, "DATA") == (
+        "repro-tables analyze partial-error --run results/runs/cifar10_cpu_budget/4_cifar10_cnn_prmsnorm_seed1 "
+        "--data-root DATA --train-if-missing")
+    assert partial_error.shown_path(Path("/tmp/elsewhere")) == "/tmp/elsewhere"
 
 
 # ------------------------------------------------------------------ control bits in training

@@ -26,9 +26,9 @@ def test_cpu_smoke_reproduces_every_table_figure_and_analysis(tmp_path):
         (task, norm, "completed") for task in ("cifar10_cnn", "multi30k_transformer")
         for norm in ("layernorm", "rmsnorm", "prmsnorm"))
     table4 = (out / "tables" / "table4_transformer.md").read_text()
-    assert "| LayerNorm | 1 |" in table4 and "test_2016_flickr BLEU (tok)" in table4
+    assert "| LayerNorm | 1 |" in table4 and "test_2016_flickr sacreBLEU" in table4
     table10 = (out / "tables" / "table10_cifar10.md").read_text()
-    # one run per norm: the shift-training runs (CIFAR-10 too) are not counted in Table 10
+    # one run per norm: the shift-training runs (Multi30k too) are not counted in Table 4
     assert "| pRMSNorm (p=6.25%) | 1 |" in table10 and "| LayerNorm | 1 |" in table10
     assert len(collect_local([runs / "shift_training"])) == 4
     for name in ("loss_curves", "val_curves", "norm_share"):

@@ -8,6 +8,7 @@ which shows whether the position of the prefix matters beyond its size.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -62,6 +63,37 @@ def error_curves(rows_by_layer: dict, partials=PARTIALS, seed: int = 0) -> dict:
     return curves
 
 
+def shown_path(path: Path) -> str:
+    """`path` relative to the repository when it lies inside it, else absolute."""
+    from repro.util.paths import REPO_ROOT
+
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def rerun_command(run_dir: Path, data_root: Optional[str] = None) -> str:
+    """The command that trains a run store's missing checkpoint and analyses it."""
+    return (f"repro-tables analyze partial-error --run {shown_path(run_dir)}"
+            + (f" --data-root {data_root}" if data_root else "") + " --train-if-missing")
+
+
+def train_from_store(run_dir: Path, data_root: Optional[str] = None) -> None:
+    """Train the run a store's config.yaml describes into that store with the shared trainer
+    (resuming from its last checkpoint if it has one; no W&B): committed run stores keep no
+    weights (.gitignore: results/runs/**/*.pt), their config is what rebuilds them. The store's
+    metrics.jsonl and summary.json are rewritten by the new run."""
+    from omegaconf import OmegaConf
+
+    from repro.train import train
+
+    cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
+    if data_root:
+        cfg.data.root = data_root
+    cfg.logger = {"name": "none"}
+    cfg.trainer.resume = "auto"
+    train(cfg, Path(run_dir))
+
+
 def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str = "last.pt"):
     """(task, model) of a finished run: its config.yaml rebuilt as repro-train builds it, the
     checkpoint's weights loaded, the task's data set up on the CPU."""
@@ -72,8 +104,11 @@ def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str
 
     run_dir = Path(run_dir)
     path = run_dir / "checkpoints" / checkpoint
+    if not (run_dir / "config.yaml").is_file():
+        raise FileNotFoundError(f"--run {run_dir}: no config.yaml (not a repro-train run store)")
     if not path.is_file():
-        raise FileNotFoundError(f"--run {run_dir}: no checkpoints/{checkpoint} (a finished repro-train run has one)")
+        raise FileNotFoundError(f"--run {run_dir}: no checkpoints/{checkpoint} (checkpoints are not committed); "
+                                f"train it from its config.yaml with: {rerun_command(run_dir, data_root)}")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     if data_root:
         cfg.data.root = data_root
@@ -84,8 +119,17 @@ def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str
     return task, model, cfg
 
 
-def run(out: Path, run_dir: Path, data_root: Optional[str] = None,
+def run(out: Path, run_dir: Path, data_root: Optional[str] = None, *, train_if_missing: bool = False,
         command: str = "repro-tables analyze partial-error") -> dict:
+    from repro.util.paths import REPO_ROOT
+
+    run_dir = Path(run_dir)
+    outside = not run_dir.resolve().is_relative_to(REPO_ROOT)
+    if outside:
+        print(f"warning: --run {run_dir} lies outside the repository ({REPO_ROOT}): the note will name a run "
+              "nobody else can rebuild", file=sys.stderr)
+    if train_if_missing and (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints" / "last.pt").is_file():
+        train_from_store(run_dir, data_root)
     task, model, cfg = load_trained(run_dir, data_root)
     batch = next(iter(task.train_batches().iter_epoch(0)))
     rows = capture_norm_inputs(model, lambda: task.loss(model, batch))
@@ -117,18 +161,25 @@ def run(out: Path, run_dir: Path, data_root: Optional[str] = None,
         table.append([f"`{name}`", str(rows[name].shape[-1]),
                       *[f"{prefix[p]:.3f}" if p in prefix else "n/a" for p in shown],
                       *[f"{rand[p]:.3f}" if p in rand else "n/a" for p in shown]])
+    run_shown = shown_path(run_dir)
+    where = ([f"**Warning: the run `{run_shown}` lies outside the repository; this note cannot be rebuilt from "
+              "it.**", ""] if outside else [])
     body = [
-        f"Inputs of every norm layer of the trained model in `{run_dir}` ({cfg.task.name}, norm "
+        *where,
+        f"Inputs of every norm layer of the trained model in `{run_shown}` ({cfg.task.name}, norm "
         f"{cfg.norm.name}), captured on one training batch (rows as each layer normalizes them, at most "
         "4096 per layer). Relative error |RMS(x[:k]) − RMS(x)| / RMS(x), mean over rows, for the prefix "
         "pRMSNorm uses and for a random subset of the same size:", "",
         *markdown_table(header, table), "",
         "Where the prefix error exceeds the random-subset error, the features at the start of the "
         "row are not representative of the whole (for conv features the prefix is the top rows of "
-        "the image).",
+        "the image).", "",
+        f"Checkpoints are not committed (results/runs/**/*.pt): `{rerun_command(run_dir, data_root)}` trains "
+        "the run from its config.yaml into that folder (the shared trainer, resuming from its last checkpoint "
+        "if one is there), then makes this note.",
     ]
     write_note(out, "partial_error", "Error of the partial RMS estimate vs k, on real activations", body,
-               f"{command} --run {run_dir}")
+               f"{command} --run {run_shown}" + (f" --data-root {data_root}" if data_root else ""))
     return {"curves": curves, "layers": {name: tuple(r.shape) for name, r in rows.items()}}
 
 

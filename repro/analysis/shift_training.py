@@ -1,32 +1,52 @@
-"""Shift sensitivity in training: LayerNorm vs RMSNorm when the weights start around a centre of
-0.2 instead of 0 (the authors' experiment on RMSNorm's lost re-centering invariance).
+"""Shift sensitivity in training: LayerNorm vs RMSNorm when every weight starts shifted by a centre
+c (0.2 by default) instead of 0 (the authors' experiment on RMSNorm's lost re-centering invariance).
 
-Shifting every weight of a layer by c moves each summed input of a row by the same c·Σx; LayerNorm
-removes that, RMSNorm does not (see the invariance analysis). Here the ConvPool-CNN-C is trained on
-CIFAR-10 by the shared trainer (repro.train.train), once from its default initialization and once
-with c added to every conv/linear weight, for LayerNorm and RMSNorm, and the curves are compared.
+The premise: shifting every weight of a linear layer by c moves each of its output features for a
+row by the same c·Σx; where the norm normalizes over exactly those features, LayerNorm removes the
+shift and RMSNorm does not (see the invariance analysis). That holds in the Transformer (each norm
+normalizes the d features of a residual stream a sublayer's last Linear writes into) and in a CNN
+whose norm normalizes each position over its channels (norm.conv_mode=channel: a conv's shift
+c·Σ(patch) is the same for every output channel of a position). It does NOT hold in the CNN's
+spatial mode (each channel normalized over H×W, where c·Σ(patch) varies from position to
+position), so that setting is refused (`check_premise`).
 
-The shifted model comes from a task factory (`shifted_init_task`) that the run's config names as
-`task._target_`, so the runs are ordinary repro-train runs, recorded in ordinary run stores.
+Each (norm, centre, seed) is an ordinary repro-train run (repro.train.train) in its own run store;
+the shifted model comes from a task factory (`shifted_init_task`) that the run's config names as
+`task._target_`. A completed run of the same config is reused and an interrupted one resumes from
+its last checkpoint, so a rerun only redraws. The effect of the shift, (metric shifted − metric
+default) per seed, is summarized per norm by its mean and 95 % t-interval over seeds
+(repro.tables.stats), and the two norms' effects are compared by Welch's interval.
 """
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from repro.util import markdown_table
+from repro.tables.stats import Interval, paired_interval, welch_interval
+from repro.util import ConfigError, markdown_table
 
 from .common import pyplot, save_figure, write_note
 
 NORMS = ("layernorm", "rmsnorm")
 FACTORY = "repro.analysis.shift_training.shifted_init_task"
+DEFAULT_TASK = "multi30k_transformer"
+# The project's CPU budget for a small Transformer on Multi30k (results/tables/table4_transformer.md),
+# with evaluation by loss only: BLEU decoding would cost more than these short runs train.
+TASK_DEFAULTS = {
+    "multi30k_transformer": ["model.dim=128", "model.ffn=512", "model.heads=4", "data.max_tokens=2048",
+                             "optim.lr=0.002", "optim.schedule.warmup_steps=400", "decode.bleu=false"],
+}
+METRICS = (("final validation loss", "eval"), ("final train loss", "train"))
 
 
 def shift_weights(model: nn.Module, center: float) -> int:
-    """Add `center` to the weight of every conv and linear layer; returns how many were shifted."""
+    """Add `center` to the weight of every conv and linear layer; returns how many were shifted.
+    (The Transformer's embedding, which is also its output projection, is not a Linear: unshifted.)"""
     layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
     with torch.no_grad():
         for layer in layers:
@@ -35,8 +55,8 @@ def shift_weights(model: nn.Module, center: float) -> int:
 
 
 def shifted_init_task(base_target: str, init_center: float, **options):
-    """The task `base_target` (e.g. repro.tasks.CifarClassification) built with `options`, whose
-    models start with every conv/linear weight shifted by `init_center`."""
+    """The task `base_target` (e.g. repro.tasks.Translation) built with `options`, whose models
+    start with every conv/linear weight shifted by `init_center`."""
     from hydra.utils import get_class
 
     task = get_class(base_target)(**options)
@@ -51,69 +71,191 @@ def shifted_init_task(base_target: str, init_center: float, **options):
     return task
 
 
-def _finished_with(run_dir: Path, config: dict) -> bool:
-    """A completed run of exactly this config is reused, so a re-run only redraws."""
-    import json
+def check_premise(cfg) -> None:
+    """ConfigError (one line) unless the shift is constant over the features each norm normalizes."""
+    from repro.tasks import CifarClassification, Translation, task_class
 
+    allowed = ("allowed: task=multi30k_transformer (or another Transformer translation task), "
+               "or task=cifar10_cnn with norm.conv_mode=channel")
+    cls = task_class(cfg.task)
+    if issubclass(cls, Translation):
+        return
+    if issubclass(cls, CifarClassification) and str(cfg.model.get("_target_", "")).endswith("ConvPoolCNNC"):
+        if cfg.norm.conv_mode == "channel":
+            return
+        raise ConfigError(
+            f"shift-training: task={cfg.task.name} with norm.conv_mode={cfg.norm.conv_mode} normalizes each conv "
+            "channel over H×W, where a conv's weight shift c·Σ(patch) varies with the position, so LayerNorm "
+            f"does not remove it and the comparison has no premise; {allowed}")
+    raise ConfigError(f"shift-training: task={cfg.task.name} is not one where the shift's premise was checked; "
+                      f"{allowed}")
+
+
+def run_config(task: str, norm: str, center: float, seed: int, steps: int, data_root: str,
+               overrides: Sequence[str] = ()):
+    """The composed repro-train config of one run: `task` with its CPU-budget defaults, the
+    shifting factory as task._target_, then `overrides`; refused where the premise fails."""
+    from omegaconf import open_dict
+
+    from repro.train import compose_config
+
+    every = max(steps // 20, 1)
+    cfg = compose_config([
+        f"task={task}", f"norm={norm}", f"seed={seed}", f"data.root={data_root}", "logger=none",
+        *TASK_DEFAULTS.get(task, []), f"trainer.max_steps={steps}", f"trainer.log_every={every}",
+        f"trainer.eval_every={max(steps // 4, 1)}", "trainer.norm_timing_every=0", "trainer.progress_bar=false",
+        *overrides,
+    ])
+    check_premise(cfg)
+    with open_dict(cfg):
+        cfg.task.base_target = cfg.task._target_
+        cfg.task._target_ = FACTORY
+        cfg.task.init_center = float(center)
+    return cfg
+
+
+def _without_resume(config: dict) -> dict:
+    config = json.loads(json.dumps(config))
+    config.get("trainer", {}).pop("resume", None)
+    return config
+
+
+def run_state(run_dir: Path, config: dict) -> str:
+    """"completed": a finished run of exactly this config (reused); "resume": an unfinished one
+    (the trainer resumes from its last checkpoint); "fresh": none, or a run of another config
+    (trained again from scratch, its store overwritten)."""
     import yaml
 
     summary, stored = run_dir / "summary.json", run_dir / "config.yaml"
-    return (summary.exists() and stored.exists() and json.loads(summary.read_text()).get("status") == "completed"
-            and yaml.safe_load(stored.read_text()) == config)
+    if not stored.exists() or _without_resume(yaml.safe_load(stored.read_text()) or {}) != _without_resume(config):
+        return "fresh"
+    done = summary.exists() and json.loads(summary.read_text()).get("status") == "completed"
+    return "completed" if done else "resume"
 
 
-def run(out: Path, data_root: str, runs: Path, *, steps: int = 300, center: float = 0.2, seed: int = 1,
-        overrides: Optional[list[str]] = None, command: str = "repro-tables analyze shift-training") -> dict:
-    from omegaconf import OmegaConf
+def train_or_reuse(cfg, run_dir: Path) -> str:
+    """Train `cfg` into `run_dir` unless a completed run of it is there; returns the run_state."""
+    from omegaconf import OmegaConf, open_dict
 
+    from repro.train import train
+
+    state = run_state(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    if state != "completed":
+        with open_dict(cfg):  # a run of another config: never resume from its checkpoint
+            cfg.trainer.resume = "auto" if state == "resume" else "none"
+        train(cfg, run_dir)
+    return state
+
+
+def final_metrics(record) -> dict:
+    """{"eval": the last evaluation's loss (val, or test where there is no val split), "train": the
+    last logged train loss (a mean over its log interval)} of a run record."""
+    eval_key = next((k for k in ("val/loss", "test/loss") if record.summary.get(k) is not None), None)
+    train = record.series("train/loss", "train")
+    return {"eval": record.summary[eval_key] if eval_key else math.nan, "train": train[-1][1] if train else math.nan}
+
+
+def shift_effects(finals: dict, seeds: Sequence[int], norms: Sequence[str] = NORMS, center: float = 0.2) -> dict:
+    """{(norm, metric): {"per_seed": [...], "interval": paired t-interval}} of (shifted − default)
+    per seed, and {("contrast", metric): Welch interval of RMSNorm's effects − LayerNorm's}, from
+    finals[(norm, centre, seed)] = final_metrics(...)."""
+    out = {}
+    for _, metric in METRICS:
+        for norm in norms:
+            diffs = [finals[(norm, center, s)][metric] - finals[(norm, 0.0, s)][metric] for s in seeds]
+            out[(norm, metric)] = {"per_seed": diffs, "interval": paired_interval(diffs)}
+        out[("contrast", metric)] = {"interval": welch_interval(out[("rmsnorm", metric)]["per_seed"],
+                                                                out[("layernorm", metric)]["per_seed"])}
+    return out
+
+
+def verdict(contrast: Optional[Interval]) -> str:
+    """Higher loss is worse: RMSNorm is hurt more only when the whole interval of its effect minus
+    LayerNorm's lies above 0."""
+    if contrast is None:
+        return "inconclusive (fewer than two seeds: no interval)"
+    if contrast.low > 0:
+        return "RMSNorm is hurt more by the shift than LayerNorm"
+    if contrast.high < 0:
+        return "LayerNorm is hurt more by the shift than RMSNorm"
+    return "inconclusive"
+
+
+def _fmt(interval: Optional[Interval]) -> str:
+    return "n/a (one seed)" if interval is None else f"{interval.estimate:+.3f} {interval.text(3)}"
+
+
+def _mean_curve(records: list, key: str, split: Optional[str]):
+    """(steps, mean, low, high) over the seeds' curves, on the steps every seed logged."""
+    curves = [dict(r.series(key, split)) for r in records]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    values = [[c[s] for c in curves] for s in steps]
+    return steps, [sum(v) / len(v) for v in values], [min(v) for v in values], [max(v) for v in values]
+
+
+def run(out: Path, data_root: str, runs: Path, *, task: str = DEFAULT_TASK, steps: int = 400,
+        center: float = 0.2, seeds: Sequence[int] = (1, 2, 3), overrides: Optional[list[str]] = None,
+        command: str = "repro-tables analyze shift-training") -> dict:
     from repro.tables import collect_local
-    from repro.train import compose_config, train
 
-    every = max(steps // 10, 1)
-    results = {}
+    overrides = list(overrides or [])
+    configs = {(norm, c, seed): run_config(task, norm, c, seed, steps, data_root, overrides)
+               for seed in seeds for norm in NORMS for c in (0.0, center)}  # every config checked first
+    records = {}
+    for (norm, c, seed), cfg in configs.items():
+        run_dir = Path(runs) / f"{norm}_center{c:g}_seed{seed}"
+        train_or_reuse(cfg, run_dir)
+        [records[(norm, c, seed)]] = collect_local([run_dir])
+    finals = {key: final_metrics(record) for key, record in records.items()}
+    effects = shift_effects(finals, seeds, center=center)
+
+    any_record = next(iter(records.values()))
+    eval_key = next((k for k in ("val/loss", "test/loss") if any_record.summary.get(k) is not None), "val/loss")
+    plt = pyplot()
+    fig, panels = plt.subplots(1, 2, figsize=(11, 4))
+    colors = {"layernorm": "C4", "rmsnorm": "C5"}
     for norm in NORMS:
         for c in (0.0, center):
-            run_dir = Path(runs) / f"{norm}_center{c:g}"
-            cfg = compose_config([
-                "task=cifar10_cnn", f"norm={norm}", f"seed={seed}", f"data.root={data_root}", "logger=none",
-                f"trainer.max_steps={steps}", f"trainer.log_every={every}", f"trainer.eval_every={every * 5}",
-                "trainer.norm_timing_every=0", "trainer.progress_bar=false", "trainer.resume=none",
-                f"task._target_={FACTORY}", "+task.base_target=repro.tasks.CifarClassification",
-                f"+task.init_center={c}", *(overrides or []),
-            ])
-            if not _finished_with(run_dir, OmegaConf.to_container(cfg, resolve=True)):
-                train(cfg, run_dir)
-            [record] = collect_local([run_dir])
-            results[(norm, c)] = record
+            group = [records[(norm, c, s)] for s in seeds]
+            style = dict(color=colors[norm], ls="-" if c == 0 else "--")
+            for ax, (key, split) in zip(panels, (("train/loss", "train"), (eval_key, None))):
+                x, mean, low, high = _mean_curve(group, key, split)
+                ax.plot(x, mean, label=f"{norm}, weights centred at {c:g}", marker="o" if split is None else None,
+                        ms=3, **style)
+                ax.fill_between(x, low, high, color=colors[norm], alpha=0.15)
+    panels[0].set(xlabel="step", ylabel="train/loss", title="training loss (mean; band: min–max over seeds)")
+    panels[1].set(xlabel="step", ylabel=eval_key, title=f"{eval_key} (mean; band: min–max over seeds)")
+    fig.suptitle(f"{task}, {steps} steps, seeds {','.join(map(str, seeds))}: default init vs every weight + {center:g}")
+    save_figure(fig, panels, out, "shift_training")
 
-    plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    colors = {"layernorm": "C4", "rmsnorm": "C5"}
-    eval_key = next(k for k in ("val/acc", "test/acc") if any(r.series(k) for r in results.values()))
-    for (norm, c), record in results.items():
-        style = dict(color=colors[norm], ls="-" if c == 0 else "--", label=f"{norm}, weights centred at {c:g}")
-        left.plot(*zip(*record.series("train/loss", "train")), **style)
-        right.plot(*zip(*record.series(eval_key)), marker="o", ms=3, **style)
-    left.set(xlabel="step", ylabel="train/loss", title="training loss")
-    right.set(xlabel="step", ylabel=eval_key, title=f"{eval_key.split('/')[0]} accuracy")
-    fig.suptitle(f"ConvPool-CNN-C on CIFAR-10, {steps} steps: default init vs every weight + {center:g}")
-    save_figure(fig, (left, right), out, "shift_training")
-
-    rows = []
-    for (norm, c), record in results.items():
-        losses = [v for _, v in record.series("train/loss", "train")]
-        rows.append([norm, f"{c:g}", f"{losses[0]:.3f}", f"{losses[-1]:.3f}",
-                     f"{record.summary.get(eval_key, float('nan')):.3f}"])
+    rows = [[norm, f"{c:g}", str(seed), f"{finals[(norm, c, seed)]['eval']:.4f}",
+             f"{finals[(norm, c, seed)]['train']:.4f}"] for (norm, c, seed) in records]
+    effect_rows = [[norm, *[_fmt(effects[(norm, metric)]["interval"]) for _, metric in METRICS]] for norm in NORMS]
+    effect_rows.append(["RMSNorm's effect − LayerNorm's (Welch)",
+                        *[_fmt(effects[("contrast", metric)]["interval"]) for _, metric in METRICS]])
+    settings = " ".join(TASK_DEFAULTS.get(task, []) + overrides)
     body = [
-        f"ConvPool-CNN-C trained by repro-train for {steps} steps (seed {seed}; data {data_root}"
-        + (f"; overrides {' '.join(overrides)}" if overrides else "") + "), once from the default "
-        f"initialization and once with {center:g} added to every conv and linear weight. Runs: `{runs}`.", "",
-        *markdown_table(["norm", "weight centre", "first logged train loss", "last train loss", f"final {eval_key}"],
-                  rows), "",
-        "This is a short budget, not the paper's schedule: it shows how each norm copes with the "
-        "shifted start, not where either would end.",
+        "The premise: shifting every weight of a linear layer by c moves each output feature of a row by the "
+        "same c·Σx, which LayerNorm removes and RMSNorm does not. It holds here: in the Transformer each norm "
+        "normalizes the features a sublayer's last Linear writes into the residual stream (for a CNN only with "
+        "norm.conv_mode=channel; the spatial mode is refused, since there a conv's shift varies over the H×W "
+        "a norm normalizes).", "",
+        f"{task} trained by repro-train for {steps} steps per run (data {data_root}"
+        + (f"; overrides, later ones win: {settings}" if settings else "") + f"), from the default initialization and with {center:g} added "
+        f"to every conv and linear weight, for LayerNorm and RMSNorm, seeds {', '.join(map(str, seeds))} "
+        f"({len(records)} runs in `{runs}`). Final {eval_key} (the last evaluation; label-smoothed for "
+        "translation, as train/loss) and final train loss (the "
+        "last logged interval) of each run:", "",
+        *markdown_table(["norm", "weight centre", "seed", f"final {eval_key}", "final train loss"], rows), "",
+        "Effect of the shift (shifted − default, per seed; higher loss is worse): mean and 95 % one-sample "
+        "t-interval over the seeds, and the difference of the two norms' effects (Welch t-interval):", "",
+        *markdown_table(["norm", *[name for name, _ in METRICS]], effect_rows), "",
+        *[f"- {name}: {verdict(effects[('contrast', metric)]['interval'])}." for name, metric in METRICS], "",
+        "A short budget, not the paper's schedule: it shows how each norm copes with the shifted start, not "
+        "where either would end.",
     ]
-    made_by = f"{command} --data-root {data_root} --steps {steps} --center {center:g} --runs {runs}"
+    made_by = (f"{command} --task {task} --data-root {data_root} --seeds {','.join(map(str, seeds))} "
+               f"--steps {steps} --center {center:g} --runs {runs}" + (f" --set {' '.join(overrides)}" if overrides else ""))
     write_note(out, "shift_training", f"Shift sensitivity in training: weights centred at {center:g}, "
-               "LayerNorm vs RMSNorm", body, made_by + (f" --set {' '.join(overrides)}" if overrides else ""))
-    return {key: record.summary for key, record in results.items()}
+               "LayerNorm vs RMSNorm", body, made_by)
+    return {"finals": finals, "effects": effects}

@@ -4,7 +4,7 @@
     repro-tables --wandb ENTITY/PROJECT [--group G] [--tags T ...] --out results/
     repro-tables --wandb ENTITY/PROJECT --offline            # from the cache only
     repro-tables --wandb ENTITY/PROJECT --make-report        # a saved W&B report of the runs
-    repro-tables analyze {invariance,control-bits,partial-error,all} [--out results/analysis]
+    repro-tables analyze {invariance,control-bits,control-bits-training,partial-error,shift-training,all} [--out results/analysis]
 
 Writes tables/table4_transformer.{md,csv,tex}, tables/table10_cifar10.{md,csv,tex} and
 figures/*.png under --out; W&B runs are cached as run-store directories under --cache.

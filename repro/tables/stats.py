@@ -1,4 +1,5 @@
-"""Intervals for the tables' verdicts: Welch's t-interval for a difference of means over seeds
+"""Intervals for the tables' verdicts: Welch's t-interval for a difference of means over seeds,
+the one-sample t-interval of paired (same-seed) differences
 and, on the log scale, for a ratio of times.
 
 With 2-3 seeds a normal interval (±2·SE) is far too narrow: the t quantile with ~2 degrees of
@@ -55,3 +56,16 @@ def ratio_interval(numerator: Sequence[float], denominator: Sequence[float],
         return None
     ratio = float(stats.tmean(numerator) / stats.tmean(denominator))
     return Interval(ratio, math.exp(logs.low), math.exp(logs.high), logs.df)
+
+
+def paired_interval(differences: Sequence[float], confidence: float = CONFIDENCE) -> Optional[Interval]:
+    """The t-interval of the mean of paired differences (e.g. shifted minus default run of the
+    same seed): a one-sample t-interval on the differences, df = n - 1; None below two pairs."""
+    if len(differences) < 2:
+        return None
+    mean = float(stats.tmean(differences))
+    if len(set(differences)) == 1:  # no spread: scipy returns nan bounds
+        return Interval(mean, mean, mean, math.inf)
+    test = stats.ttest_1samp(differences, 0.0)
+    ci = test.confidence_interval(confidence)
+    return Interval(mean, float(ci.low), float(ci.high), float(test.df))

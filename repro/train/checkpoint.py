@@ -111,7 +111,8 @@ def check_fits(state: dict, path: Path, config: dict, model: torch.nn.Module, wo
         raise ConfigError(f"trainer.resume: {path} does not fit this model: {what} "
                           f"({len(missing)} missing, {len(extra)} unexpected parameters)")
     for key, value in ours.items():
-        if tuple(theirs[key].shape) != tuple(value.shape):
+        # Only tensors have shapes: a model's extra state (the Transformer's vocabulary) is a dict.
+        if isinstance(value, torch.Tensor) and tuple(theirs[key].shape) != tuple(value.shape):
             raise ConfigError(f"trainer.resume: {path} does not fit this model: {key} has shape "
                               f"{tuple(theirs[key].shape)} there, {tuple(value.shape)} here")
 

@@ -5,4 +5,5 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-CONF_DIR = Path(os.environ.get("REPRO_CONF_DIR", Path(__file__).resolve().parents[2] / "conf"))
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout (the install is editable)
+CONF_DIR = Path(os.environ.get("REPRO_CONF_DIR", REPO_ROOT / "conf"))
