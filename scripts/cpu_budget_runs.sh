@@ -7,7 +7,8 @@
 #             (3+3-layer Transformer, 1800 steps; 12-15 min a run, ~3 h)
 #   deep      "Does the no-norm Transformer fail at depth?": experiment=multi30k_nonorm_deep,
 #             6+6 layers, none and LayerNorm, seed 1 (DEEP_SEEDS=1,2,3 for three; ~15 min a run)
-#   shift     the shift-sensitivity analysis (repro-tables analyze shift-training)
+#   shift     the shift-sensitivity analysis (repro-tables analyze shift-training: 12 short
+#             Transformer runs, LayerNorm/RMSNorm x weights centred at 0/0.2 x seeds 1-3)
 #   tables    repro-tables over the three sweeps' run stores -> results/tables (seconds)
 #
 #   scripts/cpu_budget_runs.sh [--dry-run] [--only NAME[,NAME...]] [--data DIR]
@@ -79,10 +80,11 @@ command_of() {  # the job's command, one word per array element, into the array 
                      "hydra.sweep.dir=$RUNS/multi30k_table4_cpu" trainer.progress_bar=false) ;;
         deep) cmd=(repro-train -m experiment=multi30k_nonorm_deep "data.root=$DATA/multi30k" logger=none
                    "seed=$DEEP_SEEDS" "hydra.sweep.dir=$RUNS/multi30k_nonorm_deep" trainer.progress_bar=false) ;;
-        # Its flags are those of the shift-training analysis as it is being rewritten (the Transformer
-        # on Multi30k, with seeds): see repro/analysis for what each means.
+        # The flags are the shift-training analysis's own (repro/analysis/shift_training.py: the 3+3
+        # Transformer on Multi30k, 400 steps a run, LayerNorm/RMSNorm x weights centred at 0/0.2 x
+        # seeds); it reuses its completed runs and resumes an interrupted one. --out is its folder.
         shift) cmd=(repro-tables analyze shift-training --data-root "$DATA/multi30k" --task multi30k_transformer
-                    --seeds 1,2,3 --runs "$RUNS/shift_training" --out results) ;;
+                    --seeds 1,2,3 --runs "$RUNS/shift_training" --out results/analysis) ;;
         tables) cmd=(repro-tables --runs "$RUNS/cifar10_table10_mini" --runs "$RUNS/multi30k_table4_cpu"
                      --runs "$RUNS/multi30k_nonorm_deep" --out results
                      --note "table10=$TABLE10_NOTE" --note "table4=$TABLE4_NOTE") ;;
