@@ -2,7 +2,8 @@
 # The queue of issue 14's long CPU-budget jobs, one at a time in a fixed order, then the tables:
 #
 #   table10   Table 10 on a CPU budget: experiment=cifar10_table10_mini, six norms x 3 seeds
-#             (width 32, 10 epochs; <= 30 min a run on 2 idle cores, ~9 h)
+#             (width 32, 10 epochs; <= 30 min a run on 2 idle cores, ~9 h), one sweep per seed so
+#             every norm has seed 1 before any has seed 2
 #   table4    Table 4 on a CPU budget: experiment=multi30k_table4_cpu, four norms x 3 seeds
 #             (3+3-layer Transformer, 1800 steps; 12-15 min a run, ~3 h)
 #   deep      "Does the no-norm Transformer fail at depth?": experiment=multi30k_nonorm_deep,
@@ -17,10 +18,10 @@
 #   --data DIR    the shared data folder (default $DATA, else ../shared/data)
 #
 # Resumable: rerun the script and it continues where it stopped. Each sweep writes into a fixed
-# hydra.sweep.dir (results/runs/<experiment>); Hydra numbers the jobs the same way each time, so
-# each job finds its run dir again: a killed run resumes from its last checkpoint, a completed one
-# is skipped in about a second (repro-train skips a run dir holding this run completed). A failing
-# job stops the queue. One line per job says when it started and how long it took.
+# hydra.sweep.dir (results/runs/<experiment>), one folder per run named by task, norm and seed:
+# a killed run resumes from its last checkpoint, a completed one (with its checkpoint) is skipped
+# in about a second (repro-train skips a run dir holding this run completed). A failing job stops
+# the queue. One line per job says when it started and how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -55,9 +56,10 @@ TABLE10_NOTE="CPU budget, not the paper's schedule: experiment=cifar10_table10_m
 (ZCA, input noise, the norm on every layer, Adam with the per-norm lr, decay and beta1 switch over the second half, \
 data-dependent init for none/weightnorm, all 50k training images, the test set) at widths 32/64 (paper: 96/192) for \
 10 epochs (paper: 200), 3 seeds per norm, pRMSNorm p = 12.5 %; one run at a time with 2 threads on a 2-core AMD EPYC \
-(Zen 4) VM. Made by: scripts/cpu_budget_runs.sh --only table10 (repro-train -m experiment=cifar10_table10_mini \
-data.root=../shared/data/cifar10-jpg logger=none seed=1,2,3 norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm \
-hydra.sweep.dir=results/runs/cifar10_table10_mini); run stores in results/runs/cifar10_table10_mini."
+(Zen 4) VM. Made by: scripts/cpu_budget_runs.sh --only table10 (for seed 1, 2, 3 in turn: repro-train -m \
+experiment=cifar10_table10_mini data.root=../shared/data/cifar10-jpg logger=none seed=SEED \
+norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/cifar10_table10_mini); \
+run stores in results/runs/cifar10_table10_mini."
 TABLE4_NOTE="CPU budget, not the paper's schedule: experiment=multi30k_table4_cpu, a small post-norm Transformer \
 (dim 128, FFN 512, 4 heads, 3+3 layers, dropout 0.1; paper: Transformer base) on Multi30k En-De (paper: WMT14 En-De), \
 1800 steps of about 2048 tokens (paper: 300k steps of ~25k tokens), Adam 0.002 with inverse-sqrt warm-up over 400 \
@@ -70,24 +72,37 @@ experiment=multi30k_nonorm_deep data.root=../shared/data/multi30k logger=none se
 hydra.sweep.dir=results/runs/multi30k_nonorm_deep); run stores in results/runs/multi30k_table4_cpu and \
 results/runs/multi30k_nonorm_deep."
 
-command_of() {  # the job's command, one word per array element, into the array `cmd`
+quoted() {  # the words as a shell line: plain words bare, others in single quotes
+    local word out=()
+    for word in "$@"; do
+        if [[ "$word" =~ ^[A-Za-z0-9_=,./:+@%-]+$ ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
+    done
+    echo "${out[*]}"
+}
+
+commands_of() {  # the job's commands into `commands`, each a shell-quoted line (see `quoted`)
+    commands=()
     case "$1" in
-        table10) cmd=(repro-train -m experiment=cifar10_table10_mini "data.root=$DATA/cifar10-jpg" logger=none
-                      seed=1,2,3 norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm
-                      "hydra.sweep.dir=$RUNS/cifar10_table10_mini" trainer.progress_bar=false) ;;
-        table4) cmd=(repro-train -m experiment=multi30k_table4_cpu "data.root=$DATA/multi30k" logger=none
-                     seed=1,2,3 norm=none,layernorm,rmsnorm,prmsnorm
-                     "hydra.sweep.dir=$RUNS/multi30k_table4_cpu" trainer.progress_bar=false) ;;
-        deep) cmd=(repro-train -m experiment=multi30k_nonorm_deep "data.root=$DATA/multi30k" logger=none
-                   "seed=$DEEP_SEEDS" "hydra.sweep.dir=$RUNS/multi30k_nonorm_deep" trainer.progress_bar=false) ;;
+        table10) local seed
+                 for seed in 1 2 3; do
+                     commands+=("$(quoted repro-train -m experiment=cifar10_table10_mini "data.root=$DATA/cifar10-jpg" \
+                                logger=none "seed=$seed" norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm \
+                                "hydra.sweep.dir=$RUNS/cifar10_table10_mini" trainer.progress_bar=false)")
+                 done ;;
+        table4) commands+=("$(quoted repro-train -m experiment=multi30k_table4_cpu "data.root=$DATA/multi30k" logger=none \
+                              seed=1,2,3 norm=none,layernorm,rmsnorm,prmsnorm \
+                              "hydra.sweep.dir=$RUNS/multi30k_table4_cpu" trainer.progress_bar=false)") ;;
+        deep) commands+=("$(quoted repro-train -m experiment=multi30k_nonorm_deep "data.root=$DATA/multi30k" logger=none \
+                            "seed=$DEEP_SEEDS" "hydra.sweep.dir=$RUNS/multi30k_nonorm_deep" trainer.progress_bar=false)") ;;
         # The flags are the shift-training analysis's own (repro/analysis/shift_training.py: the 3+3
         # Transformer on Multi30k, 400 steps a run, LayerNorm/RMSNorm x weights centred at 0/0.2 x
         # seeds); it reuses its completed runs and resumes an interrupted one. --out is its folder.
-        shift) cmd=(repro-tables analyze shift-training --data-root "$DATA/multi30k" --task multi30k_transformer
-                    --seeds 1,2,3 --runs "$RUNS/shift_training" --out results/analysis) ;;
-        tables) cmd=(repro-tables --runs "$RUNS/cifar10_table10_mini" --runs "$RUNS/multi30k_table4_cpu"
-                     --runs "$RUNS/multi30k_nonorm_deep" --out results
-                     --note "table10=$TABLE10_NOTE" --note "table4=$TABLE4_NOTE") ;;
+        shift) commands+=("$(quoted repro-tables analyze shift-training --data-root "$DATA/multi30k" \
+                             --task multi30k_transformer --seeds 1,2,3 --runs "$RUNS/shift_training" \
+                             --out results/analysis)") ;;
+        tables) commands+=("$(quoted repro-tables --runs "$RUNS/cifar10_table10_mini" --runs "$RUNS/multi30k_table4_cpu" \
+                              --runs "$RUNS/multi30k_nonorm_deep" --out results \
+                              --note "table10=$TABLE10_NOTE" --note "table4=$TABLE4_NOTE")") ;;
     esac
 }
 
@@ -98,31 +113,25 @@ for name in "${JOBS[@]}"; do
     fi
 done
 
-quoted() {  # the words as a shell line: plain words bare, others in single quotes
-    local word out=()
-    for word in "$@"; do
-        if [[ "$word" =~ ^[A-Za-z0-9_=,./:+@%-]+$ ]]; then out+=("$word"); else out+=("'${word//\'/\'\\\'\'}'"); fi
-    done
-    echo "${out[*]}"
-}
-
 elapsed() { local s=$1; printf '%dh%02dm%02ds' $((s / 3600)) $((s % 3600 / 60)) $((s % 60)); }
 
 i=0
 for name in "${selected[@]}"; do
     i=$((i + 1))
-    command_of "$name"
-    if [[ "$dry_run" == 1 ]]; then  # one line per job: exactly the command it would run
-        quoted "${cmd[@]}"
+    commands_of "$name"
+    if [[ "$dry_run" == 1 ]]; then  # one line per command: exactly what it would run
+        printf '%s\n' "${commands[@]}"
         continue
     fi
     started=$(date +%s)
     echo "== [$i/${#selected[@]}] $name: started $(date -u +%H:%M:%S) UTC"
-    if "${cmd[@]}"; then
-        echo "== [$i/${#selected[@]}] $name: done in $(elapsed $(( $(date +%s) - started )))"
-    else
-        status=$?
-        echo "== [$i/${#selected[@]}] $name: FAILED (exit $status) after $(elapsed $(( $(date +%s) - started ))); rerun the script to continue from here" >&2
-        exit "$status"
-    fi
+    for line in "${commands[@]}"; do
+        echo "== $line"
+        eval "$line" || {
+            status=$?
+            echo "== [$i/${#selected[@]}] $name: FAILED (exit $status) after $(elapsed $(( $(date +%s) - started ))); rerun the script to continue from here" >&2
+            exit "$status"
+        }
+    done
+    echo "== [$i/${#selected[@]}] $name: done in $(elapsed $(( $(date +%s) - started )))"
 done

@@ -34,11 +34,13 @@ def option(command: list[str], key: str) -> str:
 
 def test_every_printed_sweep_composes_with_the_committed_budgets():
     commands = dry_run(DATA="/data")
-    assert [c[0] for c in commands] == ["repro-train"] * 3 + ["repro-tables"] * 2
-    table10, table4, deep = (composed(c) for c in commands[:3])
+    assert [c[0] for c in commands] == ["repro-train"] * 5 + ["repro-tables"] * 2
+    table10 = [cfg for command in commands[:3] for cfg in composed(command)]
+    table4, deep = (composed(c) for c in commands[3:5])
 
-    assert [(c.norm.name, c.seed) for c in table10] == [
-        (n, s) for n in ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm") for s in (1, 2, 3)]
+    # one sweep per seed: every norm gets seed 1 before any gets seed 2
+    assert [(c.seed, c.norm.name) for c in table10] == [
+        (s, n) for s in (1, 2, 3) for n in ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm")]
     assert {(c.experiment_name, c.model.width, c.trainer.max_epochs, c.data.root) for c in table10} == {
         ("cifar10_table10_mini", 32, 10, "/data/cifar10-jpg")}
 
@@ -61,10 +63,24 @@ def test_every_printed_sweep_composes_with_the_committed_budgets():
     # the tables are rebuilt from exactly the three sweeps' folders, with a note per table
     tables = commands[-1]
     runs = [tables[i + 1] for i, word in enumerate(tables) if word == "--runs"]
-    assert runs == [option(c, "hydra.sweep.dir") for c in commands[:3]]
+    assert runs == list(dict.fromkeys(option(c, "hydra.sweep.dir") for c in commands[:5]))
     notes = [tables[i + 1] for i, word in enumerate(tables) if word == "--note"]
     assert [n.split("=", 1)[0] for n in notes] == ["table10", "table4"]
-    assert "--out" in tables and commands[3][:3] == ["repro-tables", "analyze", "shift-training"]
+    assert "--out" in tables and commands[5][:3] == ["repro-tables", "analyze", "shift-training"]
+
+
+def test_every_run_of_the_queue_has_its_own_folder_named_by_task_norm_and_seed():
+    """Folders named by the run, not by its place in a sweep: a sweep run in parts (one seed at a
+    time, or after a change of its norm list) finds its runs again."""
+    from repro.train import compose_config as compose
+
+    for command in dry_run()[:5]:
+        folders = []
+        for job in sweep_jobs(command[2:], CONF_DIR):
+            cfg = compose(job, return_hydra_config=True, conf_dir=CONF_DIR)
+            folders.append(cfg.hydra.sweep.subdir)
+            assert cfg.hydra.sweep.subdir == f"{cfg.task.name}_{cfg.norm.name}_seed{cfg.seed}"
+        assert len(set(folders)) == len(folders)
 
 
 def test_only_and_deep_seeds_select_and_bad_arguments_are_one_line_errors():
@@ -90,8 +106,8 @@ def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
     assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
     assert [c.split()[2] if c.startswith("repro-train") else c.split()[1] for c in calls] == [
-        "experiment=cifar10_table10_mini", "experiment=multi30k_table4_cpu", "experiment=multi30k_nonorm_deep",
-        "analyze", "--runs"]
+        *["experiment=cifar10_table10_mini"] * 3, "experiment=multi30k_table4_cpu",
+        "experiment=multi30k_nonorm_deep", "analyze", "--runs"]
     progress = [line for line in result.stdout.splitlines() if line.startswith("== [")]
     assert len(progress) == 10 and progress[0].startswith("== [1/5] table10: started")
     assert progress[-1].startswith("== [5/5] tables: done in 0h00m")
@@ -99,7 +115,7 @@ def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
     log.unlink()
     failing = subprocess.run(SCRIPT, cwd=ROOT, capture_output=True, text=True,
                              env={**env, "FAIL_ON": "multi30k_table4_cpu"})
-    assert failing.returncode == 3 and len(log.read_text().splitlines()) == 2  # nothing after the failure
+    assert failing.returncode == 3 and len(log.read_text().splitlines()) == 4  # nothing after the failure
     assert "== [2/5] table4: FAILED (exit 3)" in failing.stderr
 
 
