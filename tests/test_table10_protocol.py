@@ -299,3 +299,27 @@ def test_prmsnorm_prefix_on_a_conv_map_is_its_top_rows():
     changed = x.clone()
     changed[:, :, 3, 31] += 5.0  # the prefix's last position: the statistic moves
     assert not torch.allclose(norm(changed)[:, :, :3], norm(x)[:, :, :3])
+
+
+@pytest.mark.parametrize("final_partial, logit_0_sees_logit_5", [(None, False), (1.0, True)])
+def test_prmsnorm_on_the_10_way_layer_takes_final_partial(final_partial, logit_0_sees_logit_5):
+    # p = 12.5 % of 10 logits is 1 logit: the head's statistic is |x_0| unless final_partial widens it
+    model = ConvPoolCNNC(factory("prmsnorm").with_partial(0.125), width=4, final_norm=True,
+                         final_partial=final_partial)
+    head = model.head[0]
+    logits = torch.randn(3, 10)
+    changed = logits.clone()
+    changed[:, 5] *= 9.0
+    moved = not torch.allclose(head(changed)[:, 0], head(logits)[:, 0])
+    assert moved == logit_0_sees_logit_5
+    # every hidden layer keeps the experiment's p
+    hidden = [m for m in model.features.modules() if isinstance(m, ConvNorm)]
+    assert hidden and all("partial=0.125" in repr(m) for m in hidden)
+
+
+def test_table10_gives_prmsnorm_the_full_rms_on_the_last_layer_only():
+    cfg = compose_and_validate("experiment=cifar10_table10", "norm=prmsnorm")
+    assert (cfg.norm.partial, cfg.model.final_partial) == (0.125, 1.0)
+    # a norm without a partial ratio is untouched by the option
+    ln = factory("layernorm")
+    assert ln.with_partial(1.0) is ln

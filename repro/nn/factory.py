@@ -100,6 +100,14 @@ class NormFactory:
         check_eps(eps)
         return float(eps)
 
+    def with_partial(self, partial: Optional[float]) -> "NormFactory":
+        """This factory with pRMSNorm's p replaced (None: unchanged); the same factory for norms
+        without a partial ratio, so a model can ask for it whatever the norm."""
+        if partial is None or self.spec.partial is None:
+            return self
+        return NormFactory(self.name, eps=self.eps, partial=partial, eps_mode=self.eps_mode,
+                           backend=self.backend, conv_mode=self.conv_mode, affine=self.affine)
+
     def _options(self) -> dict:
         """The keyword options this norm's layer and row op take (besides eps)."""
         values = {"partial": self.partial, "eps_mode": self.eps_mode, "backend": self.backend}
