@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from repro.analysis import control_bits, control_bits_training, invariance, partial_error
@@ -146,7 +147,7 @@ def test_partial_error_on_a_trained_model(real_runs, tmp_path):
 def test_partial_error_trains_a_committed_run_store_that_has_no_checkpoint(real_runs, tmp_path, capsys):
     """A committed run store keeps config.yaml, metrics.jsonl and summary.json, not its weights:
     without --train-if-missing the error names the command that rebuilds it; with it, the run is
-    trained from its config.yaml into that folder and analysed."""
+    trained from its config.yaml into a separate folder and analysed; the store is left as it is."""
     import shutil
 
     store = tmp_path / "runs" / "prmsnorm_1"
@@ -162,18 +163,27 @@ def test_partial_error_trains_a_committed_run_store_that_has_no_checkpoint(real_
     assert command in capsys.readouterr().err
     assert not (store / "checkpoints").exists()
 
-    result = partial_error.run(tmp_path / "out", store, train_if_missing=True)
-    assert (store / "checkpoints" / "last.pt").is_file() and len(result["layers"]) == 9
-    summary = json.loads((store / "summary.json").read_text())
+    records = {name: (store / name).read_bytes() for name in ("config.yaml", "metrics.jsonl", "summary.json")}
+    into = tmp_path / "retrained"
+    result = partial_error.run(tmp_path / "out", store, train_if_missing=True, retrain_into=into)
+    assert (into / "checkpoints" / "last.pt").is_file() and len(result["layers"]) == 9
+    assert not (store / "checkpoints").exists()
+    assert {name: (store / name).read_bytes() for name in records} == records
+    summary = json.loads((into / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["step"] == 4 and summary["seed"] == 1
     err = capsys.readouterr().err
     assert "lies outside the repository" in err  # tmp_path is not in the checkout
     note = (tmp_path / "out" / "partial_error.md").read_text()
     assert f"`{store}`" in note and command in note and "outside the repository" in note
-    # the checkpoint is there now: the same call analyses without training again
-    stamp = (store / "checkpoints" / "last.pt").stat().st_mtime_ns
-    partial_error.run(tmp_path / "out", store, train_if_missing=True)
-    assert (store / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    # the weights are there now: the same call analyses without training again
+    stamp = (into / "checkpoints" / "last.pt").stat().st_mtime_ns
+    partial_error.run(tmp_path / "out", store, train_if_missing=True, retrain_into=into)
+    assert (into / "checkpoints" / "last.pt").stat().st_mtime_ns == stamp
+    # weights retrained from another run's config are not taken for this one's
+    other = yaml.safe_load((store / "config.yaml").read_text())
+    other["seed"] = 2
+    (store / "config.yaml").write_text(yaml.safe_dump(other))
+    assert partial_error.weights_of(store, into) is None
 
 
 def test_partial_error_names_a_run_inside_the_repository_relative_to_it():

@@ -16,7 +16,7 @@ def run_analyze(argv: list[str]) -> int:
     p.add_argument("--out", metavar="DIR", default="results/analysis", help="output folder (default results/analysis)")
     p.add_argument("--run", metavar="RUN_DIR", help="partial-error: a finished repro-train run (config.yaml, checkpoints/)")
     p.add_argument("--train-if-missing", action="store_true",
-                   help="partial-error: when --run has no checkpoint, train it from its config.yaml into RUN_DIR first")
+                   help="partial-error: when --run has no checkpoint, train it from its config.yaml into outputs/retrained/NAME first (the store is left as it is)")
     p.add_argument("--data-root", metavar="DIR",
                    help="shift-training: the task's data (Multi30k folder; CIFAR-10 folder for cifar10_cnn); "
                         "control-bits-training: CIFAR-10 folder; partial-error: the run's data.root when its own is not here")

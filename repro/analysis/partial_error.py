@@ -77,11 +77,18 @@ def rerun_command(run_dir: Path, data_root: Optional[str] = None) -> str:
             + (f" --data-root {data_root}" if data_root else "") + " --train-if-missing")
 
 
-def train_from_store(run_dir: Path, data_root: Optional[str] = None) -> None:
-    """Train the run a store's config.yaml describes into that store with the shared trainer
-    (resuming from its last checkpoint if it has one; no W&B): committed run stores keep no
-    weights (.gitignore: results/runs/**/*.pt), their config is what rebuilds them. The store's
-    metrics.jsonl and summary.json are rewritten by the new run."""
+def retrained_dir(run_dir: Path) -> Path:
+    """Where --train-if-missing trains a weightless run store's model: outputs/retrained/<name>
+    in the checkout (git-ignored), so the committed store's records are left as they are."""
+    from repro.util.paths import REPO_ROOT
+
+    return REPO_ROOT / "outputs" / "retrained" / Path(run_dir).name
+
+
+def train_from_store(run_dir: Path, into: Path, data_root: Optional[str] = None) -> None:
+    """Train the run a store's config.yaml describes into `into` with the shared trainer (resuming
+    there if a retraining was killed; no W&B): committed run stores keep no weights (.gitignore:
+    results/runs/**/*.pt), their config is what rebuilds them."""
     from omegaconf import OmegaConf
 
     from repro.train import train
@@ -91,23 +98,62 @@ def train_from_store(run_dir: Path, data_root: Optional[str] = None) -> None:
         cfg.data.root = data_root
     cfg.logger = {"name": "none"}
     cfg.trainer.resume = "auto"
-    train(cfg, Path(run_dir))
+    train(cfg, Path(into))
 
 
-def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str = "last.pt"):
+# Options that do not change what a retrained run learns (where its data lives, its logger, how
+# it resumes and shows progress).
+_NOT_THE_RUN = (("logger",), ("data", "root"), ("trainer", "resume"), ("trainer", "progress_bar"))
+
+
+def _the_run(config: dict) -> dict:
+    import copy
+
+    config = copy.deepcopy(config)
+    for path in _NOT_THE_RUN:
+        parent = config
+        for key in path[:-1]:
+            parent = parent.get(key, {}) if isinstance(parent, dict) else {}
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return config
+
+
+def weights_of(run_dir: Path, into: Path) -> Optional[Path]:
+    """The final checkpoint of the run: the store's own, else one retrained from its config into
+    `into` (only if that folder holds the same run, completed)."""
+    import json
+
+    import yaml
+
+    own = Path(run_dir) / "checkpoints" / "last.pt"
+    if own.is_file():
+        return own
+    into = Path(into)
+    try:
+        same = (_the_run(yaml.safe_load((into / "config.yaml").read_text()))
+                == _the_run(yaml.safe_load((Path(run_dir) / "config.yaml").read_text())))
+        done = json.loads((into / "summary.json").read_text()).get("status") == "completed"
+    except (OSError, ValueError, yaml.YAMLError, AttributeError):
+        return None
+    last = into / "checkpoints" / "last.pt"
+    return last if same and done and last.is_file() else None
+
+
+def load_trained(run_dir: Path, data_root: Optional[str] = None, weights: Optional[Path] = None):
     """(task, model) of a finished run: its config.yaml rebuilt as repro-train builds it, the
-    checkpoint's weights loaded, the task's data set up on the CPU."""
+    weights (default: its checkpoints/last.pt) loaded, the task's data set up on the CPU."""
     from omegaconf import OmegaConf
 
     from repro.tasks import build_task_and_model
     from repro.train import checkpoint as ckpt
 
     run_dir = Path(run_dir)
-    path = run_dir / "checkpoints" / checkpoint
+    path = weights or run_dir / "checkpoints" / "last.pt"
     if not (run_dir / "config.yaml").is_file():
         raise FileNotFoundError(f"--run {run_dir}: no config.yaml (not a repro-train run store)")
     if not path.is_file():
-        raise FileNotFoundError(f"--run {run_dir}: no checkpoints/{checkpoint} (checkpoints are not committed); "
+        raise FileNotFoundError(f"--run {run_dir}: no checkpoints/last.pt (checkpoints are not committed); "
                                 f"train it from its config.yaml with: {rerun_command(run_dir, data_root)}")
     cfg = OmegaConf.load(run_dir / "config.yaml")
     if data_root:
@@ -120,7 +166,7 @@ def load_trained(run_dir: Path, data_root: Optional[str] = None, checkpoint: str
 
 
 def run(out: Path, run_dir: Path, data_root: Optional[str] = None, *, train_if_missing: bool = False,
-        command: str = "repro-tables analyze partial-error") -> dict:
+        retrain_into: Optional[Path] = None, command: str = "repro-tables analyze partial-error") -> dict:
     from repro.util.paths import REPO_ROOT
 
     run_dir = Path(run_dir)
@@ -128,9 +174,12 @@ def run(out: Path, run_dir: Path, data_root: Optional[str] = None, *, train_if_m
     if outside:
         print(f"warning: --run {run_dir} lies outside the repository ({REPO_ROOT}): the note will name a run "
               "nobody else can rebuild", file=sys.stderr)
-    if train_if_missing and (run_dir / "config.yaml").is_file() and not (run_dir / "checkpoints" / "last.pt").is_file():
-        train_from_store(run_dir, data_root)
-    task, model, cfg = load_trained(run_dir, data_root)
+    into = Path(retrain_into) if retrain_into else retrained_dir(run_dir)
+    weights = weights_of(run_dir, into)
+    if train_if_missing and weights is None and (run_dir / "config.yaml").is_file():
+        train_from_store(run_dir, into, data_root)
+        weights = weights_of(run_dir, into)
+    task, model, cfg = load_trained(run_dir, data_root, weights)
     batch = next(iter(task.train_batches().iter_epoch(0)))
     rows = capture_norm_inputs(model, lambda: task.loss(model, batch))
     if not rows:
@@ -174,9 +223,10 @@ def run(out: Path, run_dir: Path, data_root: Optional[str] = None, *, train_if_m
         "Where the prefix error exceeds the random-subset error, the features at the start of the "
         "row are not representative of the whole (for conv features the prefix is the top rows of "
         "the image).", "",
-        f"Checkpoints are not committed (results/runs/**/*.pt): `{rerun_command(run_dir, data_root)}` trains "
-        "the run from its config.yaml into that folder (the shared trainer, resuming from its last checkpoint "
-        "if one is there), then makes this note.",
+        f"Weights: `{shown_path(weights)}`. Checkpoints are not committed (results/runs/**/*.pt): "
+        f"`{rerun_command(run_dir, data_root)}` trains the run from its config.yaml into "
+        f"`{shown_path(retrained_dir(run_dir))}` (git-ignored; the shared trainer, resuming there if "
+        "killed), leaving the store's records as they are, then makes this note.",
     ]
     write_note(out, "partial_error", "Error of the partial RMS estimate vs k, on real activations", body,
                f"{command} --run {run_shown}" + (f" --data-root {data_root}" if data_root else ""))

@@ -173,11 +173,12 @@ def _comparable(config: dict) -> dict:
 
 def completed_summary(run_dir: Path, config: dict) -> Optional[dict]:
     """The summary of the completed run `run_dir` holds when it is the run `config` asks for (the
-    same recorded config, display options aside) with its final checkpoint, else None. A sweep
-    rerun to resume its killed job revisits every finished one: this lets it skip them without
-    reading data or rewriting their records (the host and load they trained under). A run store
-    without its weights (committed ones leave them out) is trained again, as before, and a damaged
-    last.pt goes the resume path, which reports it."""
+    same recorded config, display options aside), else None. A sweep rerun to resume its killed job
+    revisits every finished one: this lets it skip them without reading data or rewriting their
+    records (the host and load they trained under). A completed store without its weights counts
+    too: committed run stores leave them out, and a fresh checkout rerunning a sweep must not train
+    the committed runs again (trainer.resume=none does). A last.pt that is there must be the
+    final one: a damaged one goes the resume path, which reports it."""
     run_dir = Path(run_dir)
     summary_path, config_path = run_dir / "summary.json", run_dir / "config.yaml"
     if not summary_path.is_file() or not config_path.is_file():
@@ -191,8 +192,11 @@ def completed_summary(run_dir: Path, config: dict) -> Optional[dict]:
         return None
     if _comparable(recorded) != _comparable(config):
         return None
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        return summary
     try:
-        final = load(run_dir / "checkpoints" / "last.pt")
+        final = load(last)
     except (FileNotFoundError, DamagedCheckpoint):
         return None
     return summary if final.get("step") == summary.get("step") else None
