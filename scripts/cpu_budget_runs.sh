@@ -55,7 +55,7 @@ RUNS=results/runs
 TABLE10_NOTE="CPU budget, not the paper's schedule: experiment=cifar10_table10_mini, Salimans & Kingma's protocol \
 (ZCA, input noise, the norm on every layer, Adam with the per-norm lr, decay and beta1 switch over the second half, \
 data-dependent init for none/weightnorm, all 50k training images, the test set) at widths 32/64 (paper: 96/192) for \
-10 epochs (paper: 200), 3 seeds per norm, pRMSNorm p = 12.5 %; one run at a time with 2 threads on a 2-core AMD EPYC \
+10 epochs (paper: 200), 3 seeds per norm, pRMSNorm p = 12.5 % (the full RMS on the 10-way layer: see the experiment file); one run at a time with 2 threads on a 2-core AMD EPYC \
 (Zen 4) VM. Made by: scripts/cpu_budget_runs.sh --only table10 (for seed 1, 2, 3 in turn: repro-train -m \
 experiment=cifar10_table10_mini data.root=../shared/data/cifar10-jpg logger=none seed=SEED \
 norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/cifar10_table10_mini); \
