@@ -2,7 +2,7 @@
 # The queue of issue 14's long CPU-budget jobs, one at a time in a fixed order, then the tables:
 #
 #   table10   Table 10 on a CPU budget: experiment=cifar10_table10_mini, six norms x 3 seeds
-#             (width 32, 10 epochs; <= 30 min a run on 2 idle cores, ~9 h), one sweep per seed so
+#             (width 32, 12 epochs; <= 30 min a run on 2 idle cores, ~8 h), one sweep per seed so
 #             every norm has seed 1 before any has seed 2
 #   table4    Table 4 on a CPU budget: experiment=multi30k_table4_cpu, four norms x 3 seeds
 #             (3+3-layer Transformer, 1800 steps; 12-15 min a run, ~3 h)
@@ -55,7 +55,7 @@ RUNS=results/runs
 TABLE10_NOTE="CPU budget, not the paper's schedule: experiment=cifar10_table10_mini, Salimans & Kingma's protocol \
 (ZCA, input noise, the norm on every layer, Adam with the per-norm lr, decay and beta1 switch over the second half, \
 data-dependent init for none/weightnorm, all 50k training images, the test set) at widths 32/64 (paper: 96/192) for \
-10 epochs (paper: 200), 3 seeds per norm, pRMSNorm p = 12.5 % (the full RMS on the 10-way layer: see the experiment file); one run at a time with 2 threads on a 2-core AMD EPYC \
+12 epochs (paper: 200), 3 seeds per norm, pRMSNorm p = 12.5 % (the full RMS on the 10-way layer: see the experiment file); one run at a time with 2 threads on a 2-core AMD EPYC \
 (Zen 4) VM. Made by: scripts/cpu_budget_runs.sh --only table10 (for seed 1, 2, 3 in turn: repro-train -m \
 experiment=cifar10_table10_mini data.root=../shared/data/cifar10-jpg logger=none seed=SEED \
 norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/cifar10_table10_mini); \

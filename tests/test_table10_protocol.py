@@ -280,10 +280,10 @@ def test_data_init_with_an_activation_norm_is_a_one_line_config_error():
 
 
 @pytest.mark.parametrize("name", ["none", "prmsnorm"])
-def test_table10_mini_is_the_protocol_at_width_32_for_10_epochs(name):
+def test_table10_mini_is_the_protocol_at_width_32_for_12_epochs(name):
     full = compose_and_validate("experiment=cifar10_table10", f"norm={name}")
     mini = compose_and_validate("experiment=cifar10_table10_mini", f"norm={name}")
-    assert (mini.model.width, mini.trainer.max_epochs) == (32, 10)
+    assert (mini.model.width, mini.trainer.max_epochs) == (32, 12)
     for group in ("data", "optim", "norm"):
         assert mini[group] == full[group]
     assert {k: v for k, v in mini.model.items() if k != "width"} == {k: v for k, v in full.model.items() if k != "width"}
