@@ -91,3 +91,20 @@ def test_bad_arguments_are_one_line_errors(args, message, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 or "usage:" in err
     assert not (tmp_path / "steps.json").exists()
+
+
+@pytest.mark.parametrize("load, cores, threads, warned", [
+    (0.1, 2, 2, False),    # idle: both cores free
+    (1.3, 2, 2, True),     # a busy neighbour holds one of the two cores
+    (1.3, 2, 1, False),    # ... and one thread fits the free core
+    (None, 2, 2, False),   # no load average recorded: nothing to say
+    (5.0, 2, 1, False),    # never fewer than one free core: one thread is the floor
+])
+def test_busy_host_warning_when_the_threads_exceed_the_free_cores(load, cores, threads, warned):
+    from repro.bench.steps import busy_host_warning
+
+    host = {"loadavg_start": None if load is None else [load, load, load], "cpu_count": cores}
+    message = busy_host_warning(host, threads)
+    assert (message is not None) == warned
+    if warned:
+        assert f"--threads {cores - 1}" in message and f"{threads} threads" in message

@@ -34,13 +34,14 @@ from __future__ import annotations
 
 import datetime
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from repro.track.host import finish_host_info, host_info
+from repro.track.host import CONTENTION_TOLERANCE, finish_host_info, host_info
 from repro.track.step_timings import KIND, RESULT_FILE
 
 from .paired import interleave, paired_ratio
@@ -143,6 +144,23 @@ class _Candidate:
         return result["time/norm_fwd_ms"], result["time/norm_bwd_ms"]
 
 
+def busy_host_warning(host: dict, threads: int) -> Optional[str]:
+    """A warning when other processes already load the cores this CPU measurement's threads need,
+    else None. With more threads than free cores every parallel region waits for the thread whose
+    core is shared, so the per-step noise swamps the norms' difference: on 2 cores with a busy
+    neighbour the CNN's RMSNorm/LayerNorm ratio moved from 1.00 to 0.90 with 2 threads, and did not
+    move with 1 (results/steps/README.md)."""
+    load, cores = (host.get("loadavg_start") or [None])[0], host.get("cpu_count")
+    if load is None or not cores:
+        return None
+    free = max(1, int(cores - load + CONTENTION_TOLERANCE))
+    if threads <= free:
+        return None
+    return (f"repro-bench steps: warning: the host is busy (1-min load {load:.2f} on {cores} cores, about {free} "
+            f"free) and the steps run {threads} threads: paired ratios can move beyond their intervals when "
+            f"threads share cores; --threads {free} keeps them")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -180,6 +198,9 @@ def run_steps(config: StepsConfig) -> dict:
     host = host_info()
     device = resolve_device(config.device if config.device != "auto" else first.trainer.device,
                             dist.world_from_env())
+    warning = busy_host_warning(host, torch.get_num_threads()) if device.type == "cpu" else None
+    if warning:
+        print(warning, file=sys.stderr)
     task = build_task(first)
     total = config.warmup + config.steps + config.norm_steps
     # Models first (a bad norm/model combination fails before any data is read), then the data,
