@@ -1,6 +1,8 @@
 """What every run records about its host (repro.track.host), and the contention verdict from it."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from repro.track import host
@@ -8,6 +10,7 @@ from repro.track import host
 
 def test_host_info_names_the_cpu_and_versions_and_the_load_at_start():
     info = host.host_info()
+    time.sleep(0.05)  # some wall time for other_cpu to average over
     assert info["cpu_model"] and info["cpu_model"].lower() != "cpu"
     assert info["cpu_count"] >= 1 and info["cpu_threads"] >= 1
     assert info["torch"] and "triton" in info and "gpu" in info
@@ -17,6 +20,8 @@ def test_host_info_names_the_cpu_and_versions_and_the_load_at_start():
     finished = host.finish_host_info(info)
     assert len(finished["loadavg_end"]) == 3 and finished["loadavg_start"] == info["loadavg_start"]
     assert finished["contended"] is (not host.is_uncontended(finished))  # what the tables read
+    if info["cpu_times_start"] is not None:  # Linux: other processes' CPU use while it ran, in cores
+        assert finished["other_cpu"] >= 0.0
 
 
 def _info(start, end, cores=2, threads=2):
@@ -52,3 +57,27 @@ def test_table_notes_name_mixed_commits_and_contended_or_unrecorded_runs():
     assert any("different commits" in n and "aaaaaaaaaa: ln-1, rms-1" in n and "bbbbbbbbbb: rms-2" in n for n in notes)
     assert any("contended" in n and n.endswith("rms-1") for n in notes)
     assert any("no load average" in n and n.endswith("old") for n in notes)
+
+
+def _times(busy, own, wall, pid=1):
+    return {"host_busy_s": busy, "own_s": own, "wall_s": wall, "pid": pid}
+
+
+def test_other_cpu_is_host_busy_time_minus_own_over_the_wall_time():
+    # 100 s of wall time: the host was busy 250 CPU-s, 190 of them this run's own -> 0.6 cores of others
+    assert host.other_cpu(_times(1000.0, 5.0, 50.0), _times(1250.0, 195.0, 150.0)) == pytest.approx(0.6)
+    assert host.other_cpu(_times(1000.0, 5.0, 50.0), _times(1190.0, 195.0, 150.0)) == 0.0  # clock skew: never < 0
+    assert host.other_cpu(_times(1000.0, 5.0, 50.0), _times(1250.0, 195.0, 150.0, pid=2)) is None  # resumed elsewhere
+    assert host.other_cpu(None, _times(1250.0, 195.0, 150.0)) is None
+
+
+@pytest.mark.parametrize("other_cpu, cores, expected", [
+    (0.03, 2, True),    # a shell and a short test beside a 2-thread run on 2 cores
+    (0.6, 2, False),    # a neighbour held a core for much of the run
+    (0.6, 8, True),     # ... which 6 idle cores absorb
+])
+def test_measured_cpu_use_decides_over_the_load_average(other_cpu, cores, expected):
+    # the start's 1-minute load still holds the previous queued run (1.9): only other_cpu saw the run itself
+    info = {**_info(1.9, 2.0, cores, 2), "other_cpu": other_cpu}
+    assert host.is_uncontended(info) is expected
+    assert host.is_uncontended(_info(1.9, 2.0, 2, 2)) is False  # without it, the load average's reading

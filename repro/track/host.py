@@ -12,6 +12,10 @@ Every training run (summary.json, key "environment") and every `repro-bench step
     torch, triton, cuda, python, git_sha (the commit), git_dirty, host (the machine's name)
     loadavg_start  /proc/loadavg's 1, 5 and 15 minute averages when the run started
     loadavg_end    the same when it ended (absent while it runs, or if it crashed hard)
+    cpu_times_start the host's busy CPU seconds (/proc/stat, VM steal included), this process's own
+                   CPU seconds (all its threads) and the wall clock when the run started (Linux)
+    other_cpu      at the end: other processes' CPU use while the run ran, in cores on average
+                   (host busy minus own, over the wall time; Linux, same process only)
     contended      at the end: whether other processes competed for the CPU (`is_uncontended`),
                    null when the record cannot tell
 
@@ -24,6 +28,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +37,9 @@ import torch
 # Load from other processes, in cores, that a run tolerates beyond the cores it leaves idle:
 # a shell, an editor, a short `ls` come and go without changing a step's time measurably.
 CONTENTION_TOLERANCE = 0.5
+# The same for other_cpu, which counts CPU time actually used, not runnable threads: a tenth of a
+# core on average (a 25-minute run beside a 2-minute single-threaded test job stays under it).
+CPU_CONTENTION_TOLERANCE = 0.1
 
 
 def loadavg() -> Optional[list[float]]:
@@ -40,6 +48,37 @@ def loadavg() -> Optional[list[float]]:
         return [round(v, 2) for v in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def cpu_times() -> Optional[dict]:
+    """The host's busy CPU seconds over all CPUs since boot (/proc/stat: user, nice, system, irq,
+    softirq and steal, the time a VM's CPUs were taken by other guests), this process's own CPU
+    seconds (all threads) and the wall clock; None where there is no /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:9]]
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if len(ticks) < 8:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
+    own = os.times()
+    return {"host_busy_s": (user + nice + system + irq + softirq + steal) / hz,
+            "own_s": round(own.user + own.system, 3), "wall_s": round(time.time(), 3), "pid": os.getpid()}
+
+
+def other_cpu(start: Optional[dict], end: Optional[dict]) -> Optional[float]:
+    """Other processes' CPU use between two `cpu_times` readings of the same process, in cores
+    averaged over the wall time between them; None when either is missing or they are from
+    different processes (a run resumed elsewhere)."""
+    if not start or not end or start.get("pid") != end.get("pid"):
+        return None
+    wall = end["wall_s"] - start["wall_s"]
+    if wall <= 0:
+        return None
+    others = (end["host_busy_s"] - start["host_busy_s"]) - (end["own_s"] - start["own_s"])
+    return round(max(0.0, others) / wall, 3)
 
 
 def cpu_model() -> str:
@@ -88,13 +127,17 @@ def host_info() -> dict:
         "torch": torch.__version__, "triton": _version("triton"), "cuda": torch.version.cuda,
         "python": platform.python_version(), "git_sha": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status), "host": platform.node(),
-        "loadavg_start": loadavg(),
+        "loadavg_start": loadavg(), "cpu_times_start": cpu_times(),
     }
 
 
 def finish_host_info(info: Optional[dict]) -> dict:
-    """`info` with the load average at the end of the run and the contention verdict added."""
+    """`info` with the load average and other processes' CPU use at the end of the run, and the
+    contention verdict, added."""
     info = {**(info or {}), "loadavg_end": loadavg()}
+    used = other_cpu(info.get("cpu_times_start"), cpu_times())
+    if used is not None:
+        info["other_cpu"] = used
     verdict = is_uncontended(info)
     return {**info, "contended": None if verdict is None else not verdict}
 
@@ -114,12 +157,19 @@ def other_load(info: dict) -> Optional[float]:
 
 
 def is_uncontended(info: Optional[dict], tolerance: float = CONTENTION_TOLERANCE) -> Optional[bool]:
-    """Whether a run had the host to itself: other processes' load (`other_load`) fit in the cores
-    the run left idle plus `tolerance`. None when the run recorded too little to tell (runs from
-    before host recording, or one that never ended): treat that as not known to be uncontended."""
-    if not info or not info.get("cpu_count") or not info.get("loadavg_start") or not info.get("loadavg_end"):
+    """Whether a run had the host to itself: other processes used no more than the cores the run
+    left idle, plus a tolerance. Measured by `other_cpu` where the run recorded it (CPU time
+    while it ran), else by the load average (`other_load`, with `tolerance`): that one also counts
+    the minute before the run, so a run queued right behind another reads as contended. None when
+    the run recorded too little to tell (runs from before host recording, or one that never
+    ended): treat that as not known to be uncontended."""
+    if not info or not info.get("cpu_count"):
         return None
     idle = max(0, info["cpu_count"] - min(info.get("cpu_threads") or 1, info["cpu_count"]))
+    if info.get("other_cpu") is not None:
+        return info["other_cpu"] <= idle + CPU_CONTENTION_TOLERANCE
+    if not info.get("loadavg_start") or not info.get("loadavg_end"):
+        return None
     return other_load(info) <= idle + tolerance
 
 
