@@ -189,10 +189,10 @@ def test_partial_error_trains_a_committed_run_store_that_has_no_checkpoint(real_
 def test_partial_error_names_a_run_inside_the_repository_relative_to_it():
     from repro.util.paths import REPO_ROOT
 
-    inside = REPO_ROOT / "results" / "runs" / "cifar10_cpu_budget" / "4_cifar10_cnn_prmsnorm_seed1"
-    assert partial_error.shown_path(inside) == "results/runs/cifar10_cpu_budget/4_cifar10_cnn_prmsnorm_seed1"
+    inside = REPO_ROOT / "results" / "runs" / "cifar10_table10_mini" / "cifar10_cnn_prmsnorm_seed1"
+    assert partial_error.shown_path(inside) == "results/runs/cifar10_table10_mini/cifar10_cnn_prmsnorm_seed1"
     assert partial_error.rerun_command(inside, "DATA") == (
-        "repro-tables analyze partial-error --run results/runs/cifar10_cpu_budget/4_cifar10_cnn_prmsnorm_seed1 "
+        "repro-tables analyze partial-error --run results/runs/cifar10_table10_mini/cifar10_cnn_prmsnorm_seed1 "
         "--data-root DATA --train-if-missing")
     assert partial_error.shown_path(Path("/tmp/elsewhere")) == "/tmp/elsewhere"
 
