@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from repro.train.banner import QUICK_CPU_RUN, RunPlan, StepClock, start_banner, time_estimate
+from repro.train.banner import QUICK_CPU_RUN, ProgressLog, RunPlan, StepClock, start_banner, time_estimate
 from train_helpers import cifar_jpeg, one_thread, smoke_config  # noqa: F401
 
 
@@ -39,3 +39,29 @@ def test_a_run_logs_the_banner_and_an_estimate(cifar_jpeg, tmp_path, caplog):  #
     text = caplog.text
     assert "cifar10_cnn" in text and "parameters" in text and str(tmp_path) in text and "W&B         off" in text
     assert "estimate:" in text
+
+
+def test_progress_lines_come_at_each_tenth_with_the_time_left():
+    log = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=25)
+    lines = {step: log.tick(step, now=2.0 * step, loss=1.5) for step in range(1, 101)}  # 2 s per step
+    said = {step: line for step, line in lines.items() if line}
+    assert sorted(said) == list(range(10, 101, 10))
+    assert said[30] == "step 30/100 (30 %), epoch 2/4, train loss 1.5, 2 s/step, 2 min left"
+    assert said[100].startswith("step 100/100 (100 %), epoch 4/4") and "left" not in said[100]
+
+
+def test_progress_lines_of_a_resumed_run_time_only_its_own_steps():
+    log = ProgressLog(total_steps=1000, start_step=640, steps_per_epoch=100)
+    assert log.tick(641, now=500.0, loss=None) is None  # the first step: one-off costs, not timed
+    line = log.tick(700, now=500.0 + 59 * 0.5, loss=None)
+    assert line == "step 700/1,000 (70 %), epoch 7/10, 0.5 s/step, 2 min left"
+
+
+def test_a_run_without_its_progress_bar_logs_progress_lines(cifar_jpeg, tmp_path, caplog):  # noqa: F811
+    from repro.train import train
+
+    with caplog.at_level(logging.INFO, logger="repro.train.trainer"):
+        train(smoke_config(cifar_jpeg, "trainer.max_steps=4", "trainer.progress_bar=false",
+                           "trainer.log_every=2"), tmp_path)
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert progress and progress[-1].startswith("step 4/4 (100 %), epoch ") and "train loss " in progress[-1]

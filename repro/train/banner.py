@@ -83,3 +83,36 @@ class StepClock:
         return time_estimate((now - self.begin) / timed, self.total - step, self.device_type)
 
 
+
+
+PROGRESS_LINES = 10  # with the progress bar off, a log line at each tenth of the run
+
+
+class ProgressLog:
+    """The progress bar's information as log lines, for runs whose output goes to a file (nohup,
+    SLURM, `trainer.progress_bar=false`), where a bar is either absent or a wall of carriage returns:
+    at each tenth of the run, the step, the epoch, the last logged loss, the speed since this
+    process started and the time left at that speed."""
+
+    def __init__(self, total_steps: int, start_step: int, steps_per_epoch: int, lines: int = PROGRESS_LINES):
+        self.total, self.start, self.per_epoch = total_steps, start_step, steps_per_epoch
+        self.every = max(1, -(-total_steps // lines))  # ceil: at most `lines` lines over a run
+        self.begin: Optional[float] = None
+
+    def tick(self, step: int, now: float, loss: Optional[float]) -> Optional[str]:
+        """Call after each step (`step` = steps done); returns a line at each milestone."""
+        if self.begin is None:  # the first step of this process carries one-off costs: time from its end
+            self.begin, self.begin_step = now, step
+            return None
+        if step % self.every != 0 and step != self.total:
+            return None
+        rate = (now - self.begin) / (step - self.begin_step)
+        epoch = -(-step // self.per_epoch)  # the epoch this step belongs to, counted from 1
+        epochs = -(-self.total // self.per_epoch)
+        parts = [f"step {step:,}/{self.total:,} ({100 * step / self.total:.0f} %)", f"epoch {epoch}/{epochs}"]
+        if loss is not None:
+            parts.append(f"train loss {loss:.4g}")
+        parts.append(f"{rate:.3g} s/step")
+        if step < self.total:
+            parts.append(f"{duration(rate * (self.total - step))} left")
+        return ", ".join(parts)

@@ -34,7 +34,7 @@ from repro.util import option, register_schema
 
 from . import checkpoint as ckpt
 from . import distributed as dist
-from .banner import RunPlan, StepClock, start_banner
+from .banner import ProgressLog, RunPlan, StepClock, start_banner
 from .optim import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ class Trainer:
         self.best: Optional[float] = None
         self.interval = _Interval(device)
         self.totals = {"seconds": 0.0, "steps": 0, "items": 0, "norm_share": [], "sampled_ms": []}
+        self.last_train_loss: Optional[float] = None  # the last logged interval's, for the progress lines
         # Wall time of the run before this process (a resumed run), and when this process's part began.
         self.wall_time_before = 0.0
         self.fit_started = time.time()
@@ -216,6 +217,8 @@ class Trainer:
         )
         micro_per_epoch = steps_per_epoch * self.s.accumulate
         clock_for_estimate = StepClock(self.total_steps, self.step, self.device.type)
+        progress = (ProgressLog(self.total_steps, self.step, steps_per_epoch)
+                    if self.world.is_main and not self.s.progress_bar else None)
         if self.banner is not None:
             log.info("\n%s", start_banner(RunPlan(**self.banner, total_steps=self.total_steps,
                                                   steps_per_epoch=steps_per_epoch, start_step=self.step)))
@@ -266,6 +269,9 @@ class Trainer:
                 self.interval.seconds += time.perf_counter() - clock
                 self._log(bar)
                 clock = time.perf_counter()
+            line = progress.tick(self.step, time.perf_counter(), self.last_train_loss) if progress else None
+            if line:
+                log.info(line)
             at_eval = self.step % self.s.eval_every == 0 or self.step == self.total_steps
             if at_eval or self.step % self.s.checkpoint_every == 0:
                 self.interval.seconds += time.perf_counter() - clock
@@ -330,6 +336,7 @@ class Trainer:
         iv.reset()
         if self.tracker is not None:
             self.tracker.log(self.step, "train", metrics)
+        self.last_train_loss = metrics["train/loss"]
         bar.set_postfix(loss=f"{metrics['train/loss']:.4f}", refresh=False)
 
     def _evaluate(self) -> None:
