@@ -42,7 +42,7 @@ def test_a_run_logs_the_banner_and_an_estimate(cifar_jpeg, tmp_path, caplog):  #
 
 
 def test_progress_lines_come_at_each_tenth_with_the_time_left():
-    log = ProgressLog(total_steps=100, start_step=0, steps_per_epoch=25)
+    log = ProgressLog(total_steps=100, steps_per_epoch=25)
     lines = {step: log.tick(step, now=2.0 * step, loss=1.5) for step in range(1, 101)}  # 2 s per step
     said = {step: line for step, line in lines.items() if line}
     assert sorted(said) == list(range(10, 101, 10))
@@ -51,7 +51,7 @@ def test_progress_lines_come_at_each_tenth_with_the_time_left():
 
 
 def test_progress_lines_of_a_resumed_run_time_only_its_own_steps():
-    log = ProgressLog(total_steps=1000, start_step=640, steps_per_epoch=100)
+    log = ProgressLog(total_steps=1000, steps_per_epoch=100)
     assert log.tick(641, now=500.0, loss=None) is None  # the first step: one-off costs, not timed
     line = log.tick(700, now=500.0 + 59 * 0.5, loss=None)
     assert line == "step 700/1,000 (70 %), epoch 7/10, 0.5 s/step, 2 min left"

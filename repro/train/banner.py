@@ -83,8 +83,6 @@ class StepClock:
         return time_estimate((now - self.begin) / timed, self.total - step, self.device_type)
 
 
-
-
 PROGRESS_LINES = 10  # with the progress bar off, a log line at each tenth of the run
 
 
@@ -94,8 +92,8 @@ class ProgressLog:
     at each tenth of the run, the step, the epoch, the last logged loss, the speed since this
     process started and the time left at that speed."""
 
-    def __init__(self, total_steps: int, start_step: int, steps_per_epoch: int, lines: int = PROGRESS_LINES):
-        self.total, self.start, self.per_epoch = total_steps, start_step, steps_per_epoch
+    def __init__(self, total_steps: int, steps_per_epoch: int, lines: int = PROGRESS_LINES):
+        self.total, self.per_epoch = total_steps, steps_per_epoch
         self.every = max(1, -(-total_steps // lines))  # ceil: at most `lines` lines over a run
         self.begin: Optional[float] = None
 

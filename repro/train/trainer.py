@@ -217,7 +217,7 @@ class Trainer:
         )
         micro_per_epoch = steps_per_epoch * self.s.accumulate
         clock_for_estimate = StepClock(self.total_steps, self.step, self.device.type)
-        progress = (ProgressLog(self.total_steps, self.step, steps_per_epoch)
+        progress = (ProgressLog(self.total_steps, steps_per_epoch)
                     if self.world.is_main and not self.s.progress_bar else None)
         if self.banner is not None:
             log.info("\n%s", start_banner(RunPlan(**self.banner, total_steps=self.total_steps,
