@@ -55,7 +55,7 @@ RUNS=results/runs
 TABLE10_NOTE="CPU budget, not the paper's schedule: experiment=cifar10_table10_mini, Salimans & Kingma's protocol \
 (ZCA, input noise, the norm on every layer, Adam with the per-norm lr, decay and beta1 switch over the second half, \
 data-dependent init for none/weightnorm, all 50k training images, the test set) at widths 32/64 (paper: 96/192) for \
-12 epochs (paper: 200), 3 seeds per norm, pRMSNorm p = 12.5 % (the full RMS on the 10-way layer: see the experiment file); one run at a time with 2 threads on a 2-core AMD EPYC \
+12 epochs (paper: 200), seeds 1-3 per norm (the seeds column counts the completed runs), pRMSNorm p = 12.5 % (the full RMS on the 10-way layer: see the experiment file); one run at a time with 2 threads on a 2-core AMD EPYC \
 (Zen 4) VM. Made by: scripts/cpu_budget_runs.sh --only table10 (for seed 1, 2, 3 in turn: repro-train -m \
 experiment=cifar10_table10_mini data.root=../shared/data/cifar10-jpg logger=none seed=SEED \
 norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/cifar10_table10_mini); \
@@ -63,7 +63,7 @@ run stores in results/runs/cifar10_table10_mini."
 TABLE4_NOTE="CPU budget, not the paper's schedule: experiment=multi30k_table4_cpu, a small post-norm Transformer \
 (dim 128, FFN 512, 4 heads, 3+3 layers, dropout 0.1; paper: Transformer base) on Multi30k En-De (paper: WMT14 En-De), \
 1800 steps of about 2048 tokens (paper: 300k steps of ~25k tokens), Adam 0.002 with inverse-sqrt warm-up over 400 \
-steps, label smoothing 0.1, beam 4; BLEU on test_2016_flickr; pRMSNorm p = 6.25 %; 3 seeds per norm; one run at a \
+steps, label smoothing 0.1, beam 4; BLEU on test_2016_flickr; pRMSNorm p = 6.25 %; seeds 1-3 per norm (the seeds column counts the completed runs); one run at a \
 time with 2 threads on a 2-core AMD EPYC (Zen 4) VM. The depth section: experiment=multi30k_nonorm_deep, the same \
 model at 6+6 layers for 900 steps, none and LayerNorm, seeds ${DEEP_SEEDS}. Made by: scripts/cpu_budget_runs.sh \
 --only table4,deep (repro-train -m experiment=multi30k_table4_cpu data.root=../shared/data/multi30k logger=none \
