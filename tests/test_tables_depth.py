@@ -15,7 +15,7 @@ LN_V = math.log(8000)
 
 
 def translation_run(root, name, *, norm, seed=1, layers=3, experiment="multi30k_table4_cpu", val_loss=3.1,
-                    bleu=34.0, steps=1800, nan_at=None):
+                    bleu=34.0, steps=1800, nan_at=None, lr=0.002):
     """A Multi30k run: validation rows every third of the budget, test BLEU at the end; `nan_at`:
     the validation loss from that step on is NaN (the store writes null)."""
     val = []
@@ -25,7 +25,8 @@ def translation_run(root, name, *, norm, seed=1, layers=3, experiment="multi30k_
     test = {"test/bleu": bleu, "test/test_2016_flickr/bleu": bleu, "val/loss": val[-1][1]["val/loss"]}
     return write_run(root, name, task="multi30k_transformer", norm=norm, seed=seed, steps=steps, val=val, test=test,
                      config={"experiment_name": experiment, "data": {"vocab_size": 8000, "max_tokens": 2048},
-                             "model": {"dim": 128, "encoder_layers": layers, "decoder_layers": layers}})
+                             "model": {"dim": 128, "encoder_layers": layers, "decoder_layers": layers},
+                             "optim": {"lr": lr}})
 
 
 def test_the_rule_fails_nan_losses_flat_losses_and_no_bleu(tmp_path):
@@ -66,13 +67,14 @@ def test_deep_runs_get_their_section_and_stay_out_of_the_table(tmp_path):
     md = to_markdown(table)
     assert "| None | 2 | 1800 | 34.15 ± 0.07 |" in md
     section = md[md.index("## Does the no-norm Transformer fail at depth?"):]
-    assert "| 3+3 | None | 2 | 1800 | 3.10 ± 0.00 | 34.15 ± 0.07 | trained (2 of 2) |" in section
-    assert "| 3+3 | LayerNorm | 2 | 1800 |" in section
-    assert "| 6+6 | None | 2 | 900 | NaN | 0.00 ± 0.00 | failed (2 of 2: loss NaN/inf at step 600) |" in section
-    assert "| 6+6 | LayerNorm | 2 | 900 | 3.50 ± 0.00 | 26.50 ± 0.71 | trained (2 of 2) |" in section
-    assert "| 3+3 | RMSNorm" not in section
+    assert "| 3+3 | 0.002 | None | 2 | 1800 | 3.10 ± 0.00 | 34.15 ± 0.07 | trained (2 of 2) |" in section
+    assert "| 3+3 | 0.002 | LayerNorm | 2 | 1800 |" in section
+    assert "| 6+6 | 0.002 | None | 2 | 900 | NaN | 0.00 ± 0.00 | failed (2 of 2: loss NaN/inf at step 600) |" in section
+    assert "| 6+6 | 0.002 | LayerNorm | 2 | 900 | 3.50 ± 0.00 | 26.50 ± 0.71 | trained (2 of 2) |" in section
+    assert "| 3+3 | 0.002 | RMSNorm" not in section
     assert "failed to train without a norm" in section and "the 3+3-layer model of the table above" in section
     assert "Depth is what breaks the no-norm model here, as the shallower one trained" in section
+    assert "At lr 0.002, the 6+6-layer model without a norm failed to train" in section
     assert "x ln V" in section  # the rule is printed with the section
     assert any(line.startswith("depth: ") for line in verdicts(table))
     assert sum(line.startswith("no norm, ") for line in verdicts(table)) == 1  # the 3+3 row's verdict only
@@ -81,7 +83,7 @@ def test_deep_runs_get_their_section_and_stay_out_of_the_table(tmp_path):
 def test_a_deep_no_norm_model_that_trains_contradicts_the_paper(tmp_path):
     main_root, deep_root = _tree(tmp_path, deep_none_nan=False)
     md = to_markdown(table4(collect_local([main_root, deep_root])))
-    assert "| 6+6 | None | 2 | 900 | 3.10 ± 0.00 | 21.50 ± 0.71 | trained (2 of 2) |" in md
+    assert "| 6+6 | 0.002 | None | 2 | 900 | 3.10 ± 0.00 | 21.50 ± 0.71 | trained (2 of 2) |" in md
     assert "The paper's \"failed\" is not reproduced at 6+6 layers" in md
 
 
@@ -90,5 +92,28 @@ def test_without_deep_runs_there_is_no_section_and_the_cli_writes_it_with_them(t
     assert "fail at depth" not in to_markdown(table4(collect_local([main_root])))
     assert main(["--runs", str(main_root), "--runs", str(deep_root), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "tables" / "table4_transformer.md").read_text()
-    assert "## Does the no-norm Transformer fail at depth?" in md and "| 6+6 | None | 2 | 900 |" in md
+    assert "## Does the no-norm Transformer fail at depth?" in md and "| 6+6 | 0.002 | None | 2 | 900 |" in md
     assert "depth: The paper's Transformer base" in capsys.readouterr().out
+
+
+def test_deep_runs_at_two_learning_rates_get_a_row_and_a_call_each(tmp_path):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=True)
+    flat = FAILED_LOSS_FRACTION * LN_V + 0.5  # the control stalls at the high lr ...
+    for norm, kwargs in (("none", {"nan_at": 300, "bleu": 0.0}), ("layernorm", {"val_loss": flat, "bleu": 4.5})):
+        for seed in (1, 2):
+            translation_run(deep_root, f"{norm}{seed}", norm=norm, seed=seed, layers=6, steps=900,
+                            experiment="multi30k_nonorm_deep", **kwargs)
+    for norm, kwargs in (("none", {"nan_at": 600, "bleu": 0.0}), ("layernorm", {"val_loss": 3.5, "bleu": 25.0})):
+        for seed in (1, 2):  # ... and trains at a quarter of it, where the no-norm model still diverges
+            translation_run(deep_root, f"{norm}{seed}_low", norm=norm, seed=seed, layers=6, steps=900,
+                            experiment="multi30k_nonorm_deep", lr=0.0005, **kwargs)
+    md = to_markdown(table4(collect_local([main_root, deep_root])))
+    section = md[md.index("## Does the no-norm Transformer fail at depth?"):]
+    assert "| 6+6 | 0.002 | LayerNorm | 2 | 900 |" in section and "x ln V) |" in section
+    assert "| 6+6 | 0.0005 | LayerNorm | 2 | 900 | 3.50 ± 0.00 | 25.00 ± 0.00 | trained (2 of 2) |" in section
+    assert "| 6+6 | 0.0005 | None | 2 | 900 | NaN | 0.00 ± 0.00 | failed (2 of 2: loss NaN/inf at step 600) |" in section
+    high, low = section.index("At lr 0.002,"), section.index("At lr 0.0005,")
+    assert high < low  # one call per lr, the higher first: pooled, the two controls would disagree ("No call")
+    assert "The control failed too" in section[high:low]
+    assert "Depth is what breaks the no-norm model here" in section[low:]
+    assert "No call" not in section

@@ -73,56 +73,77 @@ def _state(runs: list[Run]) -> Optional[bool]:
     return all(judged)
 
 
+def learning_rate(run: Run) -> Optional[float]:
+    """The run's peak learning rate (optim.lr); None when its config does not record one."""
+    lr = (run.config.get("optim") or {}).get("lr")
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+
+
+def _lr_cell(lr: Optional[float]) -> str:
+    return "?" if lr is None else f"{lr:g}"
+
+
+def _call(none_failed: Optional[bool], ln_failed: Optional[bool], shallow_failed: Optional[bool], deep: str) -> str:
+    if none_failed is None or ln_failed is None:
+        return "No call: runs are missing, unjudged or disagree between seeds."
+    if none_failed and ln_failed:
+        return "The control failed too: this budget cannot tell depth from the set-up."
+    if none_failed:
+        return ("Depth is what breaks the no-norm model here" + (", as the shallower one trained" if shallow_failed is False
+                else "") + ": consistent with the paper's \"failed\".")
+    if ln_failed:
+        return "The no-norm model trained where its LayerNorm control failed: this budget says nothing about the paper's \"failed\"."
+    return (f"The paper's \"failed\" is not reproduced at {deep} layers on this budget (other data, width and "
+            f"schedule): depth alone does not break the no-norm model here.")
+
+
 def depth_verdict(depth_runs: list[Run], main_runs: list[Run]) -> str:
-    """One sentence: the deep no-norm model and its LayerNorm control against the paper's "failed"
-    and against the shallower no-norm model of the main table."""
+    """The deep no-norm model and its LayerNorm control against the paper's "failed" and against the
+    shallower no-norm model of the main table: one call per learning rate the deep runs were made
+    at (a post-norm model that fails at one lr may train at a lower one, so they are not pooled)."""
     deep = max((layers(r) for r in depth_runs), default="6+6")
-    deep_none = [r for r in depth_runs if r.norm == "none"]
-    deep_ln = [r for r in depth_runs if r.norm == "layernorm"]
     shallow_none = [r for r in main_runs if r.norm == "none"]
     shallow = "/".join(sorted({layers(r) for r in shallow_none})) or "shallower"
-    facts = (f"The paper's Transformer base (6+6 layers, post-norm, WMT14) failed to train without a norm. "
-             f"Here {_summary(deep_none, f'the {deep}-layer model without a norm')}, "
-             f"{_summary(deep_ln, f'the {deep}-layer LayerNorm control on the same budget')}, and "
-             f"{_summary(shallow_none, f'the {shallow}-layer model of the table above without a norm')}.")
-    none_failed, ln_failed, shallow_failed = _state(deep_none), _state(deep_ln), _state(shallow_none)
-    if none_failed is None or ln_failed is None:
-        call = "No call: runs are missing, unjudged or disagree between seeds."
-    elif none_failed and ln_failed:
-        call = "The control failed too: this budget cannot tell depth from the set-up."
-    elif none_failed:
-        call = ("Depth is what breaks the no-norm model here" + (", as the shallower one trained" if shallow_failed is False
-                else "") + ": consistent with the paper's \"failed\".")
-    elif ln_failed:
-        call = "The no-norm model trained where its LayerNorm control failed: this budget says nothing about the paper's \"failed\"."
-    else:
-        call = (f"The paper's \"failed\" is not reproduced at {deep} layers on this budget (other data, width and "
-                f"schedule): depth alone does not break the no-norm model here.")
-    return f"{facts} {call}"
+    shallow_lrs = "/".join(_lr_cell(lr) for lr in sorted({learning_rate(r) for r in shallow_none}, key=str))
+    sentences = [f"The paper's Transformer base (6+6 layers, post-norm, WMT14) failed to train without a norm. "
+                 f"Here {_summary(shallow_none, f'the {shallow}-layer model of the table above without a norm')}"
+                 + (f" (lr {shallow_lrs})." if shallow_none else ".")]
+    lrs = sorted({learning_rate(r) for r in depth_runs}, key=lambda lr: (lr is None, -(lr or 0.0))) or [None]
+    for lr in lrs:
+        runs = [r for r in depth_runs if learning_rate(r) == lr]
+        deep_none = [r for r in runs if r.norm == "none"]
+        deep_ln = [r for r in runs if r.norm == "layernorm"]
+        at = f"At lr {_lr_cell(lr)}" if lr is not None else "At an unrecorded lr"
+        sentences.append(
+            f"{at}, {_summary(deep_none, f'the {deep}-layer model without a norm')} and "
+            f"{_summary(deep_ln, f'its LayerNorm control on the same budget')}. "
+            + _call(_state(deep_none), _state(deep_ln), _state(shallow_none), deep))
+    return " ".join(sentences)
 
 
 def depth_section(depth_runs: list[Run], main_runs: list[Run]) -> tuple[list[str], str]:
-    """(Markdown lines of the section, its verdict sentence): one row per (layers, norm) over the
+    """(Markdown lines of the section, its verdict sentences): one row per (layers, lr, norm) over the
     deep runs and the main table's no-norm and LayerNorm runs of the same task, then the verdict."""
     completed = [r for r in depth_runs if r.state == "completed"]
     tasks = {r.task for r in completed}
     main = [r for r in main_runs if r.norm in DEPTH_NORMS and r.task in tasks and r.state == "completed"]
     groups: dict[tuple, list[Run]] = {}
-    for run in sorted(main + completed, key=lambda r: (layers(r), DEPTH_NORMS.index(r.norm) if r.norm in DEPTH_NORMS
+    for run in sorted(main + completed, key=lambda r: (layers(r), -(learning_rate(r) or 0.0),
+                                                       DEPTH_NORMS.index(r.norm) if r.norm in DEPTH_NORMS
                                                        else len(DEPTH_NORMS), str(r.seed), str(r.path))):
-        groups.setdefault((layers(run), run.norm), []).append(run)
+        groups.setdefault((layers(run), learning_rate(run), run.norm), []).append(run)
     body = []
-    for (depth, norm), runs in groups.items():
+    for (depth, lr, norm), runs in groups.items():
         steps = "/".join(str(s) for s in sorted({r.summary.get("step") for r in runs if r.summary.get("step")})) or "?"
-        body.append([depth, NORMS[norm].label if norm in NORMS else norm, str(len(runs)), steps,
+        body.append([depth, _lr_cell(lr), NORMS[norm].label if norm in NORMS else norm, str(len(runs)), steps,
                      _stat_cell([final_val_loss(r) for r in runs]), _stat_cell([final_bleu(r) for r in runs]),
                      _outcome_cell(runs)])
     lines = [f"## {TITLE}", ""]
     if body:
-        lines += [*markdown_table(["layers (enc+dec)", "norm", "seeds", "steps", "final val loss", "BLEU",
+        lines += [*markdown_table(["layers (enc+dec)", "lr", "norm", "seeds", "steps", "final val loss", "BLEU",
                                    "trained / failed"], body), ""]
     lines += [f"Rows: the runs of experiment={DEPTH_EXPERIMENT} and the table's own no-norm and LayerNorm rows; "
-              f"cells mean ± sample std over seeds. BLEU: test sacreBLEU, else the last validation BLEU. "
+              f"lr: the peak learning rate (optim.lr); cells mean ± sample std over seeds. BLEU: test sacreBLEU, else the last validation BLEU. "
               f"The rule (repro.tables.outcome): {RULE}.", ""]
     verdict = depth_verdict(completed, main)
     lines.append(verdict)
