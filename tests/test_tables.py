@@ -181,6 +181,18 @@ def test_speed_verdict_only_from_an_uncontended_host(tmp_path):
     assert "no speed verdict: not measured under controlled conditions" in tree(True)
 
 
+def test_speed_calls_need_an_interval_beyond_the_drift_between_sessions():
+    from repro.tables.render import SAME_SPEED_BAND, speed_call
+
+    assert speed_call(0.75, 0.85) == "faster" and speed_call(1.10, 1.30) == "slower"
+    # excludes 1 but lies inside the band: a 1 % lead that a rerun in another hour can reverse
+    assert speed_call(0.985, 0.999).startswith("the same speed") and speed_call(1.001, 1.02).startswith("the same")
+    assert speed_call(0.90, 1.05) == "inconclusive"
+    assert speed_call(0.93, 0.97) == "faster"  # below 1 and not all inside the band
+    edge = 1 - SAME_SPEED_BAND
+    assert speed_call(edge - 0.001, 0.99) == "faster" and speed_call(edge, 0.99).startswith("the same")
+
+
 def test_speed_comes_from_paired_step_timings_stored_next_to_the_runs(cifar_tree, tmp_path, capsys):
     """A steps.json (repro-bench steps) in the runs' folder replaces the training runs' wall clock
     in the speed column and gives the speed verdict, with its interval."""
