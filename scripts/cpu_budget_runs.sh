@@ -5,7 +5,7 @@
 #             (width 32, 12 epochs; <= 30 min a run on 2 idle cores, ~8 h), one sweep per seed so
 #             every norm has seed 1 before any has seed 2
 #   table4    Table 4 on a CPU budget: experiment=multi30k_table4_cpu, four norms x 3 seeds
-#             (3+3-layer Transformer, 1800 steps; 12-15 min a run, ~3 h)
+#             (3+3-layer Transformer, 1800 steps; 11-13 min a run, ~2.5 h)
 #   deep      "Does the no-norm Transformer fail at depth?": experiment=multi30k_nonorm_deep,
 #             6+6 layers, none and LayerNorm at lr 0.002 and 0.0005, seed 1 (DEEP_SEEDS=1,2,3 for
 #             three; ~10 min a run)
