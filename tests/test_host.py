@@ -81,3 +81,18 @@ def test_measured_cpu_use_decides_over_the_load_average(other_cpu, cores, expect
     info = {**_info(1.9, 2.0, cores, 2), "other_cpu": other_cpu}
     assert host.is_uncontended(info) is expected
     assert host.is_uncontended(_info(1.9, 2.0, 2, 2)) is False  # without it, the load average's reading
+
+
+def test_a_finished_child_process_counts_as_own_cpu_time():
+    """A script that measures in worker processes (scripts/cpu_kernel_ratios.py) must not read its
+    own workers as other processes competing for the CPU."""
+    import subprocess
+    import sys
+
+    before = host.cpu_times()
+    if before is None:
+        pytest.skip("no /proc/stat here")
+    subprocess.run([sys.executable, "-c", "import time\nend = time.process_time() + 0.3\n"
+                    "while time.process_time() < end: pass"], check=True)
+    after = host.cpu_times()
+    assert after["own_s"] - before["own_s"] >= 0.3  # the child's 0.3 s of CPU, counted once it exited

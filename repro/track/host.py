@@ -53,7 +53,8 @@ def loadavg() -> Optional[list[float]]:
 def cpu_times() -> Optional[dict]:
     """The host's busy CPU seconds over all CPUs since boot (/proc/stat: user, nice, system, irq,
     softirq and steal, the time a VM's CPUs were taken by other guests), this process's own CPU
-    seconds (all threads) and the wall clock; None where there is no /proc/stat."""
+    seconds (all threads, plus its finished child processes: the workers a measurement spawns are
+    its own load, not contention) and the wall clock; None where there is no /proc/stat."""
     try:
         with open("/proc/stat") as f:
             ticks = [int(v) for v in f.readline().split()[1:9]]
@@ -65,7 +66,7 @@ def cpu_times() -> Optional[dict]:
     user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
     own = os.times()
     return {"host_busy_s": (user + nice + system + irq + softirq + steal) / hz,
-            "own_s": round(own.user + own.system, 3), "wall_s": round(time.time(), 3), "pid": os.getpid()}
+            "own_s": round(own.user + own.system + own.children_user + own.children_system, 3), "wall_s": round(time.time(), 3), "pid": os.getpid()}
 
 
 def other_cpu(start: Optional[dict], end: Optional[dict]) -> Optional[float]:
