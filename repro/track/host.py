@@ -66,7 +66,8 @@ def cpu_times() -> Optional[dict]:
     user, nice, system, _idle, _iowait, irq, softirq, steal = ticks
     own = os.times()
     return {"host_busy_s": (user + nice + system + irq + softirq + steal) / hz,
-            "own_s": round(own.user + own.system + own.children_user + own.children_system, 3), "wall_s": round(time.time(), 3), "pid": os.getpid()}
+            "own_s": round(own.user + own.system + own.children_user + own.children_system, 3),
+            "wall_s": round(time.time(), 3), "pid": os.getpid()}
 
 
 def other_cpu(start: Optional[dict], end: Optional[dict]) -> Optional[float]:
