@@ -13,7 +13,7 @@ from torch import nn
 from repro.data import prepare_cifar10
 from repro.models import ConvPoolCNNC
 from repro.models.convpool_cnn import GaussianNoise, Offset
-from repro.nn import BatchNorm, ConvNorm, LayerNorm, NormFactory, RMSNorm, data_dependent_init
+from repro.nn import BatchNorm, ConvNorm, FixedScale, LayerNorm, NormFactory, RMSNorm, data_dependent_init, init_weights
 from repro.train.optim import build_scheduler
 from train_helpers import cifar_jpeg, compose_config, one_thread  # noqa: F401
 
@@ -167,10 +167,10 @@ def test_final_beta1_is_refused_outside_the_paper_schedule():
 
 
 # ---------------------------------------------------------------------------- initialization
-@pytest.mark.parametrize("name", ["none", "weightnorm"])
-def test_data_dependent_init_gives_unit_variance_zero_mean_preactivations(name):
+@pytest.mark.parametrize("name, fixed_scale", [("none", False), ("none", True), ("weightnorm", False)])
+def test_data_dependent_init_gives_unit_variance_zero_mean_preactivations(name, fixed_scale):
     torch.manual_seed(0)
-    model = ConvPoolCNNC(factory(name), width=4, dropout=0.0, final_norm=True)
+    model = ConvPoolCNNC(factory(name), width=4, dropout=0.0, final_norm=True, fixed_scale=fixed_scale)
     images = torch.randn(40, 3, 32, 32)
     assert data_dependent_init(model, images) == 10
     outputs = []
@@ -183,6 +183,87 @@ def test_data_dependent_init_gives_unit_variance_zero_mean_preactivations(name):
     for out in outputs:
         torch.testing.assert_close(out.mean((0, 2, 3)), torch.zeros(out.shape[1]), atol=1e-4, rtol=0)
         torch.testing.assert_close(out.var((0, 2, 3), unbiased=False), torch.ones(out.shape[1]), atol=1e-3, rtol=0)
+
+
+def test_fixed_scale_init_sets_the_scales_and_leaves_the_trained_weights_alone():
+    torch.manual_seed(0)
+    model = ConvPoolCNNC(factory("none"), width=4, final_norm=True, weight_init="glorot_uniform", fixed_scale=True)
+    layers = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    before = [layer.parametrizations.weight.original.clone() for layer in layers]
+    data_dependent_init(model, torch.randn(40, 3, 32, 32))
+    for layer, v in zip(layers, before):
+        scale = layer.parametrizations.weight[0].scale
+        assert isinstance(layer.parametrizations.weight[0], FixedScale)
+        assert torch.equal(layer.parametrizations.weight.original, v)  # the init moved g, not v
+        assert not torch.allclose(scale, torch.ones_like(scale))
+        torch.testing.assert_close(layer.weight, scale.view(-1, 1, 1, 1) * v)
+    # g is state (saved, restored on resume), not a parameter the optimizer trains
+    names = {name for name, _ in model.named_parameters()}
+    assert not any(name.endswith("scale") for name in names)
+    assert sum(name.endswith(".scale") for name in model.state_dict()) == len(layers)
+
+
+def test_under_adam_a_fixed_scale_unit_moves_g_times_as_fast():
+    # The same function two ways: weights rescaled by g (our old no-norm init) and v with a fixed
+    # scale g (their InitLayer). One Adam step of lr moves the first by lr per weight, the second
+    # by g * lr: Adam's step on v is about lr whatever the gradient's size.
+    torch.manual_seed(0)
+    g = torch.tensor([0.5, 2.0, 4.0])
+    plain = nn.Linear(5, 3)
+    fixed = nn.Linear(5, 3)
+    fixed.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        plain.weight.mul_(g.view(-1, 1))
+    from torch.nn.utils import parametrize
+
+    parametrize.register_parametrization(fixed, "weight", FixedScale(3))
+    fixed.parametrizations.weight[0].scale.copy_(g)
+    x = torch.randn(16, 5)
+    torch.testing.assert_close(plain(x), fixed(x))
+    moves = []
+    for layer in (plain, fixed):
+        start = layer.weight.detach().clone()
+        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+        layer(x).square().sum().backward()
+        optimizer.step()
+        moves.append((layer.weight.detach() - start).abs().mean(1))
+    torch.testing.assert_close(moves[0], torch.full((3,), 1e-3), rtol=1e-3, atol=0)
+    torch.testing.assert_close(moves[1], g * 1e-3, rtol=1e-3, atol=0)
+
+
+def test_glorot_uniform_init_has_lasagnes_bound_and_zero_biases():
+    torch.manual_seed(0)
+    model = ConvPoolCNNC(factory("none"), width=16, weight_init="glorot_uniform", fixed_scale=True)
+    for layer in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+        v = layer.parametrizations.weight.original
+        out, inp, kh, kw = v.shape
+        bound = (6 / ((inp + out) * kh * kw)) ** 0.5
+        assert v.abs().max() <= bound and v.abs().max() > 0.9 * bound
+        assert v.std().item() == pytest.approx(bound / 3 ** 0.5, rel=0.25)
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+    torch_default = ConvPoolCNNC(factory("none"), width=16)
+    assert not torch.equal(torch_default.features[0].bias, torch.zeros_like(torch_default.features[0].bias))
+
+
+def test_fixed_scale_and_weight_init_refuse_what_they_cannot_do():
+    with pytest.raises(ValueError, match="model.fixed_scale=true is not allowed with norm=weightnorm"):
+        ConvPoolCNNC(factory("weightnorm"), width=4, fixed_scale=True)
+    with pytest.raises(ValueError, match="model.fixed_scale=true is not allowed with norm=rmsnorm"):
+        ConvPoolCNNC(factory("rmsnorm"), width=4, fixed_scale=True)
+    with pytest.raises(ValueError, match="model.weight_init='he' is not allowed: must be one of torch, glorot_uniform"):
+        ConvPoolCNNC(factory("none"), width=4, weight_init="he")
+    with pytest.raises(ValueError, match="weight norm is not supported"):
+        init_weights(ConvPoolCNNC(factory("weightnorm"), width=4), "glorot_uniform")
+
+
+def test_a_bad_weight_init_is_a_one_line_config_error():
+    from repro.util import ConfigError
+
+    from repro.train.run import build_task_and_model
+
+    cfg = compose_and_validate("experiment=cifar10_table10", "norm=none", "model.weight_init=kaiming", "model.width=4")
+    with pytest.raises((ConfigError, ValueError), match="model.weight_init='kaiming' is not allowed"):
+        build_task_and_model(cfg)
 
 
 def test_data_dependent_init_refuses_layers_without_a_bias():
@@ -210,6 +291,8 @@ def test_table10_experiment_composes_the_protocol_for_each_norm(name):
     assert cfg.optim._target_ == "torch.optim.Adam" and list(cfg.optim.betas) == [0.9, 0.999]
     assert dict(cfg.optim.schedule) == {"name": "paper", "warmup_steps": 0, "decay_start": 0.5, "final_beta1": 0.5}
     assert cfg.norm.partial == 0.125
+    # none is their no-norm layer: Glorot weights times fixed per-unit scales
+    assert (cfg.model.weight_init, cfg.model.fixed_scale) == (("glorot_uniform", True) if name == "none" else ("torch", False))
     sweep = cfg.hydra.sweeper.params["norm"].split(",") if "hydra" in cfg else None
     assert sweep is None or sweep == list(TABLE10_NORMS)
 

@@ -27,6 +27,11 @@ added RMSNormLayer, bzhangGo/rmsnorm README) is followed layer by layer:
   activation norm (none, weightnorm) the layer keeps its own bias.
 - `input_noise`: Gaussian noise of this std added to the input images in training mode only
   (their GaussianNoiseLayer, sigma 0.15).
+- `weight_init`: "torch" (each layer's default) or "glorot_uniform" (lasagne's default, which
+  their code keeps for every norm but BatchNorm and weight norm: repro.nn.init_weights).
+- `fixed_scale`: their no-norm layer (InitLayer): every conv and dense weight times a fixed,
+  non-trainable scale per output unit, which data-dependent init sets (repro.nn.FixedScale);
+  norm none only.
 """
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from repro.nn import NormFactory
+from repro.nn import NormFactory, add_fixed_scales, init_weights
 
 
 class Offset(nn.Module):
@@ -77,7 +82,7 @@ class ConvPoolCNNC(nn.Module):
     def __init__(
         self, norm: NormFactory, *, width: int = 96, dropout: float = 0.5, num_classes: int = 10,
         in_channels: int = 3, input_noise: float = 0.0, final_norm: bool = False,
-        final_partial: Optional[float] = None,
+        final_partial: Optional[float] = None, weight_init: str = "torch", fixed_scale: bool = False,
     ):
         super().__init__()
         wide = 2 * width  # the paper's 192 next to 96
@@ -114,6 +119,12 @@ class ConvPoolCNNC(nn.Module):
         # Linear, and the same kind of layer for weight norm and data-dependent init.
         self.classifier = classifier
         self.head = nn.Sequential(*head)
+        init_weights(self, weight_init)
+        if fixed_scale:
+            if not norm.spec.is_identity or norm.spec.reparameterizes_weights:
+                raise ValueError(f"model.fixed_scale=true is not allowed with norm={norm.name}: only with norm none "
+                                 "(Salimans & Kingma's no-norm layer)")
+            add_fixed_scales(self)
 
     def forward(self, images: Tensor) -> Tensor:
         """Images (N, C, 32, 32) -> logits (N, num_classes)."""

@@ -3,7 +3,7 @@
 Models ask this package for "a norm" (a NormFactory) and never import kernels or name norms.
 What distinguishes one norm from another is its entry in `registry.NORMS`.
 """
-from .init import data_dependent_init
+from .init import WEIGHT_INITS, FixedScale, add_fixed_scales, data_dependent_init, init_weights
 from .factory import NormConfig, NormFactory, build_norm, norm_factory
 from .norms import (
     CONV_MODES, BatchNorm, BatchNorm2d, ConvNorm, L2Norm, LayerNorm, NormLayer, PartialRMSNorm,
@@ -12,7 +12,7 @@ from .norms import (
 from .registry import NORM_NAMES, NORMS, NormSpec, norm_spec, spec_of_layer
 
 __all__ = [
-    "CONV_MODES", "NORMS", "NORM_NAMES", "BatchNorm", "BatchNorm2d", "ConvNorm", "L2Norm", "LayerNorm",
+    "CONV_MODES", "NORMS", "WEIGHT_INITS", "FixedScale", "add_fixed_scales", "init_weights", "NORM_NAMES", "BatchNorm", "BatchNorm2d", "ConvNorm", "L2Norm", "LayerNorm",
     "NormConfig", "NormFactory", "NormLayer", "NormSpec", "PartialRMSNorm", "RMSNorm", "SyncBatchNorm",
     "SyncBatchNorm2d", "build_norm", "data_dependent_init", "l2_norm", "norm_factory", "norm_spec", "spec_of_layer", "sync_batch_norm",
 ]
