@@ -17,7 +17,7 @@ from repro.tasks import CifarClassification
 from repro.train import checkpoint as ckpt
 from repro.train import train
 from repro.train.optim import lr_multiplier
-from repro.util import StorageError
+from repro.util import ConfigError, StorageError
 from repro.track import read_metrics
 from train_helpers import _cifar_pickle, cifar_jpeg, cifar_pickle, free_port, one_thread, smoke_config  # noqa: F401
 
@@ -152,13 +152,19 @@ def test_rerunning_a_completed_run_skips_it_without_touching_its_records(cifar_j
     again = train(smoke_config(cifar_jpeg, *overrides), tmp_path)
     assert again["status"] == "completed" and again["step"] == first["step"] == 2
     assert {name: (tmp_path / name).read_bytes() for name in records} == records
-    # display options and another spelling of the data's path do not make it another run
+    # display options and where the data is read from (another spelling of its path) do not make it another run
     same_data = f"data.root={cifar_jpeg.parent}/./{cifar_jpeg.name}"
     train(smoke_config(cifar_jpeg, *overrides, "trainer.progress_bar=true", same_data), tmp_path)
-    # not the run asked for (another seed or model, a larger budget), or trainer.resume=none: not skipped
-    for other in (("seed=2",), ("model.width=16",), ("trainer.max_steps=4",), ("trainer.resume=none",)):
+    # a larger budget (which continues it) or trainer.resume=none (which retrains it): not skipped
+    for other in (("trainer.max_steps=4",), ("trainer.resume=none",)):
         with pytest.raises(AssertionError, match="built again"):
             train(smoke_config(cifar_jpeg, *overrides, *other), tmp_path)
+    # another run (another seed or model): refused before anything is built, records untouched
+    for other, key in ((("seed=2",), "seed=1 there, seed=2 here"),
+                       (("model.width=16",), "model.width=8 there, model.width=16 here")):
+        with pytest.raises(ConfigError, match=f"holds another run: {key}"):
+            train(smoke_config(cifar_jpeg, *overrides, *other), tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in records} == records
     # a damaged last.pt is not skipped over: resuming reports it
     last = tmp_path / "checkpoints" / "last.pt"
     intact = last.read_bytes()
@@ -175,6 +181,27 @@ def test_rerunning_a_completed_run_skips_it_without_touching_its_records(cifar_j
     (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
     with pytest.raises(AssertionError, match="built again"):
         train(smoke_config(cifar_jpeg, *overrides), tmp_path)
+
+
+def test_a_run_directory_holds_one_run(cifar_jpeg, tmp_path):
+    """A rerun there may extend the run's budget (recorded in its starts) but not change what it
+    trains: a crashed run without a checkpoint is not silently replaced by another one either."""
+    overrides = ("trainer.max_steps=2", "trainer.eval_every=2", "trainer.checkpoint_every=2")
+    train(smoke_config(cifar_jpeg, *overrides), tmp_path)
+    extended = train(smoke_config(cifar_jpeg, *overrides, "trainer.max_steps=4", "trainer.log_every=1"), tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert extended["step"] == summary["step"] == 4 and summary["resumed_step"] == 2
+    assert summary["starts"][-1]["changed"] == {"trainer.log_every": [2, 1], "trainer.max_steps": [2, 4]}
+    assert summary["starts"][0]["changed"] == {}
+    with pytest.raises(ConfigError, match=r"holds another run: optim.lr=0.003 there, optim.lr=0.01 here \(3 settings"):
+        train(smoke_config(cifar_jpeg, *overrides, "optim.lr=0.01"), tmp_path)  # and max_steps, log_every
+    # no checkpoint yet (a crash before the first one): still that run's directory
+    (tmp_path / "checkpoints" / "last.pt").unlink()
+    (tmp_path / "summary.json").write_text(json.dumps({**summary, "status": "failed"}))
+    with pytest.raises(ConfigError, match="seed=1 there, seed=3 here"):
+        train(smoke_config(cifar_jpeg, *overrides, "seed=3"), tmp_path)
+    assert train(smoke_config(cifar_jpeg, *overrides, "seed=3", "trainer.resume=none"), tmp_path)["step"] == 2
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 3
 
 
 def test_keep_checkpoints_keeps_the_newest_step_checkpoints(cifar_jpeg, tmp_path):

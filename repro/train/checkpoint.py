@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import random
 from pathlib import Path
 from typing import Optional
@@ -154,20 +153,19 @@ def resume_target(setting: Optional[str], run_dir: Path) -> tuple[Optional[Path]
     return (path / "checkpoints" / "last.pt" if path.is_dir() else path), False
 
 
-# Options that change how a run is shown, not what it computes: a completed run is the run asked
-# for when everything else in its recorded config is the same (data.root compared as a real path).
-DISPLAY_ONLY = (("trainer", "progress_bar"), ("trainer", "resume"))
+# Options that change how a run is shown or where its data is read from (another checkout's
+# path, or data staged to a cluster node), not what it computes: a completed run is the run asked
+# for when everything else in its recorded config is the same.
+NOT_THE_RUN = (("trainer", "progress_bar"), ("trainer", "resume"),
+               ("data", "root"), ("data", "cache_dir"), ("data", "download"))
 
 
 def _comparable(config: dict) -> dict:
     config = copy.deepcopy(config)
-    for *groups, key in DISPLAY_ONLY:
+    for *groups, key in NOT_THE_RUN:
         parent = _config_item(config, *groups)
         if isinstance(parent, dict):
             parent.pop(key, None)
-    data = config.get("data")
-    if isinstance(data, dict) and isinstance(data.get("root"), str):
-        data["root"] = os.path.realpath(os.path.expanduser(data["root"]))
     return config
 
 
@@ -200,3 +198,44 @@ def completed_summary(run_dir: Path, config: dict) -> Optional[dict]:
     except (FileNotFoundError, DamagedCheckpoint):
         return None
     return summary if final.get("step") == summary.get("step") else None
+
+
+# What a rerun in the same run directory may change and still continue the run there: its budget
+# (a larger one extends it) and how it is evaluated, recorded and logged. Anything else would leave weights trained under one config in a store
+# whose config.yaml says another.
+RESUME_MAY_CHANGE = (
+    ("trainer", "max_steps"), ("trainer", "max_epochs"), ("trainer", "eval_every"), ("trainer", "log_every"),
+    ("trainer", "checkpoint_every"), ("trainer", "keep_checkpoints"), ("trainer", "norm_timing_every"),
+    ("trainer", "dist_timeout_min"), ("data", "eval_batch_size"), ("logger",), ("track",),
+)  # besides NOT_THE_RUN
+
+
+def _leaves(config, prefix: tuple = ()) -> dict:
+    if isinstance(config, dict) and config:
+        return {key: value for name, item in config.items() for key, value in _leaves(item, (*prefix, str(name))).items()}
+    return {prefix: config}
+
+
+def changes_from_recorded_run(run_dir: Path, config: dict) -> dict[str, list]:
+    """{dotted key: [recorded, asked]} for the settings of `config` that differ from the run
+    `run_dir` already holds (its config.yaml), all of them ones a continued run may change (its
+    budget, its logging); {} when it holds none or the same. A ConfigError names the first other
+    difference: continuing there would mix two runs, and starting fresh would overwrite one."""
+    config_path = Path(run_dir) / "config.yaml"
+    try:
+        recorded = yaml.safe_load(config_path.read_text())
+    except (FileNotFoundError, ValueError, yaml.YAMLError):  # nothing (readable) recorded yet
+        return {}
+    if not isinstance(recorded, dict):
+        return {}
+    theirs, ours = _leaves(_comparable(recorded)), _leaves(_comparable(config))
+    changed = {key: [theirs.get(key), ours.get(key)] for key in sorted(set(theirs) | set(ours))
+               if theirs.get(key) != ours.get(key)}
+    for key, (recorded_value, asked) in changed.items():
+        if not any(key[: len(free)] == free for free in RESUME_MAY_CHANGE):
+            name = ".".join(key)
+            raise ConfigError(
+                f"{run_dir} holds another run: {name}={recorded_value} there, {name}={asked} here "
+                f"({len(changed)} settings differ); give this run its own directory (hydra.run.dir, or "
+                f"hydra.sweep.dir for -m), or overwrite that run with trainer.resume=none")
+    return {".".join(key): values for key, values in changed.items()}

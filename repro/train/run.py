@@ -90,13 +90,26 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
     try:
         # Rank 0's run dir everywhere: all ranks resume from the checkpoint rank 0 writes.
         run_dir = Path(dist.broadcast_object(str(Path(run_dir).resolve()), world))
-        if t.resume == "auto":  # a completed run of this config: nothing to do (rank 0's files decide)
-            done = ckpt.completed_summary(run_dir, OmegaConf.to_container(cfg, resolve=True)) if world.is_main else None
-            done = dist.broadcast_object(done, world)
+        changed = {}  # the settings a continued run changes from its previous start (a larger budget)
+        if t.resume == "auto":  # rank 0's files decide
+            done, refusal = None, None
+            if world.is_main:
+                resolved = OmegaConf.to_container(cfg, resolve=True)
+                done = ckpt.completed_summary(run_dir, resolved)  # this run, completed: nothing to do
+                try:
+                    changed = ckpt.changes_from_recorded_run(run_dir, resolved) if done is None else {}
+                except ConfigError as error:  # another run's directory: every rank stops
+                    refusal = str(error)
+            done, changed, refusal = dist.broadcast_object((done, changed, refusal), world)
+            if refusal is not None:
+                raise ConfigError(refusal)
             if done is not None:
                 log.info("%s holds this run, completed at step %s: skipped (trainer.resume=none retrains it)",
                          run_dir, done.get("step"))
                 return done
+            if changed:
+                log.warning("%s: continuing its run with %s", run_dir,
+                            ", ".join(f"{key}={ours} (was {theirs})" for key, (theirs, ours) in changed.items()))
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # warn_only: some CUDA backward kernels (max-pool) have no deterministic version.
@@ -147,7 +160,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
                 resumed_step=trainer.step if resume else None,
                 # every start of this run directory: a fresh one, then each resume
                 starts=tracker.store.summary.get("starts", [])
-                + [{"step": trainer.step, "checkpoint": str(resume) if resume else None}],
+                + [{"step": trainer.step, "checkpoint": str(resume) if resume else None, "changed": changed}],
                 error=None,  # a resumed run's summary.json still holds the crash that stopped it
             )
         task.setup(device, world.rank, world.world_size)
