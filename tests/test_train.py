@@ -202,6 +202,12 @@ def test_a_run_directory_holds_one_run(cifar_jpeg, tmp_path):
         train(smoke_config(cifar_jpeg, *overrides, "seed=3"), tmp_path)
     assert train(smoke_config(cifar_jpeg, *overrides, "seed=3", "trainer.resume=none"), tmp_path)["step"] == 2
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["seed"] == 3
+    # a run recorded before an option existed is another run too, and the message says which
+    recorded = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del recorded["model"]["weight_init"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(recorded))
+    with pytest.raises(ConfigError, match="holds another run: no model.weight_init there, model.weight_init=torch here"):
+        train(smoke_config(cifar_jpeg, *overrides, "seed=3"), tmp_path)
 
 
 def test_keep_checkpoints_keeps_the_newest_step_checkpoints(cifar_jpeg, tmp_path):

@@ -210,6 +210,13 @@ RESUME_MAY_CHANGE = (
 )  # besides NOT_THE_RUN
 
 
+_UNSET = "(not set)"  # a setting one side's config does not have (a run recorded before it existed)
+
+
+def _setting(name: str, value) -> str:
+    return f"no {name}" if value == _UNSET else f"{name}={value}"
+
+
 def _leaves(config, prefix: tuple = ()) -> dict:
     if isinstance(config, dict) and config:
         return {key: value for name, item in config.items() for key, value in _leaves(item, (*prefix, str(name))).items()}
@@ -229,13 +236,14 @@ def changes_from_recorded_run(run_dir: Path, config: dict) -> dict[str, list]:
     if not isinstance(recorded, dict):
         return {}
     theirs, ours = _leaves(_comparable(recorded)), _leaves(_comparable(config))
-    changed = {key: [theirs.get(key), ours.get(key)] for key in sorted(set(theirs) | set(ours))
-               if theirs.get(key) != ours.get(key)}
-    for key, (recorded_value, asked) in changed.items():
+    changed = {key: [theirs.get(key, _UNSET), ours.get(key, _UNSET)] for key in sorted(set(theirs) | set(ours))
+               if theirs.get(key, _UNSET) != ours.get(key, _UNSET)}
+    # name a setting both runs have first: "model.width=32 there, 16 here" says more than a new option
+    for key, (recorded_value, asked) in sorted(changed.items(), key=lambda item: _UNSET in item[1]):
         if not any(key[: len(free)] == free for free in RESUME_MAY_CHANGE):
             name = ".".join(key)
             raise ConfigError(
-                f"{run_dir} holds another run: {name}={recorded_value} there, {name}={asked} here "
+                f"{run_dir} holds another run: {_setting(name, recorded_value)} there, {_setting(name, asked)} here "
                 f"({len(changed)} settings differ); give this run its own directory (hydra.run.dir, or "
                 f"hydra.sweep.dir for -m), or overwrite that run with trainer.resume=none")
     return {".".join(key): values for key, values in changed.items()}
