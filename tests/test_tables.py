@@ -240,6 +240,27 @@ def test_a_run_on_the_papers_budget_is_comparable(tmp_path):
     assert "sacreBLEU signature: `nrefs:1|case:mixed`" in to_markdown(table)
 
 
+def test_a_table10_run_is_comparable_only_at_the_papers_precision(tmp_path):
+    """The paper's CIFAR-10 runs were fp32 (Theano float32 on a 2080 Ti, which has no bf16): the
+    same budget under bf16 autocast, or with its precision unrecorded, is not their number."""
+    root = tmp_path / "cifar"
+    for norm in ("layernorm", "rmsnorm"):
+        for seed in (1, 2):
+            write_run(root, f"{norm}{seed}", task="cifar10_cnn", norm=norm, seed=seed, steps=100_000, val_size=0,
+                      test={"test/acc": 0.9 + seed / 100}, config={"model": {"width": 96}})
+
+    def quality_with(precision):
+        for summary_path in root.glob("*/summary.json"):
+            summary = json.loads(summary_path.read_text())
+            summary["precision"] = precision
+            summary_path.write_text(json.dumps(summary))
+        return next(line for line in verdicts(table10(collect_local([root]))) if line.startswith("quality"))
+
+    assert "not comparable" not in quality_with("fp32")
+    assert quality_with("bf16").endswith("not comparable to the paper's numbers (bf16 autocast (paper: fp32))")
+    assert "(precision unknown (paper: fp32))" in quality_with(None)
+
+
 def test_the_no_norm_row_says_whether_it_trained(tmp_path):
     root = tmp_path / "none"
     write_run(root, "ln", task="multi30k_transformer", norm="layernorm", seed=1, test={"test/t/bleu": 30.0})

@@ -297,6 +297,10 @@ def shortfall(paper: PaperTable, runs: list[Run]) -> list[str]:
         epochs = run_epochs(run)
         if budget.epochs and (epochs or 0) < budget.epochs:
             gaps.add(f"{epochs:.3g} of {budget.epochs} epochs" if epochs else f"epochs unknown (paper: {budget.epochs})")
+        precision = run.summary.get("precision")
+        if budget.precision and precision != budget.precision:
+            gaps.add(f"{precision} autocast (paper: {budget.precision})" if precision == "bf16"
+                     else f"precision {precision or 'unknown'} (paper: {budget.precision})")
     return sorted(gaps)
 
 
