@@ -6,10 +6,14 @@
 #                                                    -> $OUT/log.txt, $OUT/pytest-gpu.xml
 #      and, beside it on the CPU, the compile-time gate with this machine's Triton
 #                                                    -> $OUT/gate.json
-#   3. repro-bench on the standard GPU grid within what is left of the time
-#                                                    -> $OUT/log.txt, $OUT/bench/bench.{json,csv,png}
+#   3. repro-bench steps: paired training steps of the CIFAR CNN per norm, timed with CUDA
+#      events under bf16 autocast (trainer.precision=auto on a GPU), on generated images
+#                                                    -> $OUT/log.txt, $OUT/steps/steps.json
+#   4. repro-bench on the standard GPU grid within what is left of the time
+#                                                    -> $OUT/log.txt, $OUT/bench/bench.{json,png}
 #   and the exit code and duration of each step     -> $OUT/summary.txt
-# (8 files: the most a device run of this workplace returns.)
+# (8 files: the most a device run of this workplace returns; bench.csv and steps.png, which
+# repeat their JSON, are removed.)
 #
 # Usage, from anywhere:  OUT=results/device scripts/device_check.sh
 #        a dry run of the same logic on a CPU:  DRY_RUN=1 OUT=/tmp/dc scripts/device_check.sh
@@ -17,7 +21,9 @@
 # Assumptions, checked in step 1: the machine's Python (PYTHON, default python3) already has a
 # CUDA build of torch and triton -- nothing can be installed from the network there. The repo is
 # installed from this tree with `pip install --no-deps --no-build-isolation -e .` (setuptools and
-# wheel must be present; the bench and the GPU tests need no other dependency). Wheels found in
+# wheel must be present; the bench and the GPU tests need no other dependency; repro-bench steps
+# composes repro-train's config, so it needs hydra-core, omegaconf and antlr4-python3-runtime
+# 4.9.3, which the H200 image lacks: carry them as wheels too, or that step fails alone). Wheels found in
 # WHEELS (default .whl/) are installed first into $SITE (default /tmp/site, put on PYTHONPATH),
 # without the network: that is how Liger-Kernel gets there (`pip download --no-deps liger-kernel
 # -d .whl` on a machine with PyPI, then carry .whl). Without it the bench reports Liger as
@@ -25,7 +31,7 @@
 #
 # Time boxes (seconds, override by environment): TOTAL_S=290 for the whole script,
 # SETUP_TIMEOUT_S=60, PYTEST_TIMEOUT_S=110 (then pytest gets SIGINT: it stops, and still writes
-# its summary and junit XML), GATE_TIMEOUT_S=PYTEST_TIMEOUT_S, and BENCH_BUDGET_S, by default
+# its summary and junit XML), GATE_TIMEOUT_S=PYTEST_TIMEOUT_S, STEPS_TIMEOUT_S=90 (the Triton kernels compile on first use), and BENCH_BUDGET_S, by default
 # what is left of TOTAL_S minus 45 s of margin: the bench starts no new case once that much of
 # its run has passed and writes what it has (a case already running may overrun it; at
 # BENCH_BUDGET_S+30 the bench gets SIGTERM and still writes). The grid is ordered so that a cut
@@ -47,11 +53,16 @@ TOTAL_S=${TOTAL_S:-290}
 SETUP_TIMEOUT_S=${SETUP_TIMEOUT_S:-60}
 PYTEST_TIMEOUT_S=${PYTEST_TIMEOUT_S:-110}
 GATE_TIMEOUT_S=${GATE_TIMEOUT_S:-$PYTEST_TIMEOUT_S}
+STEPS_TIMEOUT_S=${STEPS_TIMEOUT_S:-90}
+STEPS_DATA=${STEPS_DATA:-/tmp/repro-steps-cifar}
 if [ "$DRY_RUN" = 1 ]; then
     BENCH_ARGS=${BENCH_ARGS:---device cpu --quick --ops rms_norm --backends eager --passes fwd --M 64 --N 256}
+    STEPS_ARGS=${STEPS_ARGS:-model.width=4 data.batch_size=8 --norms rmsnorm --steps 3 --warmup 1 --norm-steps 2}
 else
     # one pRMSNorm ratio: each op at each shape pays a torch.compile, and the budget is short
     BENCH_ARGS=${BENCH_ARGS:---partials 0.125}
+    # the paper's width and batch, every Table 10 norm but weightnorm (its time is in the conv)
+    STEPS_ARGS=${STEPS_ARGS:-model.width=96 data.batch_size=100 --norms rmsnorm,prmsnorm,batchnorm,none --steps 40}
 fi
 mkdir -p "$OUT/bench"
 LOG="$OUT/log.txt"
@@ -149,11 +160,21 @@ step "pytest-gpu" "$LOG" timeout -s INT -k 15 "$PYTEST_TIMEOUT_S" \
 wait "$gate_pid"
 record "gate" "$?" "$gate_start"
 
-# ---------------------------------------------------------------------------- 3. bench
+# ---------------------------------------------------------------------------- 3. steps
+# Generated images (no dataset travels): step time does not depend on what the pixels show.
+# shellcheck disable=SC2016,SC2086
+step "steps" "$LOG" timeout -k 10 "$STEPS_TIMEOUT_S" bash -c \
+    '"$1" -m repro.data.fixtures "$2" --train 200 --test 100 > /dev/null && shift 2 && exec "$@"' _ \
+    "$PYTHON" "$STEPS_DATA" "$PYTHON" -m repro.cli.bench steps task=cifar10_cnn "data.root=$STEPS_DATA" \
+    data.download=false data.val_size=0 logger=none $STEPS_ARGS --out "$OUT/steps"
+rm -f "$OUT/steps/steps.png"
+
+# ---------------------------------------------------------------------------- 4. bench
 BENCH_BUDGET_S=${BENCH_BUDGET_S:-$((TOTAL_S - SECONDS - 45 > 20 ? TOTAL_S - SECONDS - 45 : 20))}
 # shellcheck disable=SC2086
 step "bench" "$LOG" timeout -k 15 "$((BENCH_BUDGET_S + 30))" \
     "$PYTHON" -m repro.cli.bench --budget "$BENCH_BUDGET_S" --out "$OUT/bench" $BENCH_ARGS
 
+rm -f "$OUT"/bench/*.csv  # the same rows as the JSON; the 8-file limit
 note "device_check: done, exit $status after $SECONDS s; results in $OUT"
 exit "$status"

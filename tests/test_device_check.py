@@ -3,6 +3,7 @@ is time-boxed and recorded, a pytest stopped at its time box still leaves its ju
 everything lands in $OUT in at most 8 files (what a device run returns)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -31,14 +32,16 @@ def test_dry_run_writes_every_result_into_out(tmp_path):
     proc = _dry_run(out)
     summary = (out / "summary.txt").read_text()
     assert "DRY RUN" in summary and "device_check: done" in summary, proc.stdout[-2000:]
-    for step in ("pytest-gpu", "gate", "bench"):
+    for step in ("pytest-gpu", "gate", "steps", "bench"):
         assert f"{step}: exit" in summary, summary
-    assert "pytest-gpu: exit 0" in summary and "bench: exit 0" in summary, summary
+    assert "pytest-gpu: exit 0" in summary and "steps: exit 0" in summary and "bench: exit 0" in summary, summary
     # the gate was cut at its 1 s box (timeout's 124) and recorded, the others went on
     assert "gate: exit 124" in summary and proc.returncode == 124, summary
     suite = ET.parse(out / "pytest-gpu.xml").getroot()
     assert int(suite.find("testsuite").get("skipped")) > 0  # gpu tests collected, skipped on a CPU
     assert (out / "bench" / "bench-quick.json").stat().st_size > 0
+    steps = json.loads((out / "steps" / "steps.json").read_text())  # a GPU would say "cuda events"
+    assert steps["timer"] == "wall clock" and set(steps["norms"]) == {"layernorm", "rmsnorm"}
     files = _files(out)
     assert {"summary.txt", "env.txt", "log.txt", "pytest-gpu.xml", "gate.json"} <= files
     assert len(files) <= 8, files
