@@ -39,6 +39,10 @@ def test_cifar_steps_write_a_table_json_and_figure(cifar_jpeg, tmp_path, capsys)
         assert entry["ratio_vs_layernorm"] == pytest.approx(ratios[1])
     assert doc["norms"]["layernorm"]["ratio_vs_layernorm"] == 1.0
     assert doc["norms"]["rmsnorm"]["parameters"] == doc["norms"]["prmsnorm"]["parameters"] > 0
+    # what each was measured on, for the tables to match against the runs
+    setting = doc["norms"]["prmsnorm"]["setting"]
+    assert (setting["model"]["width"], setting["precision"], setting["batch"]) == (4, "fp32", 8)
+    assert setting["partial"] == 0.0625 and doc["norms"]["rmsnorm"]["setting"]["partial"] is None
     assert (out / "steps.png").stat().st_size > 0
 
     loaded = load_step_timings(tmp_path)

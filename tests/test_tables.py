@@ -214,6 +214,39 @@ def test_speed_comes_from_paired_step_timings_stored_next_to_the_runs(cifar_tree
     assert next(line for line in lines if "pRMSNorm" in line).endswith("-> inconclusive")
 
 
+def test_step_timings_of_another_setting_than_the_runs_are_not_used(tmp_path):
+    """A steps.json measured on another model width, precision, batch or pRMSNorm ratio than the
+    runs next to it times something else: the tables fall back to the runs' own times and say why."""
+    from repro.tables.render import find_step_timings
+
+    root = tmp_path / "runs"
+    for norm, partial in (("layernorm", None), ("prmsnorm", 0.125)):
+        run = write_run(root, norm, task="cifar10_cnn", norm=norm, seed=1, partial=partial, test={"test/acc": 0.8},
+                        config={"model": {"width": 32, "dropout": 0.5}})
+        summary = json.loads((run / "summary.json").read_text())
+        (run / "summary.json").write_text(json.dumps({**summary, "precision": "bf16"}))
+    runs = collect_local([root])
+
+    def timings(**changes):
+        setting = {"model": {"width": 32, "dropout": 0.5}, "precision": "bf16", "batch": 100, "partial": None}
+        prms = {**setting, "partial": 0.125, **changes}
+        entry = {"ratio_vs_layernorm": 1.0, "ratio_ci95": [1.0, 1.0]}
+        doc = {"kind": "repro-bench steps", "format": 1, "task": "cifar10_cnn", "created": "2026-01-01T00:00:00",
+               "host": {}, "norms": {"layernorm": {**entry, "setting": setting}, "prmsnorm": {**entry, "setting": prms}}}
+        (root / "steps.json").write_text(json.dumps(doc))
+        warnings = []
+        return find_step_timings([root], runs, warnings), warnings
+
+    found, warnings = timings()
+    assert set(found["cifar10_cnn"]) == {"layernorm", "prmsnorm"} and not warnings
+    for changes, said in (({"model": {"width": 16, "dropout": 0.5}}, "prmsnorm: model.width=16 measured, 32 in prmsnorm"),
+                          ({"precision": "fp32"}, "precision fp32 measured, bf16 in prmsnorm"),
+                          ({"batch": 50}, "batch 50 measured, 100 in prmsnorm"),
+                          ({"partial": 0.0625}, "partial 0.0625 measured, 0.125 in prmsnorm")):
+        found, warnings = timings(**changes)
+        assert found == {} and len(warnings) == 1 and said in warnings[0], warnings
+
+
 def test_tables_list_runs_from_other_commits_and_contended_hosts(tmp_path):
     root = tmp_path / "runs"
     for seed, (sha, contended) in enumerate((("aaaa111111", False), ("bbbb222222", True)), 1):

@@ -25,7 +25,7 @@ Output in --out DIR: `steps.json`, `steps.png` and the table printed on the term
                       "ratio_vs_layernorm", "ratio_ci95": [low, high],      # step time
                       "norm_fwd_ms", "norm_bwd_ms",                        # medians, all norm layers of a step
                       "norm_ratio_vs_layernorm", "norm_ratio_ci95": [low, high],
-                      "parameters"}},
+                      "parameters", "setting": {"model": {...}, "precision", "batch", "partial"}}},
      "step_ms": {NAME: [per-round step times]}, "norm_ms": {NAME: [per-round fwd+bwd norm times]}}
 
 `repro.track.step_timings.load_step_timings(path)` reads it back for the tables.
@@ -125,6 +125,7 @@ class _Candidate:
         if precision == "auto":
             precision = "bf16" if device.type == "cuda" else "fp32"
         self.autocast = precision == "bf16"
+        self.setting = measured_setting(cfg, precision)
 
     def step(self) -> None:
         """One training step as the trainer takes it (one micro-batch, no clipping)."""
@@ -142,6 +143,21 @@ class _Candidate:
         _sync(self.device)
         result = self.norm_timer.result()
         return result["time/norm_fwd_ms"], result["time/norm_bwd_ms"]
+
+
+def measured_setting(cfg, precision: str) -> dict:
+    """What a norm's steps were measured on, beyond the norm: the model's options, the precision,
+    the batch (images, or tokens) and pRMSNorm's ratio. The tables use a measurement only for runs
+    that trained on the same (repro.tables.render.find_step_timings)."""
+    from omegaconf import OmegaConf
+
+    from repro.nn import NORMS
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    data = cfg.data
+    return {"model": {k: v for k, v in model.items() if not k.startswith("_")}, "precision": precision,
+            "batch": data.get("max_tokens") or data.get("batch_size"),
+            "partial": cfg.norm.partial if NORMS[cfg.norm.name].takes_partial else None}
 
 
 def busy_host_warning(host: dict, threads: int) -> Optional[str]:
@@ -224,12 +240,13 @@ def run_steps(config: StepsConfig) -> dict:
         interleave({norm: norm_fn(norm) for norm in norms}, config.norm_steps, warmup=0,
                    timer=lambda fn: fn() or 0.0, budget_s=config.budget_s)
     return build_result(config, norms, first.task.name, host, timer_name, seconds, norm_times,
-                        {n: c.parameters for n, c in candidates.items()})
+                        {n: c.parameters for n, c in candidates.items()},
+                        {n: c.setting for n, c in candidates.items()})
 
 
 def build_result(config: StepsConfig, norms: list[str], task: str, host: dict, timer_name: str,
                  seconds: dict[str, list[float]], norm_times: dict[str, list[tuple[float, float]]],
-                 parameters: dict[str, int]) -> dict:
+                 parameters: dict[str, int], settings: Optional[dict[str, dict]] = None) -> dict:
     """The steps.json document from raw per-round times (seconds per step; (fwd, bwd) ms per
     norm-timing round)."""
     step_ms = {n: [s * 1e3 for s in seconds[n]] for n in norms}
@@ -242,7 +259,7 @@ def build_result(config: StepsConfig, norms: list[str], task: str, host: dict, t
         entry = {"median_step_ms": statistics.median(ms), "step_ms_p20": p20, "step_ms_p80": p80,
                  "ratio_vs_layernorm": step_ratio.median, "ratio_ci95": list(step_ratio.ci95),
                  "norm_fwd_ms": None, "norm_bwd_ms": None, "norm_ratio_vs_layernorm": None,
-                 "norm_ratio_ci95": None, "parameters": parameters.get(n)}
+                 "norm_ratio_ci95": None, "parameters": parameters.get(n), "setting": (settings or {}).get(n)}
         if norm_times.get(n):
             entry["norm_fwd_ms"] = statistics.median(f for f, _ in norm_times[n])
             entry["norm_bwd_ms"] = statistics.median(b for _, b in norm_times[n])

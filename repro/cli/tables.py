@@ -99,7 +99,10 @@ def run_tables(argv: list[str]) -> int:
         p.error("no runs collected: nothing to tabulate")
     out = Path(args.out)
     bench = Path(args.bench) if args.bench else out / "bench"
-    controlled = find_step_timings([Path(d) for d in args.runs], runs)  # repro-bench steps next to the runs
+    skipped: list[str] = []  # step timings measured on another setting than the runs
+    controlled = find_step_timings([Path(d) for d in args.runs], runs, skipped)  # repro-bench steps next to the runs
+    for line in skipped:
+        print(f"repro-tables: warning: {line}", file=sys.stderr)
     # the depth study's runs are a section under Table 4, not more runs of its norms' curves
     paths = write_tables(runs, out, notes, controlled) + write_figures([r for r in runs if not is_depth_run(r)],
                                                                        out, bench)

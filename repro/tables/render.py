@@ -605,17 +605,50 @@ def to_latex(table: Table) -> str:
 TABLE_NAMES = ("table4", "table10")  # what --note TABLE=TEXT may name
 
 
-def find_step_timings(roots: Sequence[Path], runs: list[Run]) -> dict:
+def find_step_timings(roots: Sequence[Path], runs: list[Run], warnings: Optional[list[str]] = None) -> dict:
     """task -> {norm: entry}: the newest repro-bench steps measurement of each of the runs' tasks
-    found under the runs' folders (stored next to the runs)."""
+    found under the runs' folders (stored next to the runs). One whose recorded setting (model,
+    precision, batch, pRMSNorm ratio) differs from what a run of that norm trained with is not
+    used: those runs' speed then comes from their own times, and `warnings` gets a line saying
+    why. Measurements from before settings were recorded are taken as they are."""
     found = {}
     for task in sorted({run.task for run in runs}):
         for root in roots:
             entries = load_step_timings(root, task)
-            if entries:
+            if not entries:
+                continue
+            differences = [f"{norm}: {difference}" for norm, entry in entries.items()
+                           for difference in [setting_difference(entry.get("setting"), runs, task, norm)] if difference]
+            if differences:
+                if warnings is not None:
+                    warnings.append(f"step timings of {task} under {root} not used: measured on another setting "
+                                    f"than the runs ({differences[0]}); speed from the runs' own times")
+            else:
                 found[task] = entries
-                break
+            break
     return found
+
+
+def setting_difference(setting: Optional[dict], runs: list[Run], task: str, norm: str) -> Optional[str]:
+    """The first way a steps.json entry's `setting` differs from the runs of `task` and `norm`, or None."""
+    if not setting:
+        return None
+    for run in runs:
+        if run.task != task or run.norm != norm:
+            continue
+        model, data = run.config.get("model") or {}, run.config.get("data") or {}
+        for key, value in (setting.get("model") or {}).items():
+            if key in model and model[key] != value:
+                return f"model.{key}={value} measured, {model[key]} in {run.path.name}"
+        precision = run.summary.get("precision")
+        if precision and setting.get("precision") and precision != setting["precision"]:
+            return f"precision {setting['precision']} measured, {precision} in {run.path.name}"
+        batch = data.get("max_tokens") or data.get("batch_size")
+        if batch and setting.get("batch") and batch != setting["batch"]:
+            return f"batch {setting['batch']} measured, {batch} in {run.path.name}"
+        if setting.get("partial") is not None and run.partial is not None and run.partial != setting["partial"]:
+            return f"partial {setting['partial']} measured, {run.partial} in {run.path.name}"
+    return None
 
 
 def write_tables(runs: list[Run], out: Path, notes: Optional[dict[str, list[str]]] = None,
