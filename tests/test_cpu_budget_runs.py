@@ -41,8 +41,8 @@ def test_every_printed_sweep_composes_with_the_committed_budgets():
     # one sweep per seed: every norm gets seed 1 before any gets seed 2
     assert [(c.seed, c.norm.name) for c in table10] == [
         (s, n) for s in (1, 2, 3) for n in ("none", "batchnorm", "weightnorm", "layernorm", "rmsnorm", "prmsnorm")]
-    assert {(c.experiment_name, c.model.width, c.trainer.max_epochs, c.data.root) for c in table10} == {
-        ("cifar10_table10_mini", 32, 12, "/data/cifar10-jpg")}
+    assert {(c.experiment_name, c.model.width, c.trainer.max_epochs, c.trainer.precision, c.data.root)
+            for c in table10} == {("cifar10_table10_cpu", 32, 20, "bf16", "/data/cifar10-jpg")}
 
     # seed-major: every norm gets seed 1 before any gets seed 2
     assert [(c.seed, c.norm.name) for c in table4] == [
@@ -99,19 +99,27 @@ def test_only_and_deep_seeds_select_and_bad_arguments_are_one_line_errors():
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1
 
 
-def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
-    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+def stand_ins(bin_dir: Path, log: Path, native_bf16: str = "True") -> dict:
+    """PATH with stand-ins for the queue's tools: repro-train and repro-tables record their call
+    and fail when FAIL_ON matches it; python answers the bf16 check with `native_bf16`."""
     bin_dir.mkdir()
-    for tool in ("repro-train", "repro-tables"):  # stand-ins: record the call; fail when asked to
+    for tool in ("repro-train", "repro-tables"):
         (bin_dir / tool).write_text(f'#!/usr/bin/env bash\necho "{tool} $*" >> {log}\n'
                                     f'[[ "$*" == *"${{FAIL_ON:-never}}"* ]] && exit 3\nexit 0\n')
         (bin_dir / tool).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DEEP_SEEDS": "1"}
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho {native_bf16}\n')
+    (bin_dir / "python").chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "DEEP_SEEDS": "1"}
+
+
+def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls"
+    env = stand_ins(bin_dir, log)
     result = subprocess.run(SCRIPT, cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     calls = log.read_text().splitlines()
     assert [c.split()[2] if c.startswith("repro-train") else c.split()[1] for c in calls] == [
-        *["experiment=cifar10_table10_mini"] * 3, "experiment=multi30k_table4_cpu",
+        *["experiment=cifar10_table10_cpu"] * 3, "experiment=multi30k_table4_cpu",
         "experiment=multi30k_nonorm_deep", "analyze", "--runs"]
     progress = [line for line in result.stdout.splitlines() if line.startswith("== [")]
     assert len(progress) == 10 and progress[0].startswith("== [1/5] table10: started")
@@ -122,6 +130,24 @@ def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
                              env={**env, "FAIL_ON": "multi30k_table4_cpu"})
     assert failing.returncode == 3 and len(log.read_text().splitlines()) == 4  # nothing after the failure
     assert "== [2/5] table4: FAILED (exit 3)" in failing.stderr
+
+
+def test_the_table10_job_is_refused_on_a_cpu_without_bf16_unless_allowed(tmp_path):
+    """Its bf16 budget takes ~13 h a run where bf16 is emulated: one line says so before any run
+    starts; ALLOW_EMULATED_BF16=1 runs it anyway, and an unknown answer (None) does not stop it."""
+    log = tmp_path / "calls"
+    env = stand_ins(tmp_path / "bin", log, native_bf16="False")
+    refused = subprocess.run([*SCRIPT, "--only", "table10,tables"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and not log.exists()
+    assert "no bf16 instructions" in refused.stderr and refused.stderr.count("\n") == 1
+    assert subprocess.run([*SCRIPT, "--only", "table4"], cwd=ROOT, env=env, capture_output=True).returncode == 0
+    allowed = subprocess.run([*SCRIPT, "--only", "table10"], cwd=ROOT, capture_output=True, text=True,
+                             env={**env, "ALLOW_EMULATED_BF16": "1"})
+    assert allowed.returncode == 0 and log.read_text().count("experiment=cifar10_table10_cpu") == 3
+    log.unlink()
+    (tmp_path / "bin" / "python").write_text("#!/usr/bin/env bash\necho None\n")
+    assert subprocess.run([*SCRIPT, "--only", "table10"], cwd=ROOT, env=env, capture_output=True).returncode == 0
+    assert log.read_text().count("experiment=cifar10_table10_cpu") == 3
 
 
 def test_the_readme_lists_the_queues_sweeps_as_the_script_runs_them():

@@ -97,3 +97,19 @@ def test_a_finished_child_process_counts_as_own_cpu_time():
                     "while time.process_time() < end: pass"], check=True)
     after = host.cpu_times()
     assert after["own_s"] - before["own_s"] >= 0.3  # counted once the child exited
+
+
+def test_native_bf16_is_what_the_cpu_flags_say():
+    """cpu_has_native_bf16 tells CPU bf16 autocast whether it will be fast: on x86 Linux it must
+    agree with the kernel's flags (avx512_bf16, or AMX tiles), which differ between the hosts this
+    project runs on (AVX-512 with BF16 on one session, AVX2 only on another)."""
+    import platform
+    from pathlib import Path
+
+    verdict = host.cpu_has_native_bf16()
+    cpuinfo = Path("/proc/cpuinfo")
+    if platform.machine().lower() not in ("x86_64", "amd64") or not cpuinfo.exists():
+        pytest.skip("the flags are read from /proc/cpuinfo on x86 Linux")
+    flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split()
+    assert verdict is ("avx512_bf16" in flags or "amx_tile" in flags)
+    assert host.host_info()["cpu_bf16"] is verdict

@@ -6,6 +6,7 @@ Every training run (summary.json, key "environment") and every `repro-bench step
     cpu_model      the CPU's model name from /proc/cpuinfo (never just "cpu")
     cpu_count      logical CPUs this process may run on
     cpu_capability the vector capability torch dispatches to (AVX512, AVX2, DEFAULT, ...)
+    cpu_bf16       whether the CPU does bf16 arithmetic natively (`cpu_has_native_bf16`)
     cpu_threads    torch's intra-op threads
     gpu            the CUDA device's name, or null
     device         the GPU's name when there is one, else the CPU model (what tables print)
@@ -102,6 +103,19 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def cpu_has_native_bf16() -> Optional[bool]:
+    """Whether the x86 CPU has bf16 instructions (AVX512_BF16 or AMX), which CPU bf16 autocast
+    needs to be fast: without them oneDNN emulates bf16 and a training step can take many times
+    its fp32 time (measured: 15x, ConvPool-CNN-C width 32, 2-core AMD EPYC with AVX2 only; see
+    results/steps/README.md). None where torch cannot tell (not x86)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return None
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if not any(probes):  # a torch without these private probes
+        return None
+    return any(probe() for probe in probes if probe is not None)
+
+
 def _version(package: str) -> Optional[str]:
     try:
         return importlib.metadata.version(package)
@@ -125,7 +139,7 @@ def host_info() -> dict:
     cpu = cpu_model()
     return {
         "cpu_model": cpu, "cpu_count": cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or cpu,
+        "cpu_bf16": cpu_has_native_bf16(), "cpu_threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or cpu,
         "torch": torch.__version__, "triton": _version("triton"), "cuda": torch.version.cuda,
         "python": platform.python_version(), "git_sha": _git("rev-parse", "HEAD"),
         "git_dirty": None if status is None else bool(status), "host": platform.node(),
