@@ -113,3 +113,17 @@ def test_native_bf16_is_what_the_cpu_flags_say():
     flags = next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split()
     assert verdict is ("avx512_bf16" in flags or "amx_tile" in flags)
     assert host.host_info()["cpu_bf16"] is verdict
+
+
+def test_runs_on_different_kinds_of_machine_are_named_even_under_one_cpu_model():
+    """The same "AMD EPYC" VM came with AVX-512 in one session and AVX2 only in another: a table
+    mixing them says so, by capability, and a GPU run is known by its GPU."""
+    zen4 = {**_info(0.1, 2.0), "cpu_model": "AMD EPYC", "cpu_capability": "AVX512", "git_sha": "a" * 40}
+    avx2 = {**zen4, "cpu_capability": "AVX2"}
+    assert host.host_label(zen4) == "AMD EPYC (AVX512, 2 CPUs)"
+    assert host.host_label({**zen4, "gpu": "NVIDIA H100"}) == "NVIDIA H100"
+    assert host.host_label({"device": "cpu"}) == "cpu"  # a summary from before host records
+    assert host.host_notes({"ln-1": zen4, "rms-1": zen4}) == []
+    (note,) = host.host_notes({"ln-1": zen4, "rms-1": zen4, "ln-2": avx2})
+    assert note == ("runs on different kinds of machine (their time columns mix them): "
+                    "AMD EPYC (AVX2, 2 CPUs): ln-2; AMD EPYC (AVX512, 2 CPUs): ln-1, rms-1")

@@ -165,20 +165,28 @@ def test_welch_interval_matches_scipy_and_the_t_quantile():
     assert ratio.estimate == pytest.approx(105 / 52.333, rel=1e-3) and ratio.low < ratio.estimate < ratio.high
 
 
-def test_speed_verdict_only_from_an_uncontended_host(tmp_path):
-    def tree(contended):
-        root = tmp_path / f"contended_{contended}"
+def test_speed_verdict_only_from_an_uncontended_host_of_one_kind(tmp_path):
+    def tree(contended, seed3_capability="AVX512"):
+        root = tmp_path / f"contended_{contended}_{seed3_capability}"
         for norm, times in (("layernorm", (100.0, 101.0, 99.0)), ("rmsnorm", (80.0, 81.0, 79.0))):
             for seed in (1, 2, 3):
                 run = write_run(root, f"{norm}{seed}", task="cifar10_cnn", norm=norm, seed=seed,
                                 test={"test/acc": 0.9}, step_ms=(500.0, *[t + seed for t in times]))
                 summary = json.loads((run / "summary.json").read_text())
-                summary["environment"]["contended"] = contended
+                summary["environment"].update(contended=contended, cpu_model="AMD EPYC", cpu_count=2,
+                                              cpu_capability=seed3_capability if seed == 3 else "AVX512")
                 (run / "summary.json").write_text(json.dumps(summary))
-        return [line for line in verdicts(table10(collect_local([root]))) if line.startswith("speed")][0]
+        table = table10(collect_local([root]))
+        return [line for line in verdicts(table) if line.startswith("speed")][0], to_markdown(table)
 
-    assert "-> faster" in tree(False)
-    assert "no speed verdict: not measured under controlled conditions" in tree(True)
+    verdict, md = tree(False)
+    assert "-> faster" in verdict and "AMD EPYC (AVX512, 2 CPUs)" in verdict
+    assert "no speed verdict: not measured under controlled conditions" in tree(True)[0]
+    # seed 3 of both norms on the same VM model with AVX-512 hidden: the times do not compare
+    verdict, md = tree(False, seed3_capability="AVX2")
+    assert "no speed verdict" in verdict
+    assert ("runs on different kinds of machine (their time columns mix them): AMD EPYC (AVX2, 2 CPUs): "
+            "layernorm3, rmsnorm3; AMD EPYC (AVX512, 2 CPUs): ") in md
 
 
 def test_speed_calls_need_an_interval_beyond_the_drift_between_sessions():

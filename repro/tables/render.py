@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from repro.nn import NORMS
-from repro.track.host import host_notes
+from repro.track.host import host_label, host_notes
 from repro.track.step_timings import load_step_timings
 from repro.util import markdown_table
 
@@ -43,7 +43,7 @@ from .paper import TABLE4, TABLE10, PaperTable
 from .stats import CONFIDENCE, ratio_interval, welch_interval
 
 QUALITY_TOLERANCE = 0.5  # BLEU points / error points: the paper's "comparable quality"
-UNCONTROLLED_MARK = "*"  # a speed cell from runs on a host not recorded as uncontended
+UNCONTROLLED_MARK = "*"  # a speed cell from runs on a host not recorded as uncontended, or on mixed machines
 MISSING = "missing"
 CIFAR10_TRAIN_IMAGES = 50_000
 
@@ -273,7 +273,7 @@ def quality_verdict(name: str, ours: Stat, base: Stat, higher_is_better: bool) -
 
 
 def _hardware(runs: list[Run]) -> str:
-    devices = sorted({str((r.summary.get("environment") or {}).get("device") or "unknown device") for r in runs})
+    devices = sorted({host_label(r.summary.get("environment")) for r in runs})
     backends = sorted({str((r.config.get("norm") or {}).get("backend") or "?") for r in runs})
     return f"{' / '.join(devices)}, backend {'/'.join(backends)}"
 
@@ -330,7 +330,9 @@ def uncontended(run: Run) -> bool:
 
 
 def speed_controlled(runs: list[Run]) -> bool:
-    return bool(runs) and all(uncontended(r) for r in runs)
+    """Whether the runs' own times compare: each had its host to itself, all on one kind of machine."""
+    return (bool(runs) and all(uncontended(r) for r in runs)
+            and len({host_label(r.summary.get("environment")) for r in runs}) == 1)
 
 
 def _speed_part(what: str, base: Stat, ours: Stat) -> str:
@@ -372,7 +374,7 @@ def controlled_speed_verdict(table: Table, row: Row, entry: dict) -> str:
         parts.append(f"norm time {_inverse(entry['norm_ratio_vs_layernorm'], entry['norm_ratio_ci95'])}")
     published = paper_speedup(table.paper, row.norm)
     published = f"; paper: {published:.2f}x on {table.paper.hardware}" if published else ""
-    where = host.get("gpu") or host.get("cpu_model") or host.get("device") or "unknown device"
+    where = host_label(host)
     return (f"LayerNorm/{row.label} = {', '.join(parts)} (>1: faster than LayerNorm; paired, interleaved "
             f"steps by repro-bench steps on {where}, {host.get('cpu_threads', '?')} thread(s), "
             f"{'a contended' if host.get('contended') else 'an uncontended'} host; 95 % bootstrap intervals"
@@ -391,7 +393,7 @@ def speed_verdict(table: Table, row: Row, base: Row) -> str:
             f"{_hardware(row.runs + base.runs)}{published})")
     if not speed_controlled(row.runs + base.runs):
         return (f"{head} -> no speed verdict: not measured under controlled conditions (training runs on a "
-                f"host not recorded as uncontended; use repro-bench for speed)")
+                f"host not recorded as uncontended, or on different kinds of machine; use repro-bench for speed)")
     interval = ratio_interval(base.cells[table.time_key].values, row.cells[table.time_key].values)
     if interval is None:
         call = "inconclusive (a single run per norm)"
@@ -546,8 +548,8 @@ def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
                                            " s / 1k steps = ms per step.")
                   + " speedup vs LN: from repro-bench steps (paired, interleaved) where the runs' folder "
                   "holds its steps.json for the task, else from the training runs;"
-                  f" `{UNCONTROLLED_MARK}`: from training runs on a host not recorded as uncontended, not a "
-                  "controlled speed measurement.", "",
+                  f" `{UNCONTROLLED_MARK}`: from training runs on a host not recorded as uncontended, or on "
+                  "different kinds of machine, not a controlled speed measurement.", "",
                   *_signature_lines(table),
                   "Measured on:", *_hardware_lines(table), "", "## Verdicts", "",
                   *([f"- {line}" for line in verdicts(table) if line not in table.extra_verdicts]

@@ -189,11 +189,33 @@ def is_uncontended(info: Optional[dict], tolerance: float = CONTENTION_TOLERANCE
     return other_load(info) <= idle + tolerance
 
 
+def host_label(env: Optional[dict]) -> str:
+    """The kind of machine a run's or a measurement's times belong to, in words: the GPU's name,
+    else the CPU model with the vector capability torch dispatched to and the CPUs the process
+    could use, e.g. "AMD EPYC (AVX512, 2 CPUs)". The model name alone does not tell the kind: the
+    same "AMD EPYC" VM has come with AVX-512 in one session and AVX2 only in another, and bf16
+    steps ran 15x slower on the second (results/steps/README.md)."""
+    env = env or {}
+    if env.get("gpu"):
+        return str(env["gpu"])
+    name = env.get("cpu_model") or env.get("device") or "unknown device"
+    details = [str(env["cpu_capability"])] if env.get("cpu_capability") else []
+    details += [f"{env['cpu_count']} CPUs"] if env.get("cpu_count") else []
+    return f"{name} ({', '.join(details)})" if details else str(name)
+
+
 def host_notes(environments: dict[str, Optional[dict]]) -> list[str]:
     """Lines to print under a table built from several runs (run name -> its summary's
-    "environment"): the commits the runs came from when there is more than one, and which runs
-    ran on a contended host or recorded too little to tell. [] when all is uniform and quiet."""
+    "environment"): the commits and the kinds of machine (`host_label`) the runs came from when
+    there is more than one, and which runs ran on a contended host or recorded too little to
+    tell. [] when all is uniform and quiet."""
     notes = []
+    hosts: dict[str, list[str]] = {}
+    for name, env in environments.items():
+        hosts.setdefault(host_label(env), []).append(name)
+    if len(hosts) > 1:
+        notes.append("runs on different kinds of machine (their time columns mix them): " + "; ".join(
+            f"{label}: {', '.join(sorted(names))}" for label, names in sorted(hosts.items())))
     commits: dict[str, list[str]] = {}
     for name, env in environments.items():
         sha = (env or {}).get("git_sha")
