@@ -8,6 +8,7 @@ import json
 import pytest
 
 from repro.cli.bench import main as bench_main
+from repro.track.host import host_label
 from repro.track.step_timings import load_step_timings
 from train_helpers import cifar_jpeg, corpus, one_thread  # noqa: F401
 
@@ -22,6 +23,9 @@ def test_cifar_steps_write_a_table_json_and_figure(cifar_jpeg, tmp_path, capsys)
     assert code == 0
     table = capsys.readouterr().out
     assert "step / LN [95% CI]" in table and "prmsnorm" in table and "load average" in table
+    doc = json.loads((out / "steps.json").read_text())
+    # the head names the kind of machine and the precision the steps ran in
+    assert f"cifar10_cnn on {host_label(doc['host'])} (1 threads, wall clock, fp32)" in table.splitlines()[0]
 
     doc = json.loads((out / "steps.json").read_text())
     assert doc["kind"] == "repro-bench steps" and doc["task"] == "cifar10_cnn" and doc["timer"] == "wall clock"

@@ -41,7 +41,7 @@ from typing import Optional
 
 import torch
 
-from repro.track.host import CONTENTION_TOLERANCE, finish_host_info, host_info
+from repro.track.host import CONTENTION_TOLERANCE, finish_host_info, host_info, host_label
 from repro.track.step_timings import KIND, RESULT_FILE
 
 from .paired import interleave, paired_ratio
@@ -287,8 +287,9 @@ def _fmt_ratio(value, ci) -> str:
 
 def render_steps_table(result: dict) -> str:
     host = result["host"]
-    head = (f"repro-bench steps: {result['task']} on {result['device']} ({host.get('cpu_threads')} threads, "
-            f"{result['timer']}), {result['rounds']} interleaved rounds after {result['warmup']} warm-up; "
+    precisions = sorted({str((e.get("setting") or {}).get("precision")) for e in result["norms"].values()} - {"None"})
+    head = (f"repro-bench steps: {result['task']} on {host_label(host)} ({host.get('cpu_threads')} threads, "
+            f"{result['timer']}{''.join(f', {p}' for p in precisions)}), {result['rounds']} interleaved rounds after {result['warmup']} warm-up; "
             f"load average {host.get('loadavg_start')} -> {host.get('loadavg_end')}")
     cols = ("norm", "step ms", "p20-p80", "norm fwd ms", "norm bwd ms", "step / LN [95% CI]",
             "norm time / LN [95% CI]")
@@ -333,7 +334,7 @@ def plot_steps(result: dict, path: Path) -> Path:
     ax_ms.boxplot([result["step_ms"][n] for n in names], showfliers=False)
     ax_ms.set_xticks(range(1, len(names) + 1), names, rotation=20)
     ax_ms.set_ylabel("step time (ms), per round")
-    fig.suptitle(f"{result['task']} on {result['device']}, {result['rounds']} interleaved rounds", fontsize=10)
+    fig.suptitle(f"{result['task']} on {host_label(result['host'])}, {result['rounds']} interleaved rounds", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
