@@ -15,6 +15,7 @@ import yaml
 from repro.nn import NORM_NAMES
 from repro.tasks import CifarClassification
 from repro.train import checkpoint as ckpt
+from repro.train import trainer as trainer_module
 from repro.train import train
 from repro.train.optim import lr_multiplier
 from repro.util import ConfigError, StorageError
@@ -335,13 +336,24 @@ def test_vit_trains_through_the_same_trainer(cifar_jpeg, tmp_path):
 def test_bf16_autocast_on_a_cpu_without_bf16_warns(cifar_jpeg, tmp_path, monkeypatch, caplog):
     """Emulated bf16 made a step 15x slower than fp32 on an AVX2-only host: a run says so at its
     start instead of silently taking hours; on a CPU with bf16 it says nothing."""
-    import repro.train.run as run_module
-
     cfg = smoke_config(cifar_jpeg, "trainer.max_steps=1", "trainer.eval_every=1", "trainer.precision=bf16",
                        "trainer.norm_timing_every=0")
     for native, warned in ((False, True), (True, False)):
-        monkeypatch.setattr(run_module, "cpu_has_native_bf16", lambda: native)
+        monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
         caplog.clear()
-        with caplog.at_level("WARNING", logger="repro.train.run"):
+        with caplog.at_level("WARNING", logger="repro.train.trainer"):
             train(cfg, tmp_path / str(native))
         assert any("without bf16 instructions" in r.getMessage() for r in caplog.records) is warned
+
+
+def test_precision_resolves_as_documented_and_warns_only_for_emulated_bf16(monkeypatch, caplog):
+    """One function decides a run's precision and a step benchmark's (repro-bench steps) alike."""
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="repro.train.trainer"):
+        assert trainer_module.resolve_precision("auto", cpu) == "fp32"
+        assert trainer_module.resolve_precision("auto", cuda) == "bf16"
+        assert trainer_module.resolve_precision("fp32", cpu) == "fp32"
+        assert not caplog.records  # nothing emulated yet: a GPU's bf16 is native
+        assert trainer_module.resolve_precision("bf16", cpu) == "bf16"
+    assert len(caplog.records) == 1 and "without bf16 instructions" in caplog.records[0].getMessage()

@@ -108,6 +108,7 @@ class _Candidate:
         from repro.track import NormTimer
         from repro.train.checkpoint import seed_everything
         from repro.train.optim import build_optimization, build_scheduler, parameter_count
+        from repro.train.trainer import resolve_precision
 
         seed_everything(cfg.seed)  # every model starts from the same draw
         try:
@@ -121,9 +122,7 @@ class _Candidate:
         self.norm_timer = NormTimer(self.model, 1, device)
         self.task, self.device = task, device
         self.batch = None  # set once the task's data is loaded
-        precision = cfg.trainer.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" else "fp32"
+        precision = resolve_precision(cfg.trainer.precision, device)  # as a training run resolves it
         self.autocast = precision == "bf16"
         self.setting = measured_setting(cfg, precision)
 

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from repro.tasks import build_task_and_model
 from repro.nn import NORMS, norm_factory, sync_batch_norm
 from repro.track import DriftSettings, RunStore, Tracker, WandbSink
-from repro.track.host import cpu_has_native_bf16, cpu_model, finish_host_info, host_info
+from repro.track.host import cpu_model, finish_host_info, host_info
 from repro.track.wandb_sink import resolve_mode
 from repro.util import ConfigError, StorageError, check_options, remove_stale_temporaries
 
@@ -25,7 +25,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist
 from .config import validate_config
 from .optim import build_optimization, parameter_count
-from .trainer import Trainer, TrainerSettings
+from .trainer import Trainer, TrainerSettings, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,7 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
         if world.enabled and t.sync_batchnorm:
             sync_batch_norm(model)  # BatchNorm over the global batch, as one process would see it
         optimizer, schedule = build_optimization(model, cfg.optim)
-        precision = t.precision if t.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-        if precision == "bf16" and device.type == "cpu" and cpu_has_native_bf16() is False:
-            log.warning("trainer.precision=bf16 on a CPU without bf16 instructions (no AVX512_BF16 or AMX): "
-                        "autocast emulates bf16 here, and steps can take many times their fp32 time "
-                        "(15x measured on an AVX2-only EPYC); trainer.precision=fp32 may be faster")
+        precision = resolve_precision(t.precision, device)
         trainer = Trainer(
             task, model, optimizer, schedule, t, drift=check_options(cfg.track, DriftSettings, "track"),
             device=device, world=world, run_dir=run_dir, tracker=None,

@@ -30,6 +30,7 @@ from tqdm import tqdm
 from repro.tasks.base import Task
 from repro.track import NormPrecision, NormTimer, Tracker
 from repro.track.drift import DriftSettings
+from repro.track.host import cpu_has_native_bf16
 from repro.util import option, register_schema
 
 from . import checkpoint as ckpt
@@ -41,6 +42,18 @@ log = logging.getLogger(__name__)
 
 
 PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """trainer.precision as it runs on `device` ("auto": bf16 autocast on CUDA, fp32 elsewhere).
+    bf16 on a CPU without bf16 instructions is allowed but warned about: autocast emulates it there,
+    and a step took 15x its fp32 time on an AVX2-only EPYC (results/steps/README.md)."""
+    resolved = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if resolved == "bf16" and device.type == "cpu" and cpu_has_native_bf16() is False:
+        log.warning("trainer.precision=bf16 on a CPU without bf16 instructions (no AVX512_BF16 or AMX): "
+                    "autocast emulates bf16 here, and steps can take many times their fp32 time "
+                    "(15x measured on an AVX2-only EPYC); trainer.precision=fp32 may be faster")
+    return resolved
 DEVICES = ("auto", "cpu", "cuda")
 
 
