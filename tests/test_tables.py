@@ -13,7 +13,7 @@ import pytest
 from repro.cli.tables import main
 from repro.tables import collect_local, dedupe, fetch_wandb, table4, table10, verdicts
 from repro.tables.collect import history_to_rows
-from repro.tables.render import to_csv, to_latex, to_markdown, write_tables
+from repro.tables.render import notes_in, to_csv, to_latex, to_markdown, write_tables, written_notes
 from repro.track import RunStore
 from train_helpers import cifar_jpeg, one_thread  # noqa: F401
 
@@ -450,6 +450,23 @@ def test_cli_writes_tables_and_figures(cifar_tree, tmp_path, capsys):
         assert ("**Width 16**" in md) == (stem == "table10_cifar10")  # a TABLE= note goes to that table only
     for name in ("loss_curves", "val_curves", "norm_share", "kernel_gbps"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_keep_notes_regenerates_a_table_with_the_notes_it_has(cifar_tree, tmp_path):
+    """Adding runs and regenerating keeps the notes written before, per table; a table given a
+    --note takes that one instead. The notes come back whole, emphasis included."""
+    out = tmp_path / "results"
+    assert main(["--runs", str(cifar_tree), "--out", str(out), "--note", "table4=Budget: *30* steps",
+                 "--note", "table10=Width 16", "--note", "table10=Seed 1 of 3 so far"]) == 0
+    assert written_notes(out) == {"table4": ["Budget: *30* steps"], "table10": ["Width 16", "Seed 1 of 3 so far"]}
+    assert main(["--runs", str(cifar_tree), "--out", str(out), "--keep-notes", "--note", "table10=Seeds 1-3"]) == 0
+    assert written_notes(out) == {"table4": ["Budget: *30* steps"], "table10": ["Seeds 1-3"]}
+    assert main(["--runs", str(cifar_tree), "--out", str(out)]) == 0  # without it, notes are what is given
+    assert written_notes(out) == {"table4": [], "table10": []}
+    assert main(["--runs", str(cifar_tree), "--out", str(tmp_path / "fresh"), "--keep-notes"]) == 0  # nothing to keep
+    assert written_notes(tmp_path / "fresh") == {"table4": [], "table10": []}
+    md = "# T (regenerated)\n\n**first note**\n\n**second, with *emphasis***\n\n| a |\n|---|\n\n**not a note**\n"
+    assert notes_in(md) == ["first note", "second, with *emphasis*"]
 
 
 def write_bench(device_dir: Path) -> None:

@@ -1,6 +1,7 @@
 """repro-tables: rebuild the paper's tables and figures from runs; run the analyses.
 
     repro-tables --runs multirun/ --out results/
+    repro-tables --runs multirun/ --out results/ --keep-notes   # the notes already in results/tables stay
     repro-tables --wandb ENTITY/PROJECT [--group G] [--tags T ...] --out results/
     repro-tables --wandb ENTITY/PROJECT --offline            # from the cache only
     repro-tables --wandb ENTITY/PROJECT --make-report        # a saved W&B report of the runs
@@ -20,7 +21,7 @@ from pathlib import Path
 from repro.tables import collect_local, dedupe, fetch_wandb, verdicts
 from repro.tables.depth import is_depth_run
 from repro.tables.figures import write_figures
-from repro.tables.render import TABLE_NAMES, find_step_timings, table4, table10, write_tables
+from repro.tables.render import TABLE_NAMES, find_step_timings, table4, table10, write_tables, written_notes
 
 DEFAULT_CACHE = Path(os.environ.get("REPRO_CACHE", "~/.cache/repro")).expanduser() / "wandb"
 
@@ -40,6 +41,9 @@ def tables_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", metavar="[TABLE=]TEXT", action="append", default=[],
                    help="a line printed under the title of each table, e.g. the budget the runs had; "
                         "table4=TEXT or table10=TEXT puts it under that table only (repeatable)")
+    p.add_argument("--keep-notes", action="store_true",
+                   help="a table given no --note keeps the notes of its Markdown already under --out "
+                        "(regenerating after adding runs does not drop them)")
     p.add_argument("--make-report", action="store_true", help="save a W&B report of the runs (with --wandb)")
     p.add_argument("--dry-run", action="store_true", help="with --make-report: build the report, do not save it")
     return p
@@ -72,6 +76,9 @@ def run_tables(argv: list[str]) -> int:
     if args.dry_run and not args.make_report:
         p.error("--dry-run goes with --make-report")
     notes = parse_notes(p, args.note)
+    if args.keep_notes:
+        kept = written_notes(Path(args.out))
+        notes = {name: given or kept[name] for name, given in notes.items()}
     if args.wandb and args.wandb.count("/") != 1:
         p.error(f"--wandb must be ENTITY/PROJECT, got {args.wandb!r}")
     if args.make_report:

@@ -605,6 +605,25 @@ def to_latex(table: Table) -> str:
 
 
 TABLE_NAMES = ("table4", "table10")  # what --note TABLE=TEXT may name
+TABLE_FILES = {"table4": "table4_transformer", "table10": "table10_cifar10"}  # name -> file stem under tables/
+
+
+def notes_in(markdown: str) -> list[str]:
+    """The notes of a table's Markdown as `to_markdown` wrote them: the bold paragraphs between its
+    title and its first table row."""
+    notes = []
+    for line in markdown.splitlines()[1:]:
+        if line.startswith("|") or line.startswith("#"):
+            break
+        if line.startswith("**") and line.endswith("**"):
+            notes.append(line[2:-2])
+    return notes
+
+
+def written_notes(out: Path) -> dict[str, list[str]]:
+    """{table name: notes} of the tables already written under out/tables ([] where none is)."""
+    files = {name: Path(out) / "tables" / f"{stem}.md" for name, stem in TABLE_FILES.items()}
+    return {name: notes_in(path.read_text()) if path.is_file() else [] for name, path in files.items()}
 
 
 def find_step_timings(roots: Sequence[Path], runs: list[Run], warnings: Optional[list[str]] = None) -> dict:
