@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
@@ -14,7 +16,7 @@ from repro.cli.train import check_group_choices, check_sweep, sweep_jobs
 from repro.nn import NORM_NAMES, NormLayer
 from repro.nn import norm_factory
 from repro.train import ConfigError, TrainerSettings, validate_config
-from train_helpers import CONF_DIR, compose_config, one_thread  # noqa: F401
+from train_helpers import CONF_DIR, cifar_jpeg, compose_config, one_thread  # noqa: F401
 
 TASKS = {"cifar10_cnn": "ConvPoolCNNC", "cifar10_vit": "ViT"}
 
@@ -254,3 +256,29 @@ def test_the_trainer_schema_is_the_one_place_for_a_trainer_option(tmp_path):
         validate_config(compose_config("+trainer.max_step=5"))
     message = str(error.value)
     assert "\n" not in message and message.startswith("trainer.max_step is not an option here") and "max_steps" in message
+
+
+def test_rerunning_a_completed_run_from_another_checkout_leaves_its_directory_as_it_was(cifar_jpeg, tmp_path):
+    """The queue reruns its sweeps to resume them; a completed run's directory, committed, must not
+    change: not its train.log, nor the .hydra records (Hydra's hydra.yaml names the checkout's
+    paths, and used to be rewritten by every rerun from another folder). A run that starts or
+    continues records the invocation that ran it."""
+    run = tmp_path / "run"
+
+    def repro_train(*overrides, cwd):
+        result = subprocess.run(
+            [sys.executable, "-m", "repro.cli.train", "experiment=smoke", "trainer.max_steps=2", "trainer.eval_every=2",
+             *overrides, f"hydra.run.dir={run}"], cwd=cwd, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+    first = repro_train(f"data.root={cifar_jpeg}", cwd=Path.cwd())
+    assert {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "train.log", "summary.json"} <= set(first)
+    assert f"data.root={cifar_jpeg}" in yaml.safe_load(first[".hydra/overrides.yaml"])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    again = repro_train(f"data.root={cifar_jpeg.parent}/./{cifar_jpeg.name}", cwd=elsewhere)
+    assert again == first  # byte for byte, train.log included
+    continued = repro_train(f"data.root={cifar_jpeg}", "trainer.max_steps=3", cwd=elsewhere)
+    assert "trainer.max_steps=3" in yaml.safe_load(continued[".hydra/overrides.yaml"])
+    assert continued["train.log"].startswith(first["train.log"]) and len(continued["train.log"]) > len(first["train.log"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from repro.util.paths import CONF_DIR
 
@@ -92,6 +92,19 @@ def _overrides(args: list[str]) -> list[str]:
     return [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
 
 
+def save_hydra_records(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
+    """The three files Hydra writes into a job's .hydra/ (the job's config, Hydra's own, the
+    command-line overrides), written by us once the run starts: conf/config.yaml turns Hydra's
+    writing off (hydra.output_subdir: null), because Hydra writes them before the run's code can
+    tell that the directory holds a completed run to skip, and its hydra.yaml names this
+    checkout's paths, so every rerun of a sweep from another checkout rewrote the committed runs'."""
+    folder = Path(run_dir) / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+
+
 def _run(cfg: DictConfig) -> None:
     from repro.train import ConfigError, train
     from repro.util import StorageError
@@ -99,7 +112,8 @@ def _run(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     sweep = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else None
     try:
-        train(cfg, hydra_cfg.runtime.output_dir, sweep_name=sweep)
+        train(cfg, hydra_cfg.runtime.output_dir, sweep_name=sweep,
+              on_start=lambda run_dir: save_hydra_records(run_dir, cfg, hydra_cfg))
     # bad config, missing data, a damaged checkpoint or a full disk: the message says it all
     except (ConfigError, FileNotFoundError, StorageError) as error:
         sys.exit(f"error: {error}")

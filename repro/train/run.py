@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -75,8 +75,23 @@ def build_tracker(cfg: DictConfig, run_dir: Path, resume_step: Optional[int], gr
     return Tracker(store, sink)
 
 
-def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict:
-    """Train as `cfg` says, recording into `run_dir`; return the final summary (rank 0's)."""
+def stop_file_logs_in(run_dir: Path) -> None:
+    """Detach and close the logging file handlers writing into `run_dir` (Hydra's train.log), so
+    that what is logged next reaches the console only. Hydra opens train.log for appending before
+    the run's code starts; nothing has been written to it yet when a completed run is skipped."""
+    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]:
+        for handler in list(getattr(logger, "handlers", [])):
+            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().parent == run_dir:
+                logger.removeHandler(handler)
+                handler.close()
+
+
+def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None,
+          on_start: Optional[Callable[[Path], None]] = None) -> dict:
+    """Train as `cfg` says, recording into `run_dir`; return the final summary (rank 0's).
+    `on_start(run_dir)` runs on rank 0 once the run is known to start or continue there (not for
+    a completed run it skips, nor another run's directory it refuses): the CLI records Hydra's
+    config there, so a skipped run's directory is left byte for byte as it was."""
     world = dist.world_from_env()
     validate_config(cfg, world.world_size)
     t = check_options(cfg.trainer, TrainerSettings, "trainer")
@@ -104,12 +119,15 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None) -> dict
             if refusal is not None:
                 raise ConfigError(refusal)
             if done is not None:
+                stop_file_logs_in(run_dir)  # its train.log ends where the run ended
                 log.info("%s holds this run, completed at step %s: skipped (trainer.resume=none retrains it)",
                          run_dir, done.get("step"))
                 return done
             if changed:
                 log.warning("%s: continuing its run with %s", run_dir,
                             ", ".join(f"{key}={ours} (was {theirs})" for key, (theirs, ours) in changed.items()))
+        if on_start is not None and world.is_main:
+            on_start(run_dir)
         if t.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             # warn_only: some CUDA backward kernels (max-pool) have no deterministic version.
