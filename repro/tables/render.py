@@ -604,8 +604,8 @@ def to_latex(table: Table) -> str:
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
 
-TABLE_NAMES = ("table4", "table10")  # what --note TABLE=TEXT may name
 TABLE_FILES = {"table4": "table4_transformer", "table10": "table10_cifar10"}  # name -> file stem under tables/
+TABLE_NAMES = tuple(TABLE_FILES)  # what --note TABLE=TEXT may name
 
 
 def notes_in(markdown: str) -> list[str]:

@@ -9,7 +9,8 @@ Every training run (summary.json, key "environment") and every `repro-bench step
     cpu_bf16       whether the CPU does bf16 arithmetic natively (`cpu_has_native_bf16`)
     cpu_threads    torch's intra-op threads
     gpu            the CUDA device's name, or null
-    device         the GPU's name when there is one, else the CPU model (what tables print)
+    device         the GPU's name when there is one, else the CPU model (tables print `host_label`:
+                   the model with its capability and CPUs)
     torch, triton, cuda, python, git_sha (the commit), git_dirty, host (the machine's name)
     loadavg_start  /proc/loadavg's 1, 5 and 15 minute averages when the run started
     loadavg_end    the same when it ended (absent while it runs, or if it crashed hard)
