@@ -57,6 +57,9 @@ def test_table_notes_name_mixed_commits_and_contended_or_unrecorded_runs():
     assert any("different commits" in n and "aaaaaaaaaa: ln-1, rms-1" in n and "bbbbbbbbbb: rms-2" in n for n in notes)
     assert any("contended" in n and n.endswith("rms-1") for n in notes)
     assert any("no load average" in n and n.endswith("old") for n in notes)
+    edited = {**quiet, "git_dirty": True}
+    (note,) = host.host_notes({"ln-1": quiet, "rms-1": edited})
+    assert note.startswith("runs started from a checkout with uncommitted changes") and note.endswith(": rms-1")
 
 
 def _times(busy, own, wall, pid=1):

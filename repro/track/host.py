@@ -208,8 +208,8 @@ def host_label(env: Optional[dict]) -> str:
 def host_notes(environments: dict[str, Optional[dict]]) -> list[str]:
     """Lines to print under a table built from several runs (run name -> its summary's
     "environment"): the commits and the kinds of machine (`host_label`) the runs came from when
-    there is more than one, and which runs ran on a contended host or recorded too little to
-    tell. [] when all is uniform and quiet."""
+    there is more than one, which runs started from uncommitted code, and which ran on a contended
+    host or recorded too little to tell. [] when all is uniform, committed and quiet."""
     notes = []
     hosts: dict[str, list[str]] = {}
     for name, env in environments.items():
@@ -224,6 +224,10 @@ def host_notes(environments: dict[str, Optional[dict]]) -> list[str]:
     if len(commits) > 1:
         notes.append("runs from different commits: " + "; ".join(
             f"{sha}: {', '.join(sorted(names))}" for sha, names in sorted(commits.items())))
+    dirty = sorted(name for name, env in environments.items() if (env or {}).get("git_dirty"))
+    if dirty:
+        notes.append("runs started from a checkout with uncommitted changes (their code is not exactly their "
+                     f"commit's): {', '.join(dirty)}")
     verdicts = {name: _recorded_uncontended(env) for name, env in environments.items()}
     contended = sorted(n for n, v in verdicts.items() if v is False)
     unknown = sorted(n for n, v in verdicts.items() if v is None)
