@@ -11,8 +11,9 @@ from .norms import (
 )
 from .registry import NORM_NAMES, NORMS, NormSpec, norm_spec, spec_of_layer
 
-__all__ = [
-    "CONV_MODES", "NORMS", "WEIGHT_INITS", "FixedScale", "add_fixed_scales", "init_weights", "NORM_NAMES", "BatchNorm", "BatchNorm2d", "ConvNorm", "L2Norm", "LayerNorm",
-    "NormConfig", "NormFactory", "NormLayer", "NormSpec", "PartialRMSNorm", "RMSNorm", "SyncBatchNorm",
-    "SyncBatchNorm2d", "build_norm", "data_dependent_init", "l2_norm", "norm_factory", "norm_spec", "spec_of_layer", "sync_batch_norm",
+__all__ = [  # constants, classes, functions
+    "CONV_MODES", "NORMS", "NORM_NAMES", "WEIGHT_INITS", "BatchNorm", "BatchNorm2d", "ConvNorm", "FixedScale",
+    "L2Norm", "LayerNorm", "NormConfig", "NormFactory", "NormLayer", "NormSpec", "PartialRMSNorm", "RMSNorm",
+    "SyncBatchNorm", "SyncBatchNorm2d", "add_fixed_scales", "build_norm", "data_dependent_init",
+    "init_weights", "l2_norm", "norm_factory", "norm_spec", "spec_of_layer", "sync_batch_norm",
 ]
