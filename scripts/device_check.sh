@@ -25,9 +25,13 @@
 # composes repro-train's config, so it needs hydra-core, omegaconf and antlr4-python3-runtime
 # 4.9.3, which the H200 image lacks: carry them as wheels too, or that step fails alone). Wheels found in
 # WHEELS (default .whl/) are installed first into $SITE (default /tmp/site, put on PYTHONPATH),
-# without the network: that is how Liger-Kernel gets there (`pip download --no-deps liger-kernel
-# -d .whl` on a machine with PyPI, then carry .whl). Without it the bench reports Liger as
-# unavailable and goes on. A copied tree without .git can name its commit in REPRO_GIT_SHA.
+# without the network: that is how Liger-Kernel gets there. Make them where PyPI is reachable
+# (pip wheel builds antlr4's, which PyPI has only as source; .whl/ is git-ignored, so a new
+# checkout makes it again) and carry them:
+#   pip wheel --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 liger-kernel==0.8.5
+#   run(command="bash scripts/device_check.sh", carry=[".whl"], timeout_s=360)   # the device tool
+# Without them the bench reports Liger as unavailable and goes on, and the steps step fails alone.
+# A copied tree without .git can name its commit in REPRO_GIT_SHA.
 #
 # Time boxes (seconds, override by environment): TOTAL_S=290 for the whole script,
 # SETUP_TIMEOUT_S=60, PYTEST_TIMEOUT_S=110 (then pytest gets SIGINT: it stops, and still writes
