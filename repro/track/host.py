@@ -210,20 +210,16 @@ def host_notes(environments: dict[str, Optional[dict]]) -> list[str]:
     "environment"): the commits and the kinds of machine (`host_label`) the runs came from when
     there is more than one, which runs started from uncommitted code, and which ran on a contended
     host or recorded too little to tell. [] when all is uniform, committed and quiet."""
+    def mixed(what: str, key) -> None:  # a note when the runs fall into more than one group by `key`
+        groups: dict[str, list[str]] = {}
+        for name, env in environments.items():
+            groups.setdefault(key(env or {}), []).append(name)
+        if len(groups) > 1:
+            notes.append(f"{what}: " + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in sorted(groups.items())))
+
     notes = []
-    hosts: dict[str, list[str]] = {}
-    for name, env in environments.items():
-        hosts.setdefault(host_label(env), []).append(name)
-    if len(hosts) > 1:
-        notes.append("runs on different kinds of machine (their time columns mix them): " + "; ".join(
-            f"{label}: {', '.join(sorted(names))}" for label, names in sorted(hosts.items())))
-    commits: dict[str, list[str]] = {}
-    for name, env in environments.items():
-        sha = (env or {}).get("git_sha")
-        commits.setdefault(sha[:10] if sha else "unknown commit", []).append(name)
-    if len(commits) > 1:
-        notes.append("runs from different commits: " + "; ".join(
-            f"{sha}: {', '.join(sorted(names))}" for sha, names in sorted(commits.items())))
+    mixed("runs on different kinds of machine (their time columns mix them)", host_label)
+    mixed("runs from different commits", lambda env: env["git_sha"][:10] if env.get("git_sha") else "unknown commit")
     dirty = sorted(name for name, env in environments.items() if (env or {}).get("git_dirty"))
     if dirty:
         notes.append("runs started from a checkout with uncommitted changes (their code is not exactly their "

@@ -79,11 +79,11 @@ def stop_file_logs_in(run_dir: Path) -> None:
     """Detach and close the logging file handlers writing into `run_dir` (Hydra's train.log), so
     that what is logged next reaches the console only. Hydra opens train.log for appending before
     the run's code starts; nothing has been written to it yet when a completed run is skipped."""
-    for logger in [logging.getLogger(), *(logging.getLogger(n) for n in logging.root.manager.loggerDict)]:
-        for handler in list(getattr(logger, "handlers", [])):
-            if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().parent == run_dir:
-                logger.removeHandler(handler)
-                handler.close()
+    root = logging.getLogger()  # where Hydra's job logging puts its file handler
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().parent == run_dir:
+            root.removeHandler(handler)
+            handler.close()
 
 
 def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None,
