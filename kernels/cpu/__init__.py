@@ -146,6 +146,17 @@ def layer_norm_backward(dy: Tensor, x: Tensor, weight, mean: Tensor, rstd: Tenso
     return load().layer_norm_backward(dy, x, weight, mean, rstd, has_bias)
 
 
+# ------------------------------------------------------------------ the eager route
+# Differentiable ops on any-shaped tensors whose autograd node is C++ (norms.cpp): what
+# repro.kernels' eager calls on CPU run, with no Python in the backward.
+def rms_norm(x: Tensor, weight, bias, eps: float, k: int, eps_outside: bool) -> Tensor:
+    return load().rms_norm(x, weight, bias, eps, k, eps_outside)
+
+
+def layer_norm(x: Tensor, weight, bias, eps: float) -> Tensor:
+    return load().layer_norm(x, weight, bias, eps)
+
+
 @contextlib.contextmanager
 def stream_threshold(nbytes: int):
     """Within the block, outputs of at least `nbytes` are written with streaming (non-temporal)
