@@ -201,6 +201,7 @@ def run_steps(config: StepsConfig) -> dict:
     """Build, warm up and time every norm; return the result document (see the module doc)."""
     from repro.tasks import build_task
     from repro.train import distributed as dist
+    from repro.train.bf16_emulation import bf16_route, emulate_bf16_autocast
     from repro.train.run import resolve_device
 
     norms = normalize_norms(config.norms)
@@ -231,13 +232,16 @@ def run_steps(config: StepsConfig) -> dict:
 
     timer, timer_name = step_timer(device)
     step_fns = {norm: c.step for norm, c in candidates.items()}
-    seconds = interleave(step_fns, config.steps, warmup=config.warmup, timer=timer, budget_s=config.budget_s)
     norm_times: dict[str, list[tuple[float, float]]] = {norm: [] for norm in norms}
-    if config.norm_steps:
-        def norm_fn(norm):
-            return lambda: norm_times[norm].append(candidates[norm].timed_norms())
-        interleave({norm: norm_fn(norm) for norm in norms}, config.norm_steps, warmup=0,
-                   timer=lambda fn: fn() or 0.0, budget_s=config.budget_s)
+    # as a training run takes its steps (repro.train.Trainer.fit)
+    emulated = any(c.autocast for c in candidates.values()) and bf16_route(device) == "emulated"
+    with emulate_bf16_autocast(emulated):
+        seconds = interleave(step_fns, config.steps, warmup=config.warmup, timer=timer, budget_s=config.budget_s)
+        if config.norm_steps:
+            def norm_fn(norm):
+                return lambda: norm_times[norm].append(candidates[norm].timed_norms())
+            interleave({norm: norm_fn(norm) for norm in norms}, config.norm_steps, warmup=0,
+                       timer=lambda fn: fn() or 0.0, budget_s=config.budget_s)
     return build_result(config, norms, first.task.name, host, timer_name, seconds, norm_times,
                         {n: c.parameters for n, c in candidates.items()},
                         {n: c.setting for n, c in candidates.items()})

@@ -178,7 +178,9 @@ def train(cfg: DictConfig, run_dir, *, sweep_name: Optional[str] = None,
                 resumed_step=trainer.step if resume else None,
                 # every start of this run directory: a fresh one, then each resume
                 starts=tracker.store.summary.get("starts", [])
-                + [{"step": trainer.step, "checkpoint": str(resume) if resume else None, "changed": changed}],
+                + [{"step": trainer.step, "checkpoint": str(resume) if resume else None, "changed": changed,
+                    # how bf16 autocast's matrix ops ran from this start: a resume may land on another host
+                    "bf16_matmul": ("emulated" if trainer.bf16_emulated else "native") if precision == "bf16" else None}],
                 error=None,  # a resumed run's summary.json still holds the crash that stopped it
             )
         task.setup(device, world.rank, world.world_size)

@@ -30,12 +30,12 @@ from tqdm import tqdm
 from repro.tasks.base import Task
 from repro.track import NormPrecision, NormTimer, Tracker
 from repro.track.drift import DriftSettings
-from repro.track.host import cpu_has_native_bf16
 from repro.util import option, register_schema
 
 from . import checkpoint as ckpt
 from . import distributed as dist
 from .banner import ProgressLog, RunPlan, StepClock, start_banner
+from .bf16_emulation import bf16_route, emulate_bf16_autocast
 from .optim import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -46,14 +46,17 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """trainer.precision as it runs on `device` ("auto": bf16 autocast on CUDA, fp32 elsewhere).
-    bf16 on a CPU without bf16 instructions is allowed but warned about: autocast emulates it there,
-    and a step took 15x its fp32 time on an AVX2-only EPYC (results/steps/README.md)."""
+    bf16 on a CPU whose oneDNN has no bf16 support runs autocast's convolutions and matrix products
+    in fp32 on bf16-rounded operands (repro.train.bf16_emulation: bf16's arithmetic at fp32 speed,
+    where torch's own route took 15x the fp32 time); the log says so."""
     resolved = precision if precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if resolved == "bf16" and device.type == "cpu" and cpu_has_native_bf16() is False:
-        log.warning("trainer.precision=bf16 on a CPU without bf16 instructions (no AVX512_BF16 or AMX): "
-                    "autocast emulates bf16 here, and steps can take many times their fp32 time "
-                    "(15x measured on an AVX2-only EPYC); trainer.precision=fp32 may be faster")
+    if resolved == "bf16" and bf16_route(device) == "emulated":
+        log.warning("trainer.precision=bf16 on a CPU without bf16 support in oneDNN (no AVX-512 or AMX): "
+                    "autocast's convolutions and matrix products run in fp32 on bf16-rounded operands "
+                    "(repro.train.bf16_emulation), as fast as fp32 and no faster")
     return resolved
+
+
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -130,6 +133,8 @@ class Trainer:
         self.s, self.device, self.world, self.run_dir = settings, device, world, Path(run_dir)
         self.drift_settings = drift or DriftSettings()
         self.tracker, self.autocast_dtype, self.config = tracker, autocast_dtype, config
+        # bf16 autocast on a CPU without oneDNN bf16: the matrix ops emulated (repro.train.bf16_emulation)
+        self.bf16_emulated = autocast_dtype == torch.bfloat16 and bf16_route(device) == "emulated"
         # What the start banner shows besides the step counts (repro.train.banner.RunPlan's other
         # fields); None: no banner (e.g. ranks other than 0).
         self.banner: Optional[dict] = None
@@ -207,6 +212,10 @@ class Trainer:
         return self.wall_time_before + time.time() - self.fit_started
 
     def fit(self) -> dict:
+        with emulate_bf16_autocast(self.bf16_emulated):
+            return self._fit()
+
+    def _fit(self) -> dict:
         batches = self.task.train_batches()
         steps_per_epoch = len(batches) // self.s.accumulate
         if steps_per_epoch < 1:
