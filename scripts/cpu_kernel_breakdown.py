@@ -8,11 +8,13 @@ Prints, in ms (medians over rounds), with freed memory kept (repro.bench.timing.
 as scripts/cpu_kernel_ratios.py's "kept" mode):
   back to back   the C++ kernels alone, forward then backward, called in a loop of their own
                  (the input, gradient and output blocks stay in cache)
-  interleaved    the same raw calls, our op through autograd (rms_norm(...).backward()) and
-                 F.layer_norm's forward + backward, taking turns call by call as
+  interleaved    the same raw calls, our op through autograd (rms_norm(...).backward(): the C++
+                 autograd node, the eager route on CPU), the same kernels through a Python
+                 autograd.Function (the eager route before the C++ node, still the one on CUDA),
+                 and F.layer_norm's forward + backward, taking turns call by call as
                  scripts/cpu_kernel_ratios.py runs them (each evicts the others' data)
-  fixed cost     our op's and F.layer_norm's forward + backward on a 2 x 8 input: the path around
-                 the kernels (Python, autograd), which does not grow with the input
+  fixed cost     the three ops' forward + backward on a 2 x 8 input: the path around the kernels
+                 (Python, autograd), which does not grow with the input
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from repro.bench.paired import interleave, median_ms
 from repro.bench.timing import keep_freed_memory
 from repro.kernels import cpu as cpu_kernels
-from repro.kernels import rms_norm
+from repro.kernels import ops, rms_norm
 
 
 def shape(text: str) -> tuple[int, int]:
@@ -51,11 +53,15 @@ def op_calls(m: int, n: int) -> dict:
         x.grad = w.grad = None
         rms_norm(x, w, 1e-6, backend="cpu").backward(dy)
 
+    def python_function():
+        x.grad = w.grad = None
+        ops._RMSNormFunction.apply(x, w, None, 1e-6, n, False, "cpu").backward(dy)
+
     def theirs():
         x.grad = w.grad = b.grad = None
         F.layer_norm(x, (n,), w, b, 1e-5).backward(dy)
 
-    return {"raw kernels": raw, "rms_norm op": ours, "F.layer_norm": theirs}
+    return {"raw kernels": raw, "rms_norm op": ours, "Python Function": python_function, "F.layer_norm": theirs}
 
 
 def main(argv=None) -> int:
@@ -76,7 +82,7 @@ def main(argv=None) -> int:
     alone = interleave({"raw kernels": calls["raw kernels"]}, args.rounds, warmup=5)["raw kernels"]
     mixed = interleave(calls, args.rounds, warmup=5)
     tiny = op_calls(2, 8)
-    fixed = interleave({k: tiny[k] for k in ("rms_norm op", "F.layer_norm")}, args.rounds, warmup=5)
+    fixed = interleave({k: tiny[k] for k in ("rms_norm op", "Python Function", "F.layer_norm")}, args.rounds, warmup=5)
     print(f"{m} x {n}, fp32, {args.threads} thread(s), build {cpu_kernels.build_capability()}, "
           f"{args.rounds} rounds, medians in ms")
     print(f"  back to back   raw kernels {median_ms(alone):.3f}")

@@ -27,8 +27,10 @@ def test_it_times_the_kernels_alone_interleaved_and_the_fixed_cost():
     assert head.startswith("64 x 32, fp32, 1 thread(s), build ")
     number = r"\d+\.\d{3}"
     assert re.fullmatch(rf"  back to back   raw kernels {number}", alone)
-    assert re.fullmatch(rf"  interleaved    raw kernels {number}  rms_norm op {number}  F.layer_norm {number}", mixed)
-    assert re.fullmatch(rf"  fixed cost     rms_norm op {number}  F.layer_norm {number}  \(2 x 8 input\)", fixed)
+    assert re.fullmatch(rf"  interleaved    raw kernels {number}  rms_norm op {number}  Python Function {number}  "
+                        rf"F.layer_norm {number}", mixed)
+    assert re.fullmatch(rf"  fixed cost     rms_norm op {number}  Python Function {number}  F.layer_norm {number}  "
+                        r"\(2 x 8 input\)", fixed)
 
 
 def test_a_malformed_shape_is_a_one_line_error():

@@ -175,6 +175,8 @@ def test_speed_verdict_only_from_an_uncontended_host_of_one_kind(tmp_path):
                 summary = json.loads((run / "summary.json").read_text())
                 summary["environment"].update(contended=contended, cpu_model="AMD EPYC", cpu_count=2,
                                               cpu_capability=seed3_capability if seed == 3 else "AVX512")
+                if seed == 3 and seed3_capability == "AVX2":  # resumed there with bf16 emulated
+                    summary["starts"] = [{"step": 0, "bf16_matmul": "native"}, {"step": 500, "bf16_matmul": "emulated"}]
                 (run / "summary.json").write_text(json.dumps(summary))
         table = table10(collect_local([root]))
         return [line for line in verdicts(table) if line.startswith("speed")][0], to_markdown(table)
@@ -187,6 +189,9 @@ def test_speed_verdict_only_from_an_uncontended_host_of_one_kind(tmp_path):
     assert "no speed verdict" in verdict
     assert ("runs on different kinds of machine (their time columns mix them): AMD EPYC (AVX2, 2 CPUs): "
             "layernorm3, rmsnorm3; AMD EPYC (AVX512, 2 CPUs): ") in md
+    assert "bf16 convolutions and matrix products were emulated" in md and md.count("all or part of their steps: "
+                                                                                   "layernorm3, rmsnorm3\n") == 1
+    assert "emulated" not in tree(False)[1]
 
 
 def test_speed_calls_need_an_interval_beyond_the_drift_between_sessions():

@@ -534,6 +534,12 @@ def _hardware_lines(table: Table) -> list[str]:
     lines = [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows if row.runs]
     runs = [run for row in table.rows for run in row.runs]
     lines += [f"- {note}" for note in host_notes({run.path.name: run.summary.get("environment") for run in runs})]
+    emulated = sorted(run.path.name for run in runs
+                      if any(start.get("bf16_matmul") == "emulated" for start in run.summary.get("starts") or []))
+    if emulated:
+        lines.append("- runs whose bf16 convolutions and matrix products were emulated in fp32 on bf16-rounded "
+                     "operands, on a CPU without oneDNN bf16 (repro.train.bf16_emulation: the rounding points of "
+                     f"bf16 kernels, another order of fp32 sums), for all or part of their steps: {', '.join(emulated)}")
     return lines
 
 
