@@ -61,7 +61,8 @@ TABLE10_NOTE="CPU budget, not the paper's schedule: experiment=cifar10_table10_c
 data-dependent init for none/weightnorm, all 50k training images, the test set) at widths 32/64 (paper: 96/192) for \
 20 epochs (paper: 200) under bf16 autocast (paper: fp32; the norms keep fp32 statistics), seeds 1-3 per norm (the seeds \
 column counts the completed runs), pRMSNorm p = 12.5 % (the full RMS on the 10-way layer: see the experiment file); one \
-run at a time with 2 threads on a 2-core AMD EPYC (Zen 4, AVX512_BF16) VM. Made by: scripts/cpu_budget_runs.sh --only \
+run at a time with 2 threads on a 2-core AMD EPYC VM (Zen 4: with AVX512_BF16, or with AVX-512 hidden and bf16 autocast \
+emulated in fp32, the same rounding points, for the runs listed under Measured on). Made by: scripts/cpu_budget_runs.sh --only \
 table10 (for seed 1, 2, 3 in turn: repro-train -m experiment=cifar10_table10_cpu data.root=../shared/data/cifar10-jpg \
 logger=none seed=SEED norm=none,batchnorm,weightnorm,layernorm,rmsnorm,prmsnorm \
 hydra.sweep.dir=results/runs/cifar10_table10_cpu); run stores in results/runs/cifar10_table10_cpu."
