@@ -292,9 +292,14 @@ inline int64_t group_rows(int64_t n) {
   return n <= 1024 ? 1 : kGroupRows;
 }
 
-// group_fn(first_row, rows, dw_partial, db_partial) computes dx for rows [first_row,
+// group_fn(first_row, Rows<rows>{}, dw_partial, db_partial) computes dx for rows [first_row,
 // first_row + rows), rows <= kGroupRows, and adds their contributions to the block's partials
-// (null where that gradient is not needed).
+// (null where that gradient is not needed). The row count is a compile-time constant: with a
+// runtime count the compiler kept the group's row pointers and sums on the stack and reloaded
+// them for every vector of the column loop.
+template <int64_t kRows>
+using Rows = std::integral_constant<int64_t, kRows>;
+
 template <typename A, typename GroupFn>
 std::tuple<Tensor, Tensor> accumulate_param_grads(
     int64_t m, int64_t n, bool need_dw, bool need_db, const at::TensorOptions& acc_opts,
@@ -314,7 +319,13 @@ std::tuple<Tensor, Tensor> accumulate_param_grads(
       A* db_p = db_partials ? db_partials + b * n : nullptr;
       const int64_t r1 = std::min(m, (b + 1) * rows_per_block);
       for (int64_t r = b * rows_per_block; r < r1; r += group) {
-        group_fn(r, std::min(group, r1 - r), dw_p, db_p);
+        static_assert(kGroupRows == 4, "one case per group size");
+        switch (std::min(group, r1 - r)) {
+          case 1: group_fn(r, Rows<1>{}, dw_p, db_p); break;
+          case 2: group_fn(r, Rows<2>{}, dw_p, db_p); break;
+          case 3: group_fn(r, Rows<3>{}, dw_p, db_p); break;
+          default: group_fn(r, Rows<4>{}, dw_p, db_p); break;
+        }
       }
     }
     fence_streams();  // group_fn may write dx with streaming stores
@@ -454,11 +465,12 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
     advise_huge_pages(dx);
     const A k_a = static_cast<A>(k);
 
-    auto group_fn = [&](int64_t r0, int64_t rows, A* dw_p, A* db_p) {
-      const T* xr[kGroupRows];
-      const T* dyr[kGroupRows];
-      T* dxr[kGroupRows];
-      A s[kGroupRows], a[kGroupRows];
+    auto group_fn = [&](int64_t r0, auto rows_c, A* dw_p, A* db_p) {
+      constexpr int64_t rows = decltype(rows_c)::value;
+      const T* xr[rows];
+      const T* dyr[rows];
+      T* dxr[rows];
+      A s[rows], a[rows];
       for (int64_t j = 0; j < rows; ++j) {
         xr[j] = xp + (r0 + j) * x_stride;
         dyr[j] = dyp + (r0 + j) * dy_stride;
@@ -476,7 +488,7 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
           a[j] = s[j] * s[j] * s[j] * c_sum / k_a;
         }
       }
-      auto columns = [&](int64_t begin, int64_t end, bool in_prefix) {
+      auto columns = [&](int64_t begin, int64_t end, auto in_prefix) {
         vec_loop<A>(begin, end, [&](int64_t i, auto len) {
           const V wv = load(wp + i, len);
           V dw_sum(A(0)), db_sum(A(0));
@@ -485,7 +497,7 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
             const V dyv = load(dyr[j] + i, len);
             const V sv(s[j]);
             V dxv = sv * (dyv * wv);
-            if (in_prefix) dxv = dxv - V(a[j]) * xv;
+            if constexpr (decltype(in_prefix)::value) dxv = dxv - V(a[j]) * xv;
             store_out(dxr[j] + i, dxv, len, stream);
             dw_sum = at::vec::fmadd(dyv, xv * sv, dw_sum);
             db_sum = db_sum + dyv;
@@ -494,8 +506,8 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
           if (db_p) store(db_p + i, load(db_p + i, len) + db_sum, len);
         });
       };
-      columns(0, k, true);
-      columns(k, n, false);
+      columns(0, k, std::true_type{});
+      columns(k, n, std::false_type{});
     };
     std::tie(dw, db) = accumulate_param_grads<A>(m, n, need_dw, has_bias, acc_opts, group_fn);
   });
@@ -598,11 +610,12 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
     advise_huge_pages(dx);
     const A inv_n = A(1) / static_cast<A>(n);
 
-    auto group_fn = [&](int64_t r0, int64_t rows, A* dw_p, A* db_p) {
-      const T* xr[kGroupRows];
-      const T* dyr[kGroupRows];
-      T* dxr[kGroupRows];
-      A mu[kGroupRows], s[kGroupRows], g_mean[kGroupRows], gxh_mean[kGroupRows];
+    auto group_fn = [&](int64_t r0, auto rows_c, A* dw_p, A* db_p) {
+      constexpr int64_t rows = decltype(rows_c)::value;
+      const T* xr[rows];
+      const T* dyr[rows];
+      T* dxr[rows];
+      A mu[rows], s[rows], g_mean[rows], gxh_mean[rows];
       for (int64_t j = 0; j < rows; ++j) {
         xr[j] = xp + (r0 + j) * x_stride;
         dyr[j] = dyp + (r0 + j) * dy_stride;
