@@ -39,7 +39,18 @@ _ops = None  # the loaded torch.ops namespace
 _error: Optional[BaseException] = None  # why the build failed, remembered so it is tried once
 
 
+LIBRARY = "repro_cpu_norms"  # the torch.ops namespace norms.cpp registers (TORCH_LIBRARY)
+
+
 def _build():
+    return build_source(_SOURCE, LIBRARY)
+
+
+def build_source(source: Path, library: str):
+    """Compile one kernel source for this process's capability and return its torch.ops namespace.
+    The source registers its ops under `library` (TORCH_LIBRARY(<library>, m)); builds are cached
+    per library and capability. Besides norms.cpp, scripts/cpu_kernel_ab.py builds another revision
+    of it under another name, to time the two side by side."""
     # importing cpp_extension on a machine without CUDA logs a warning about CUDA_HOME that says
     # nothing about this CPU build
     log = logging.getLogger("torch.utils.cpp_extension")
@@ -55,19 +66,24 @@ def _build():
     if capability in _CAPABILITY_FLAGS:
         flags += _CAPABILITY_FLAGS[capability]
         flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
-    name = f"repro_cpu_norms_{capability.lower()}"
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "repro" / "torch_extensions"
-    build_dir = Path(root) / f"torch-{torch.__version__}" / name
+    name = f"{library}_{capability.lower()}"
+    build_dir = extensions_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(
         name=name,
-        sources=[str(_SOURCE)],
+        sources=[str(source)],
         extra_cflags=flags,
         extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
         is_python_module=False,
     )
-    return torch.ops.repro_cpu_norms
+    return getattr(torch.ops, library)
+
+
+def extensions_root() -> Path:
+    """Where builds are cached: TORCH_EXTENSIONS_DIR or ~/.cache/repro/torch_extensions, per torch version."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "repro" / "torch_extensions"
+    return Path(root) / f"torch-{torch.__version__}"
 
 
 def build_capability() -> str:
