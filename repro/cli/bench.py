@@ -150,7 +150,8 @@ def steps_main(argv: list[str]) -> int:
     from repro.bench import steps
 
     parser = build_steps_parser()
-    args = parser.parse_args(argv)
+    # overrides may stand anywhere, before, between or after the options, as repro-train takes them
+    args = parser.parse_intermixed_args(argv)
     if args.norm_steps < 0:
         parser.error(f"--norm-steps: expected an integer >= 0, got {args.norm_steps}")
     if args.threads:
