@@ -58,6 +58,7 @@ def test_bad_arguments_are_one_line_errors(args, message):
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="the C++ CPU kernels do not build here")
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout")
 def test_an_unknown_revision_is_a_one_line_error():
     result = run("--base", "no-such-revision-xyz", "--shapes", "16x64", "--rounds", "3")
     assert result.returncode == 1
@@ -66,6 +67,7 @@ def test_an_unknown_revision_is_a_one_line_error():
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="the C++ CPU kernels do not build here")
+@pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout: no revision to compare against")
 def test_it_times_both_builds_and_compares_their_outputs(tmp_path):
     out = tmp_path / "ab.json"
     result = run("--base", "HEAD", "--shapes", "16x64,5x24", "--kernels", "rms bwd,ln fwd", "--rounds", "3",
