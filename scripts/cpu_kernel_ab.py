@@ -32,10 +32,12 @@ KERNELS = ("rms fwd", "rms bwd", "prms fwd", "prms bwd", "ln fwd", "ln bwd")
 
 
 def shapes(text: str) -> list[tuple[int, int]]:
+    from repro.bench.suite import parse_mxn
+
     out = []
     for item in text.split(","):
         try:
-            m, n = (int(v) for v in item.lower().split("x"))
+            m, n = parse_mxn(item)
         except ValueError:
             raise argparse.ArgumentTypeError(f"--shapes must be MxN[,MxN...], e.g. 4096x512, got {item!r}") from None
         if m < 1 or n < 8:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from repro.bench.paired import interleave, median_ms
+from repro.bench.suite import parse_mxn
 from repro.bench.timing import keep_freed_memory
 from repro.kernels import cpu as cpu_kernels
 from repro.kernels import ops, rms_norm
@@ -31,10 +32,9 @@ from repro.kernels import ops, rms_norm
 
 def shape(text: str) -> tuple[int, int]:
     try:
-        m, n = (int(v) for v in text.lower().split("x"))
+        return parse_mxn(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shape must be MxN, e.g. 4096x512, got {text!r}") from None
-    return m, n
 
 
 def op_calls(m: int, n: int) -> dict:

@@ -57,6 +57,12 @@ DEFAULT_DTYPE = {"cuda": "bf16", "cpu": "fp32"}
 GRAPH_MAX_N = 4096
 
 
+def parse_mxn(text: str) -> tuple[int, int]:
+    """'4096x512' -> (4096, 512), as the CPU kernel scripts take their --shape(s); ValueError otherwise."""
+    m, n = (int(v) for v in text.lower().split("x"))  # ValueError on anything but two integers
+    return m, n
+
+
 def default_grid(device_type: str, quick: bool, dtypes: Optional[Iterable[str]] = None) -> list[Shape]:
     """The built-in grid, most important shapes first (a time budget cuts from the end).
 
