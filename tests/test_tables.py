@@ -13,7 +13,7 @@ import pytest
 from repro.cli.tables import main
 from repro.tables import collect_local, dedupe, fetch_wandb, table4, table10, verdicts
 from repro.tables.collect import history_to_rows
-from repro.tables.render import notes_in, to_csv, to_latex, to_markdown, write_tables, written_notes
+from repro.tables.render import notes_in, steps_per_epoch, to_csv, to_latex, to_markdown, write_tables, written_notes
 from repro.track import RunStore
 from train_helpers import cifar_jpeg, one_thread  # noqa: F401
 
@@ -125,6 +125,9 @@ def test_markdown_shows_seeds_spread_verdicts_and_the_paper(cifar_tree):
     assert "norm time 2.00x [" in speed and "test-cpu" in speed and "paper: 1.26x" in speed
     assert "no speed verdict: not measured under controlled conditions" in speed
     assert "x* |" in md  # the speed column is marked as uncontrolled
+    rms_row = next(line for line in md.splitlines() if line.startswith("| RMSNorm |"))
+    assert rms_row.count("*") == 5  # so are the runs' own time cells: s / epoch, ms / step, norm ms, share
+    assert "†" not in "\n".join(line for line in md.splitlines() if line.startswith("|"))
 
 
 def test_quality_calls_use_welch_t_intervals():
@@ -210,16 +213,32 @@ def test_speed_comes_from_paired_step_timings_stored_next_to_the_runs(cifar_tree
     """A steps.json (repro-bench steps) in the runs' folder replaces the training runs' wall clock
     in the speed column and gives the speed verdict, with its interval."""
     steps = {"kind": "repro-bench steps", "format": 1, "task": "cifar10_cnn", "created": "2026-01-01T00:00:00",
-             "host": {"cpu_model": "Test CPU", "cpu_threads": 1, "contended": True},
-             "norms": {"layernorm": {"ratio_vs_layernorm": 1.0, "ratio_ci95": [1.0, 1.0]},
+             "rounds": 40, "host": {"cpu_model": "Test CPU", "cpu_threads": 1, "contended": True,
+                                    "git_sha": "abcdef0123456789", "git_dirty": False},
+             "norms": {"layernorm": {"ratio_vs_layernorm": 1.0, "ratio_ci95": [1.0, 1.0], "median_step_ms": 50.0,
+                                     "norm_fwd_ms": 4.0, "norm_bwd_ms": 6.0},
                        "rmsnorm": {"ratio_vs_layernorm": 0.8, "ratio_ci95": [0.75, 0.85],
-                                   "norm_ratio_vs_layernorm": 0.5, "norm_ratio_ci95": [0.4, 0.6]},
-                       "prmsnorm": {"ratio_vs_layernorm": 0.98, "ratio_ci95": [0.9, 1.05]}}}
+                                   "norm_ratio_vs_layernorm": 0.5, "norm_ratio_ci95": [0.4, 0.6],
+                                   "median_step_ms": 40.0, "norm_fwd_ms": 2.0, "norm_bwd_ms": 3.0},
+                       "prmsnorm": {"ratio_vs_layernorm": 0.98, "ratio_ci95": [0.9, 1.05], "median_step_ms": 49.0,
+                                    "norm_fwd_ms": 0.0, "norm_bwd_ms": 0.0}}}
     (cifar_tree / "steps").mkdir()
     (cifar_tree / "steps" / "steps.json").write_text(json.dumps(steps))
     assert main(["--runs", str(cifar_tree), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "tables" / "table10_cifar10.md").read_text()
     assert "| RMSNorm | 2 | 30 |" in md and "| 1.25x |" in md  # 1 / 0.8, no uncontrolled mark
+    # The time cells are the measurement's, not the runs' clocks: ms / step 40, s / epoch = 40 ms x
+    # the runs' steps per epoch, norm ms 2 + 3, share 5 / 40; a measurement without norm time: missing.
+    rms_row = next(line for line in md.splitlines() if line.startswith("| RMSNorm |"))
+    per_epoch = steps_per_epoch(collect_local([cifar_tree])[0])
+    assert f"| {40.0 * per_epoch / 1e3:.1f}† | 40.0† | 5.00† | 12.5† | 1.25x |" in rms_row, rms_row
+    assert "| 49.0† | missing | missing | 1.02x |" in md
+    assert ("cifar10_cnn time columns (†) and speedup: repro-bench steps on Test CPU, 1 thread(s), contended, "
+            "commit abcdef0123, 2026-01-01, 40 rounds, precision not recorded") in md
+    csv_rows = read_csv(tmp_path / "out" / "tables" / "table10_cifar10.csv")
+    assert csv_rows[("rmsnorm", "")]["step_ms_mean"] == "40.0" and csv_rows[("rmsnorm", "")]["step_ms_n"] == "1"
+    assert csv_rows[("rmsnorm", "")]["time_source"] == "repro-bench steps"
+    assert "40.0$^\\dagger$" in (tmp_path / "out" / "tables" / "table10_cifar10.tex").read_text()
     lines = [line for line in md.splitlines() if line.startswith("- speed")]
     rms = next(line for line in lines if "RMSNorm vs" in line and "pRMS" not in line)
     assert "step time 1.25x [1.18, 1.33]" in rms and "norm time 2.00x [1.67, 2.50]" in rms
@@ -333,7 +352,7 @@ def test_table4_per_test_set_and_missing_cells(tmp_path):
     headers = [c.header for c in table.columns]
     assert headers[:2] == ["test2016 sacreBLEU", "test2017 sacreBLEU"]  # the paper's metric, and only it
     md = to_markdown(table)
-    assert "| LayerNorm | 2 | 30 | 30.20 ± 0.28 | 31.10 ± 0.14 | 100.0 ± 0.0 |" in md
+    assert "| LayerNorm | 2 | 30 | 30.20 ± 0.28 | 31.10 ± 0.14 | 100.0 ± 0.0* |" in md  # host not recorded uncontended
     prms = next(line for line in md.splitlines() if line.startswith("| pRMSNorm"))
     assert prms.count("missing") == 1  # no test2017 score: shown as missing, not filled in
     assert "26.6" in md and "Tesla V100" in md and "failed" in md  # paper: the no-norm model failed
@@ -362,7 +381,7 @@ def test_an_empty_sweep_renders_every_cell_missing(tmp_path):
     assert "| RMSNorm | 1 | 30 | 10.00 |" in to_markdown(table) and to_markdown(table).count("missing") >= 1
     csv_rows = to_csv(table).splitlines()
     assert len(csv_rows) == 1 + 6  # header + the paper's six rows
-    assert next(line for line in csv_rows if line.startswith("cifar10_cnn,rmsnorm,")).endswith(",")  # no speedup
+    assert next(line for line in csv_rows if line.startswith("cifar10_cnn,rmsnorm,")).endswith(",,training runs")  # no speedup
 
 
 class FakeRun:

@@ -43,7 +43,8 @@ from .paper import TABLE4, TABLE10, PaperTable
 from .stats import CONFIDENCE, ratio_interval, welch_interval
 
 QUALITY_TOLERANCE = 0.5  # BLEU points / error points: the paper's "comparable quality"
-UNCONTROLLED_MARK = "*"  # a speed cell from runs on a host not recorded as uncontended, or on mixed machines
+UNCONTROLLED_MARK = "*"  # a time cell from runs on a host not recorded as uncontended, or on mixed machines
+STEPS_MARK = "†"  # a time cell from repro-bench steps' controlled measurement, not the runs' own clocks
 MISSING = "missing"
 CIFAR10_TRAIN_IMAGES = 50_000
 
@@ -100,6 +101,28 @@ def epoch_s(run: Run) -> Optional[float]:
     return ms * steps / 1e3 if ms is not None and steps else None
 
 
+# Time cells from a repro-bench steps entry (repro.track.step_timings), for the rows it measured.
+def steps_step_ms(entry: dict, runs: list[Run]) -> Optional[float]:
+    return entry.get("median_step_ms")
+
+
+def steps_epoch_s(entry: dict, runs: list[Run]) -> Optional[float]:
+    per_epoch = steps_per_epoch(runs[0]) if runs else None
+    ms = entry.get("median_step_ms")
+    return ms * per_epoch / 1e3 if ms is not None and per_epoch else None
+
+
+def steps_norm_ms(entry: dict, runs: list[Run]) -> Optional[float]:
+    """None where the measurement timed no norm layer (the no-norm and WeightNorm models)."""
+    total = (entry.get("norm_fwd_ms") or 0.0) + (entry.get("norm_bwd_ms") or 0.0)
+    return total or None
+
+
+def steps_norm_share(entry: dict, runs: list[Run]) -> Optional[float]:
+    norm, step = steps_norm_ms(entry, runs), entry.get("median_step_ms")
+    return 100.0 * norm / step if norm and step else None
+
+
 def test_error(run: Run) -> Optional[float]:
     acc = run.summary.get("test/acc")
     return None if acc is None else 100.0 * (1.0 - acc)
@@ -133,6 +156,9 @@ class Column:
     header: str
     measure: Callable[[Run], Optional[float]]
     digits: int
+    # A time column: its cell from a repro-bench steps entry of the row's norm where the runs'
+    # folder holds one (the controlled measurement), instead of the runs' own clocks.
+    from_steps: Optional[Callable[[dict, list], Optional[float]]] = None
 
 
 @dataclass
@@ -142,6 +168,7 @@ class Row:
     partial: Optional[float]
     runs: list
     cells: dict  # column key -> Stat
+    marks: dict = field(default_factory=dict)  # column key -> STEPS_MARK or UNCONTROLLED_MARK
 
     @property
     def label(self) -> str:
@@ -181,11 +208,19 @@ def build_table(key: str, title: str, runs: list[Run], columns: list[Column], qu
              f"step {r.summary.get('step', '?')})" for r in runs if r.state != "completed"]
     rows = []
     for (task, norm, partial), group in group_runs(completed).items():
-        cells = {}
+        cells, marks = {}, {}
+        entry = ((controlled or {}).get(task) or {}).get(norm)
         for col in columns:
+            if col.from_steps and entry:
+                value = col.from_steps(entry, group)
+                cells[col.key] = Stat([value] if value is not None and math.isfinite(value) else [])
+                marks[col.key] = STEPS_MARK
+                continue
             values = [col.measure(r) for r in group]
             cells[col.key] = Stat([v for v in values if v is not None and math.isfinite(v)])
-        rows.append(Row(task, norm, partial, group, cells))
+            if col.from_steps and cells[col.key].n and not speed_controlled(group):
+                marks[col.key] = UNCONTROLLED_MARK
+        rows.append(Row(task, norm, partial, group, cells, marks))
     if every_paper_row:
         rows += _unmeasured_paper_rows(paper, rows, columns)
     rows.sort(key=_row_order)
@@ -214,9 +249,9 @@ def table4(runs: list[Run], controlled: Optional[dict] = None) -> Table:
     columns = []
     for name in test_sets(runs):
         columns.append(Column(f"{name}/bleu", f"{name} sacreBLEU", bleu_of(name), 2))
-    columns += [Column("time", "s / 1k steps", step_ms, 1),
-                Column("norm_ms", "norm ms / step", norm_ms, 2),
-                Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
+    columns += [Column("time", "s / 1k steps", step_ms, 1, steps_step_ms),
+                Column("norm_ms", "norm ms / step", norm_ms, 2, steps_norm_ms),
+                Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1, steps_norm_share)]
     quality = [c.key for c in columns if c.key.endswith("/bleu")]
     table = build_table("table4_transformer", "Table 4: Transformer translation", runs, columns, quality,
                         "time", TABLE4, controlled)
@@ -230,10 +265,10 @@ def table10(runs: list[Run], controlled: Optional[dict] = None) -> Table:
     """ConvPool-CNN-C on CIFAR-10 (task cifar10_cnn)."""
     runs = [r for r in runs if r.task == "cifar10_cnn"]
     columns = [Column("error", "test error %", test_error, 2),
-               Column("time", "s / epoch", epoch_s, 1),
-               Column("step_ms", "ms / step", step_ms, 1),
-               Column("norm_ms", "norm ms / step", norm_ms, 2),
-               Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1)]
+               Column("time", "s / epoch", epoch_s, 1, steps_epoch_s),
+               Column("step_ms", "ms / step", step_ms, 1, steps_step_ms),
+               Column("norm_ms", "norm ms / step", norm_ms, 2, steps_norm_ms),
+               Column("norm_share", "norm share %", lambda r: _percent(norm_share(r)), 1, steps_norm_share)]
     return build_table("table10_cifar10", "Table 10: ConvPool-CNN-C on CIFAR-10", runs, columns, ["error"],
                        "time", TABLE10, controlled, every_paper_row=True)
 
@@ -463,14 +498,16 @@ def speedup(table: Table, row: Row) -> Optional[float]:
 
 
 # ------------------------------------------------------------------------------- rendering
-def _fmt(stat: Stat, digits: int, group_size: int, pm: str = "±") -> str:
+def _fmt(stat: Stat, digits: int, group_size: int, pm: str = "±", mark: str = "") -> str:
     if not stat.n:
         return MISSING
     text = f"{stat.mean:.{digits}f}"
+    if mark == STEPS_MARK:  # one controlled measurement, not a mean over the seeds
+        return text + mark
     if stat.std is not None:
         text += f" {pm} {stat.std:.{digits}f}"
     # The seed count of a cell is shown where it differs from the row's.
-    return text + (f" (n={stat.n})" if stat.n != group_size else "")
+    return text + (f" (n={stat.n})" if stat.n != group_size else "") + mark
 
 
 def _budget(runs: list[Run]) -> str:
@@ -487,7 +524,8 @@ def _grid(table: Table, pm: str = "±") -> tuple[list[str], list[list[str]]]:
         controlled = controlled_timing(table, row) or (base and speed_controlled(row.runs + base.runs))
         mark = "" if controlled else UNCONTROLLED_MARK
         body.append(([row.task] if multi_task else []) + [row.label, str(len(row.runs)), _budget(row.runs)]
-                    + [_fmt(row.cells[c.key], c.digits, len(row.runs), pm) for c in table.columns]
+                    + [_fmt(row.cells[c.key], c.digits, len(row.runs), pm, row.marks.get(c.key, ""))
+                       for c in table.columns]
                     + [f"{ratio:.2f}x{mark}" if ratio else MISSING])
     return header, body
 
@@ -530,8 +568,22 @@ def _signature_lines(table: Table) -> list[str]:
     return [*lines, ""]
 
 
+def _steps_line(task: str, entries: dict) -> str:
+    """Where and on what code a task's repro-bench steps measurement was taken."""
+    entry = next(iter(entries.values()))
+    host = entry.get("host") or {}
+    commit = str(host.get("git_sha") or "unknown")[:10] + (" (with uncommitted changes)" if host.get("git_dirty") else "")
+    precisions = sorted({str((e.get("setting") or {}).get("precision") or "") for e in entries.values()} - {""})
+    return (f"- {task} time columns ({STEPS_MARK}) and speedup: repro-bench steps on {host_label(host)}, "
+            f"{host.get('cpu_threads', '?')} thread(s), {'contended' if host.get('contended') else 'uncontended'}, "
+            f"commit {commit}, {str(entry.get('created') or '?')[:10]}, {entry.get('rounds', '?')} rounds, "
+            + (f"precision {'/'.join(precisions)}" if precisions else "precision not recorded"))
+
+
 def _hardware_lines(table: Table) -> list[str]:
     lines = [f"- {row.task} {row.label}: {_hardware(row.runs)}" for row in table.rows if row.runs]
+    tasks = {row.task for row in table.rows if row.runs}
+    lines += [_steps_line(task, table.controlled[task]) for task in sorted(tasks) if table.controlled.get(task)]
     runs = [run for row in table.rows for run in row.runs]
     lines += [f"- {note}" for note in host_notes({run.path.name: run.summary.get("environment") for run in runs})]
     emulated = sorted(run.path.name for run in runs
@@ -549,12 +601,14 @@ def to_markdown(table: Table, notes: Sequence[str] = ()) -> str:
         parts += [_md_table(*_grid(table)), "",
                   "Cells: mean ± sample std over seeds (n = cells with fewer runs than the row); "
                   f"`{MISSING}`: no run measured it. steps: optimizer steps each run trained (the budget, "
-                  "not the paper's schedule unless it says so). Time columns exclude the first logged "
-                  "interval (warm-up)." + (" s / epoch = ms/step × steps per epoch." if table.key.startswith("table10") else
-                                           " s / 1k steps = ms per step.")
-                  + " speedup vs LN: from repro-bench steps (paired, interleaved) where the runs' folder "
-                  "holds its steps.json for the task, else from the training runs;"
-                  f" `{UNCONTROLLED_MARK}`: from training runs on a host not recorded as uncontended, or on "
+                  "not the paper's schedule unless it says so). Time columns and speedup vs LN: from "
+                  "repro-bench steps (paired, interleaved; the median of one measurement, no spread over "
+                  f"seeds; its host and commit under Measured on) where the runs' folder holds its "
+                  f"steps.json for the task, those cells marked `{STEPS_MARK}`; else the training runs' own "
+                  "clocks, after their first logged interval (warm-up)."
+                  + (" s / epoch = ms/step × steps per epoch." if table.key.startswith("table10") else
+                     " s / 1k steps = ms per step.")
+                  + f" `{UNCONTROLLED_MARK}`: from training runs on a host not recorded as uncontended, or on "
                   "different kinds of machine, not a controlled speed measurement.", "",
                   *_signature_lines(table),
                   "Measured on:", *_hardware_lines(table), "", "## Verdicts", "",
@@ -580,14 +634,15 @@ def to_csv(table: Table) -> str:
     fields = []
     for c in table.columns:
         fields += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_n"]
-    writer.writerow(["task", "norm", "partial", "runs", "steps", *fields, "speedup_vs_layernorm"])
+    writer.writerow(["task", "norm", "partial", "runs", "steps", *fields, "speedup_vs_layernorm", "time_source"])
     for row in table.rows:
         values = []
         for c in table.columns:
             s = row.cells[c.key]
             values += [_num(s.mean), _num(s.std), s.n]
+        source = "repro-bench steps" if STEPS_MARK in row.marks.values() else "training runs" if row.runs else ""
         writer.writerow([row.task, row.norm, _num(row.partial), len(row.runs), _budget(row.runs), *values,
-                         _num(speedup(table, row))])
+                         _num(speedup(table, row)), source])
     return out.getvalue()
 
 
@@ -606,7 +661,8 @@ def to_latex(table: Table) -> str:
     lines = [f"% {table.title} (regenerated by repro-tables); published: {table.paper.source}",
              "\\begin{tabular}{" + "l" * n_text + "r" * (len(table.columns) + 1) + "}",
              "\\toprule", " & ".join(_tex_escape(h) for h in header) + " \\\\", "\\midrule"]
-    lines += [" & ".join(_tex_escape(c).replace("\x00", "$\\pm$") for c in row) + " \\\\" for row in body]
+    lines += [" & ".join(_tex_escape(c).replace("\x00", "$\\pm$").replace(STEPS_MARK, "$^\\dagger$") for c in row)
+              + " \\\\" for row in body]
     return "\n".join(lines + ["\\bottomrule", "\\end{tabular}"]) + "\n"
 
 

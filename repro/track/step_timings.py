@@ -17,7 +17,7 @@ def load_step_timings(path, task: Optional[str] = None) -> dict[str, dict]:
     """Per-norm step timings of one task from a steps.json, or from the newest steps.json of
     `task` anywhere under a directory: {norm: {"ratio_vs_layernorm", "ratio_ci95", "median_step_ms",
     "norm_fwd_ms", "norm_bwd_ms", "norm_ratio_vs_layernorm", "norm_ratio_ci95", "parameters",
-    "host": the run's host record}}. {} when there is none; ValueError when a directory holds
+    "host": the measurement's host record, "created", "rounds"}}. {} when there is none; ValueError when a directory holds
     several tasks' timings and `task` does not say which."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.rglob(RESULT_FILE)) if path.is_dir() else []
@@ -35,4 +35,5 @@ def load_step_timings(path, task: Optional[str] = None) -> dict[str, dict]:
     if len(tasks) > 1:
         raise ValueError(f"{path} holds step timings of several tasks ({', '.join(tasks)}); pass task=")
     newest = max(docs, key=lambda d: d.get("created", ""))
-    return {norm: {**entry, "host": newest.get("host")} for norm, entry in newest["norms"].items()}
+    measurement = {"host": newest.get("host"), "created": newest.get("created"), "rounds": newest.get("rounds")}
+    return {norm: {**entry, **measurement} for norm, entry in newest["norms"].items()}
