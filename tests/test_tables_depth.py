@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 
 from repro.cli.tables import main
 from repro.tables import collect_local, table4, verdicts
@@ -73,11 +74,22 @@ def test_deep_runs_get_their_section_and_stay_out_of_the_table(tmp_path):
     assert "| 6+6 | 0.002 | LayerNorm | 2 | 900 | 3.50 ± 0.00 | 26.50 ± 0.71 | trained (2 of 2) |" in section
     assert "| 3+3 | 0.002 | RMSNorm" not in section
     assert "failed to train without a norm" in section and "the 3+3-layer model of the table above" in section
-    assert "Depth is what breaks the no-norm model here, as the shallower one trained" in section
+    assert ("Consistent with depth breaking the no-norm model, the paper's \"failed\": the deep model failed where "
+            "its LayerNorm control trained, and the shallower no-norm model trained at this lr.") in section
+    assert "One run per cell" not in section  # two seeds per cell
     assert "At lr 0.002, the 6+6-layer model without a norm failed to train" in section
     assert "x ln V" in section  # the rule is printed with the section
     assert any(line.startswith("depth: ") for line in verdicts(table))
     assert sum(line.startswith("no norm, ") for line in verdicts(table)) == 1  # the 3+3 row's verdict only
+
+
+def test_single_runs_per_cell_are_called_an_observation(tmp_path):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=True)
+    for path in sorted(deep_root.iterdir()):
+        if path.name.endswith("2"):  # keep seed 1 of each deep cell
+            shutil.rmtree(path)
+    md = to_markdown(table4(collect_local([main_root, deep_root])))
+    assert "One run per cell: an observation, not an estimate" in md
 
 
 def test_a_deep_no_norm_model_that_trains_contradicts_the_paper(tmp_path):
@@ -115,5 +127,6 @@ def test_deep_runs_at_two_learning_rates_get_a_row_and_a_call_each(tmp_path):
     high, low = section.index("At lr 0.002,"), section.index("At lr 0.0005,")
     assert high < low  # one call per lr, the higher first: pooled, the two controls would disagree ("No call")
     assert "The control failed too" in section[high:low]
-    assert "Depth is what breaks the no-norm model here" in section[low:]
+    # the 3+3 no-norm model ran at 0.002 only: the call at 0.0005 says so
+    assert "the shallower no-norm model trained, though at another lr (not run at this one)" in section[low:]
     assert "No call" not in section

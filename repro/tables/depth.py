@@ -83,14 +83,22 @@ def _lr_cell(lr: Optional[float]) -> str:
     return "?" if lr is None else f"{lr:g}"
 
 
-def _call(none_failed: Optional[bool], ln_failed: Optional[bool], shallow_failed: Optional[bool], deep: str) -> str:
+def _call(none_failed: Optional[bool], ln_failed: Optional[bool], shallow_failed: Optional[bool], deep: str,
+          shallow_same_lr: bool = True, single_runs: bool = False) -> str:
     if none_failed is None or ln_failed is None:
         return "No call: runs are missing, unjudged or disagree between seeds."
     if none_failed and ln_failed:
         return "The control failed too: this budget cannot tell depth from the set-up."
     if none_failed:
-        return ("Depth is what breaks the no-norm model here" + (", as the shallower one trained" if shallow_failed is False
-                else "") + ": consistent with the paper's \"failed\".")
+        if shallow_failed is False:
+            shallow = (", and the shallower no-norm model trained at this lr" if shallow_same_lr else
+                       ", and the shallower no-norm model trained, though at another lr (not run at this one)")
+        else:
+            shallow = ""
+        caveat = (" One run per cell: an observation, not an estimate of how often the model fails."
+                  if single_runs else "")
+        return (f"Consistent with depth breaking the no-norm model, the paper's \"failed\": the deep model failed "
+                f"where its LayerNorm control trained{shallow}.{caveat}")
     if ln_failed:
         return "The no-norm model trained where its LayerNorm control failed: this budget says nothing about the paper's \"failed\"."
     return (f"The paper's \"failed\" is not reproduced at {deep} layers on this budget (other data, width and "
@@ -117,7 +125,9 @@ def depth_verdict(depth_runs: list[Run], main_runs: list[Run]) -> str:
         sentences.append(
             f"{at}, {_summary(deep_none, f'the {deep}-layer model without a norm')} and "
             f"{_summary(deep_ln, f'its LayerNorm control on the same budget')}. "
-            + _call(_state(deep_none), _state(deep_ln), _state(shallow_none), deep))
+            + _call(_state(deep_none), _state(deep_ln), _state(shallow_none), deep,
+                    shallow_same_lr=lr in {learning_rate(r) for r in shallow_none},
+                    single_runs=min(len(deep_none), len(deep_ln)) == 1))
     return " ".join(sentences)
 
 
