@@ -10,12 +10,19 @@ portable code, which is what aarch64 and other non-x86 CPUs build). REPRO_CPU_CA
 a lower one, e.g. `REPRO_CPU_CAPABILITY=AVX2` to benchmark the AVX2 build on an AVX-512 machine,
 or `DEFAULT` to build and test the portable path (no x86 intrinsics) on x86. Each capability is
 its own cached build; one process loads one of them.
+
+Threads come from OpenMP (at::parallel_for in torch's OpenMP builds), so the build passes
+-fopenmp; where the compiler cannot build with it (Apple clang) the kernels are built without it,
+single-threaded, with a warning.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import shlex
+import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -62,21 +69,79 @@ def build_source(source: Path, library: str):
         log.setLevel(level)
 
     capability = build_capability()
-    flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP in torch's CPU builds
+    openmp = torch_uses_openmp()
+    try:
+        _load(cpp_extension, source, library, capability, openmp)
+    except Exception:
+        # Apple clang rejects -fopenmp, and a compiler may lack omp.h / libgomp: then build the
+        # kernels without OpenMP (at::parallel_for runs them on one thread) rather than not at all.
+        # A compiler that does take OpenMP failed for another reason: that error stands.
+        if not openmp or compiler_takes_openmp():
+            raise
+        warnings.warn(
+            f"repro.kernels: {compiler()} cannot build with OpenMP (-fopenmp); the fused CPU kernels "
+            "are built without it and run single-threaded",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        _load(cpp_extension, source, library, capability, openmp=False)
+    return getattr(torch.ops, library)
+
+
+def compile_flags(capability: str, openmp: bool = True) -> list[str]:
+    """The compiler flags of one capability build (besides cpp_extension's own: -std, -fPIC,
+    torch's include paths), with or without OpenMP."""
+    # at::parallel_for is a header template: in torch's OpenMP builds (Linux/macOS wheels) its
+    # threads are the `#pragma omp parallel` in ATen/ParallelOpenMP.h, compiled into *this*
+    # extension, so without -fopenmp the pragma is ignored and the kernels run on one thread
+    # (the headers include omp.h only under _OPENMP, and norms.cpp uses no omp_* itself, so
+    # the source compiles either way)
+    flags = ["-O3"] + (["-fopenmp"] if openmp else [])
     if capability in _CAPABILITY_FLAGS:
         flags += _CAPABILITY_FLAGS[capability]
         flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
-    name = f"{library}_{capability.lower()}"
+    return flags
+
+
+def _load(cpp_extension, source: Path, library: str, capability: str, openmp: bool) -> None:
+    # the OpenMP-less build is cached under its own name, so the two never overwrite each other
+    name = f"{library}_{capability.lower()}" + ("" if openmp else "_noomp")
     build_dir = extensions_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     cpp_extension.load(
         name=name,
         sources=[str(source)],
-        extra_cflags=flags,
-        extra_ldflags=["-fopenmp"],
+        extra_cflags=compile_flags(capability, openmp),
+        extra_ldflags=["-fopenmp"] if openmp else [],
         build_directory=str(build_dir),
         is_python_module=False,
     )
+
+
+def torch_uses_openmp() -> bool:
+    """Whether at::parallel_for is OpenMP in this torch build (AT_PARALLEL_OPENMP). With torch's
+    native thread pool instead, parallel_for runs in libtorch and the extension needs no -fopenmp."""
+    return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def compiler() -> str:
+    """The C++ compiler cpp_extension builds with: $CXX, else c++ (cl on Windows)."""
+    return os.environ.get("CXX") or ("cl" if os.name == "nt" else "c++")
+
+
+def compiler_takes_openmp() -> bool:
+    """Whether the compiler builds and links a program that includes omp.h with -fopenmp."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "omp_probe.cpp"
+        src.write_text("#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n")
+        try:
+            done = subprocess.run([*shlex.split(compiler()), "-fopenmp", str(src), "-o", str(Path(tmp) / "probe")],
+                                  capture_output=True, timeout=120)
+        except (OSError, subprocess.SubprocessError):
+            return False
+        return done.returncode == 0
+
+
     return getattr(torch.ops, library)
 
 
