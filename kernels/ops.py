@@ -110,16 +110,17 @@ def resolve_backend(backend: str, x: Tensor) -> str:
     if backend == "auto":
         if x.is_cuda:
             return "triton"
-        # the fused C++ kernels when they build (warns once and falls back when they cannot)
+        # the fused C++ kernels when they build; without a compiler (or ninja) available() warns once
+        # and this falls back to torch; a compiler that fails to build them raises (KernelBuildError)
         return "cpu" if x.device.type == "cpu" and cpu_kernels.available() else "torch"
     if backend == "cpu":
         if x.device.type != "cpu":
             raise ValueError(
                 f"backend='cpu' needs a CPU tensor (x is on {x.device}); use backend='auto' instead"
             )
-        if not cpu_kernels.available():
+        if not cpu_kernels.available():  # a compiler that fails raises its own one-line error here
             raise ValueError(
-                f"backend='cpu' is unavailable, its kernels failed to build ({cpu_kernels.build_error()}); "
+                f"backend='cpu' is unavailable: its kernels cannot be built here ({cpu_kernels.build_error()}); "
                 "use backend='torch' or 'auto'"
             )
     if backend == "triton" and not x.is_cuda and not _interpreting():

@@ -94,3 +94,109 @@ def test_openmp_probe_tells_a_compiler_that_rejects_it(tmp_path, monkeypatch):
     monkeypatch.setenv("CXX", str(fake))
     assert cpu_kernels.compiler() == str(fake)
     assert not cpu_kernels.compiler_takes_openmp()
+
+
+# ------------------------------------------------------------------------------ fallback policy
+from repro.kernels import layer_norm, ops, reference, rms_norm  # noqa: E402
+
+COMPILER_OUTPUT = (
+    "Error building extension 'repro_cpu_norms_avx2': [1/2] c++ -MMD -MF norms.o.d -O3 -c norms.cpp -o norms.o\n"
+    "FAILED: norms.o\n"
+    "norms.cpp:9:10: fatal error: ATen/ATen.h: No such file or directory\n"
+    "compilation terminated.\n"
+    "ninja: build stopped: subcommand failed.\n"
+)
+
+
+@pytest.fixture
+def fresh(monkeypatch, tmp_path):
+    """No build tried yet in this process (restored after the test), builds cached under tmp_path."""
+    monkeypatch.setattr(cpu_kernels, "_ops", None)
+    monkeypatch.setattr(cpu_kernels, "_error", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    monkeypatch.delenv(cpu_kernels.KERNELS_ENV, raising=False)
+    monkeypatch.delenv(cpu_kernels.CAPABILITY_ENV, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def broken_compiler(fresh, monkeypatch):
+    """A compiler on PATH (and ninja) that fails on norms.cpp, OpenMP or not."""
+    monkeypatch.setattr(cpu_kernels, "missing_toolchain", lambda: None)
+    monkeypatch.setattr(cpu_kernels, "compiler_takes_openmp", lambda: True)
+
+    def load(*_args):
+        raise RuntimeError(COMPILER_OUTPUT)
+
+    monkeypatch.setattr(cpu_kernels, "_load", load)
+    return fresh
+
+
+def test_a_compiler_that_fails_is_a_one_line_error_naming_compiler_build_log_and_opt_out(broken_compiler):
+    x = torch.randn(4, 32)
+    capability = cpu_kernels.build_capability()
+    log = cpu_kernels.extensions_root() / f"repro_cpu_norms_{capability.lower()}" / "build.log"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback warning: an error
+        for call in (lambda: rms_norm(x), lambda: layer_norm(x), lambda: rms_norm(x, backend="cpu"),
+                     cpu_kernels.available):
+            with pytest.raises(cpu_kernels.KernelBuildError) as caught:
+                call()
+            message = str(caught.value)
+            assert "\n" not in message
+            assert f"failed to build with {cpu_kernels.compiler()} (" in message
+            assert f"{capability} build: norms.cpp:9:10: fatal error: ATen/ATen.h: No such file or directory" in message
+            assert f"full log: {log};" in message
+            assert "backend='torch'" in message and f"{cpu_kernels.KERNELS_ENV}=0" in message
+    assert isinstance(caught.value, RuntimeError)
+    assert COMPILER_OUTPUT in log.read_text()  # the whole log is there
+    # the opt-outs named in the message work
+    assert torch.equal(rms_norm(x, backend="torch"), reference.rms_norm(x))
+
+
+def test_the_opt_out_env_falls_back_silently(broken_compiler, monkeypatch):
+    monkeypatch.setenv(cpu_kernels.KERNELS_ENV, "0")
+    x = torch.randn(4, 32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not cpu_kernels.available()
+        assert ops.resolve_backend("auto", x) == "torch"
+        assert torch.equal(layer_norm(x), reference.layer_norm(x))
+    with pytest.raises(ValueError, match=r"backend='cpu' is unavailable: .*REPRO_CPU_KERNELS=0"):
+        rms_norm(x, backend="cpu")
+
+
+@pytest.mark.parametrize("missing", ["compiler", "ninja"])
+def test_no_compiler_or_no_ninja_falls_back_to_torch_with_one_warning(fresh, monkeypatch, missing):
+    if missing == "compiler":
+        monkeypatch.setenv("CXX", str(fresh / "no-such-c++"))
+        want = r"no C\+\+ compiler: '.*no-such-c\+\+' is not on PATH"
+    else:
+        monkeypatch.setenv("CXX", "sh")  # any program on PATH: the check is for ninja next
+        monkeypatch.setattr(cpu_kernels._cpp_extension(), "is_ninja_available", lambda: False)
+        want = "no ninja"
+    monkeypatch.setattr(cpu_kernels, "_load", lambda *a: pytest.fail("no build may start"))
+    x = torch.randn(4, 32)
+    with pytest.warns(RuntimeWarning, match=f"could not be built \\({want}.*falls back to the slower pure-torch") as caught:
+        assert ops.resolve_backend("auto", x) == "torch"
+        assert torch.equal(rms_norm(x, partial=0.5), reference.rms_norm(x, partial=0.5))
+    assert len(caught) == 1
+    with pytest.raises(ValueError, match=f"backend='cpu' is unavailable: its kernels cannot be built here \\({want}"):
+        rms_norm(x, backend="cpu")
+
+
+def test_the_first_error_line_of_a_log():
+    assert cpu_kernels._first_error(RuntimeError(COMPILER_OUTPUT)).startswith("norms.cpp:9:10: fatal error:")
+    assert cpu_kernels._first_error(RuntimeError("Error building extension 'x': ...\nlinker said no\n")) == "linker said no"
+
+
+def test_a_cache_directory_that_cannot_be_written_is_a_build_error(fresh, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "missing_toolchain", lambda: None)
+
+    def load(*_args):
+        raise PermissionError(13, "Permission denied", str(fresh / "repro_cpu_norms_avx2"))
+
+    monkeypatch.setattr(cpu_kernels, "_load", load)
+    monkeypatch.setattr(cpu_kernels, "torch_uses_openmp", lambda: False)
+    with pytest.raises(cpu_kernels.KernelBuildError, match="Permission denied.*full log: "):
+        cpu_kernels.available()

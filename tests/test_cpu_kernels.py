@@ -154,12 +154,9 @@ def test_cpu_backend_on_another_device_is_a_clear_error():
 
 @pytest.fixture
 def failing_build(monkeypatch):
-    """The extension as it would be without a working compiler: the build raises."""
-
-    def fail():
-        raise RuntimeError("Error building extension 'repro_cpu_norms'")
-
-    monkeypatch.setattr(cpu_kernels, "_build", fail)
+    """The extension as it would be without a compiler (a failing compiler is an error instead:
+    tests/test_cpu_build_policy.py)."""
+    monkeypatch.setattr(cpu_kernels, "missing_toolchain", lambda: "no C++ compiler: 'c++' is not on PATH")
     monkeypatch.setattr(cpu_kernels, "_ops", None)
     monkeypatch.setattr(cpu_kernels, "_error", None)
 

@@ -2,8 +2,14 @@
 
 The source (norms.cpp) is compiled with torch.utils.cpp_extension on first use and cached on
 disk, keyed by torch version and the vector capability it is built for, so later processes only
-load it. Where it cannot be built (no C++ compiler, no ninja, ...), `available()` says so and
-warns once; `backend="auto"` then falls back to the pure-torch path.
+load it. When they are not built:
+- no C++ compiler ($CXX, else c++) or no ninja: `available()` is False and warns once;
+  `backend="auto"` falls back to the pure-torch path (`backend="cpu"` is a ValueError);
+- REPRO_CPU_KERNELS=0: the same, without the warning (the opt-out);
+- a compiler that exists but fails to build them: a one-line KernelBuildError (a RuntimeError)
+  naming the compiler, the capability build and the full log (build.log in the build directory),
+  from `available()` and so from every call that would use them: a broken toolchain is reported,
+  not silently traded for a slower path.
 
 The capability is the one torch dispatches to on this CPU (AVX512, AVX2, or DEFAULT: at::vec's
 portable code, which is what aarch64 and other non-x86 CPUs build). REPRO_CPU_CAPABILITY forces
@@ -20,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import shlex
+import shutil
 import subprocess
 import tempfile
 import warnings
@@ -41,9 +49,19 @@ _CAPABILITY_FLAGS = {
 # Capabilities from lowest to highest; a CPU that runs one runs every one before it.
 CAPABILITIES = ("DEFAULT", "AVX2", "AVX512")
 CAPABILITY_ENV = "REPRO_CPU_CAPABILITY"
+KERNELS_ENV = "REPRO_CPU_KERNELS"  # "0": do not build them; backend="auto" runs the pure-torch path
 
 _ops = None  # the loaded torch.ops namespace
 _error: Optional[BaseException] = None  # why the build failed, remembered so it is tried once
+
+
+class KernelsUnavailable(RuntimeError):
+    """The kernels cannot be built here (no compiler, no ninja) or are switched off: backend="auto"
+    falls back to the pure-torch path."""
+
+
+class KernelBuildError(RuntimeError):
+    """A compiler exists but the kernels failed to build: an error, never a silent fallback."""
 
 
 LIBRARY = "repro_cpu_norms"  # the torch.ops namespace norms.cpp registers (TORCH_LIBRARY)
@@ -57,7 +75,48 @@ def build_source(source: Path, library: str):
     """Compile one kernel source for this process's capability and return its torch.ops namespace.
     The source registers its ops under `library` (TORCH_LIBRARY(<library>, m)); builds are cached
     per library and capability. Besides norms.cpp, scripts/cpu_kernel_ab.py builds another revision
-    of it under another name, to time the two side by side."""
+    of it under another name, to time the two side by side.
+
+    Raises KernelsUnavailable without a compiler or ninja, KernelBuildError (one line; the whole
+    log in build.log) when the compiler fails."""
+    cpp_extension = _cpp_extension()
+    missing = missing_toolchain()
+    if missing is not None:
+        raise KernelsUnavailable(missing)
+    capability = build_capability()
+    openmp = torch_uses_openmp()
+    failures = []  # (attempt, exception), for the log
+    try:
+        try:
+            _load(cpp_extension, source, library, capability, openmp)
+        except Exception as e:
+            failures.append(("with OpenMP" if openmp else "without OpenMP", e))
+            # Apple clang rejects -fopenmp, and a compiler may lack omp.h / libgomp: then build the
+            # kernels without OpenMP (at::parallel_for runs them on one thread) rather than not at
+            # all. A compiler that does take OpenMP failed for another reason: that error stands.
+            if not openmp or compiler_takes_openmp():
+                raise
+            warnings.warn(
+                f"repro.kernels: {compiler()} cannot build with OpenMP (-fopenmp); the fused CPU kernels "
+                "are built without it and run single-threaded",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _load(cpp_extension, source, library, capability, openmp=False)
+    except Exception as e:
+        if not failures or failures[-1][1] is not e:
+            failures.append(("without OpenMP", e))
+        log = _write_log(extensions_root() / f"{library}_{capability.lower()}" / "build.log", failures)
+        raise KernelBuildError(
+            f"repro.kernels: the fused CPU kernels failed to build with {compiler()} "
+            f"({shutil.which(_compiler_program()) or 'not found'}), {capability} build: {_first_error(e)}; "
+            f"full log: {log}; to run without them pass backend='torch' (config: norm.backend=torch) "
+            f"or set {KERNELS_ENV}=0"
+        ) from e
+    return getattr(torch.ops, library)
+
+
+def _cpp_extension():
     # importing cpp_extension on a machine without CUDA logs a warning about CUDA_HOME that says
     # nothing about this CPU build
     log = logging.getLogger("torch.utils.cpp_extension")
@@ -67,25 +126,39 @@ def build_source(source: Path, library: str):
         from torch.utils import cpp_extension
     finally:
         log.setLevel(level)
+    return cpp_extension
 
-    capability = build_capability()
-    openmp = torch_uses_openmp()
+
+def missing_toolchain() -> Optional[str]:
+    """What is missing to build the kernels (no C++ compiler, no ninja), or None."""
+    if shutil.which(_compiler_program()) is None:
+        return f"no C++ compiler: {compiler()!r} is not on PATH (install one, or set CXX)"
+    if not _cpp_extension().is_ninja_available():
+        return "no ninja, which torch.utils.cpp_extension builds with (pip install ninja)"
+    return None
+
+
+def _write_log(path: Path, failures) -> Path:
+    text = "\n\n".join(f"===== {compiler()}, attempt {attempt}\n{e}" for attempt, e in failures) + "\n"
     try:
-        _load(cpp_extension, source, library, capability, openmp)
-    except Exception:
-        # Apple clang rejects -fopenmp, and a compiler may lack omp.h / libgomp: then build the
-        # kernels without OpenMP (at::parallel_for runs them on one thread) rather than not at all.
-        # A compiler that does take OpenMP failed for another reason: that error stands.
-        if not openmp or compiler_takes_openmp():
-            raise
-        warnings.warn(
-            f"repro.kernels: {compiler()} cannot build with OpenMP (-fopenmp); the fused CPU kernels "
-            "are built without it and run single-threaded",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        _load(cpp_extension, source, library, capability, openmp=False)
-    return getattr(torch.ops, library)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError:  # the build directory itself is the problem: the log goes to a temporary file
+        fd, name = tempfile.mkstemp(prefix="repro_cpu_build_", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        path = Path(name)
+    return path
+
+
+def _first_error(e: BaseException) -> str:
+    """The line of a build log that says what went wrong: the first compiler `error:` line, else
+    the log's last line (cpp_extension's own "Error building extension" header is skipped)."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    for line in lines:
+        if re.search(r"\berror\b:", line, re.IGNORECASE) and not line.startswith("Error building extension"):
+            return line[:300]
+    return lines[-1][:300] if lines else f"{type(e).__name__}"
 
 
 def compile_flags(capability: str, openmp: bool = True) -> list[str]:
@@ -129,6 +202,12 @@ def compiler() -> str:
     return os.environ.get("CXX") or ("cl" if os.name == "nt" else "c++")
 
 
+def _compiler_program() -> str:
+    # CXX may carry a launcher or flags ("ccache g++"): the first word is what must exist
+    words = shlex.split(compiler())
+    return words[0] if words else ""
+
+
 def compiler_takes_openmp() -> bool:
     """Whether the compiler builds and links a program that includes omp.h with -fopenmp."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,43 +247,52 @@ def build_capability() -> str:
 
 
 def load():
-    """The compiled ops (built on the first call); raises RuntimeError when they cannot be built."""
+    """The compiled ops (built on the first call). Raises KernelsUnavailable where they cannot be
+    built here or are switched off, KernelBuildError where the compiler failed (both RuntimeErrors;
+    the build is tried once per process)."""
     global _ops, _error
     if _ops is None and _error is None:
-        try:
-            _ops = _build()
-        except Exception as e:  # noqa: BLE001 - any build failure means "no cpu kernels", never a crash
-            _error = e
-            warnings.warn(
-                f"repro.kernels: the fused CPU kernels could not be built ({build_error()}); "
-                "backend='auto' falls back to the slower pure-torch path on CPU",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        if os.environ.get(KERNELS_ENV, "").strip() == "0":
+            _error = KernelsUnavailable(f"switched off by {KERNELS_ENV}=0")
+        else:
+            try:
+                _ops = _build()
+            except KernelsUnavailable as e:
+                _error = e
+                warnings.warn(
+                    f"repro.kernels: the fused CPU kernels could not be built ({e}); "
+                    "backend='auto' falls back to the slower pure-torch path on CPU",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            except KernelBuildError as e:
+                _error = e
+            except Exception as e:  # noqa: BLE001 - anything else on the way (a cache directory that
+                # cannot be written, ...) is a failure to build, reported the same way
+                _error = KernelBuildError(
+                    f"repro.kernels: the fused CPU kernels failed to build ({type(e).__name__}: "
+                    f"{_first_error(e)}); to run without them pass backend='torch' or set {KERNELS_ENV}=0")
+                _error.__cause__ = e
     if _error is not None:
-        raise RuntimeError(f"the fused CPU kernels could not be built: {_error}") from _error
+        # a fresh exception each time (the cause keeps the original), of the same kind
+        raise type(_error)(str(_error)) from _error.__cause__
     return _ops
 
 
 def build_error() -> Optional[str]:
-    """Why the kernels could not be built, or None (also when no build was tried yet)."""
-    return None if _error is None else f"{type(_error).__name__}: {_last_line(_error)}"
-
-
-def _last_line(e: BaseException) -> str:
-    # compiler failures carry the whole build log; its last line names the failing step
-    lines = str(e).strip().splitlines()
-    return lines[-1] if lines else repr(e)
+    """Why the kernels are not built, or None (also when no build was tried yet)."""
+    return None if _error is None else str(_error)
 
 
 # torch.compile calls this eagerly and keeps the answer as a constant, rather than tracing
 # into the build (which it cannot)
 @torch.compiler.assume_constant_result
 def available() -> bool:
-    """Whether the kernels are built (building them now if not tried yet); warns once on failure."""
+    """Whether the kernels are built (building them now if not tried yet). False, with one warning,
+    where they cannot be built here; raises KernelBuildError where the compiler failed."""
     try:
         load()
-    except RuntimeError:
+    except KernelsUnavailable:
         return False
     return True
 
