@@ -32,6 +32,7 @@ import os
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 from torch.utils._python_dispatch import _get_current_dispatch_mode
@@ -129,6 +130,45 @@ def resolve_backend(backend: str, x: Tensor) -> str:
             f"the CPU (x is on {x.device}); use backend='auto' or 'torch' instead"
         )
     return backend
+
+
+# LayerNorm on the portable C++ build. The DEFAULT capability build (at::vec's generic code: any
+# non-x86 CPU, or an x86 one without AVX2) is routed by backend="auto" like this:
+# - RMSNorm / pRMSNorm stay on the C++ kernels: torch has no fused op for them, and its path (the
+#   "torch" backend, several ops and an autograd graph) lost to the DEFAULT build on x86 (4096x512:
+#   6.4 against 10.3 ms fwd+bwd, results/bench/cpu_kernel_ratios/README.md);
+# - LayerNorm goes to F.layer_norm, torch's own fused kernel: on x86 the DEFAULT build's LayerNorm
+#   took 3.7x its time (9.00 against 2.44 ms, same README; the "torch" backend, the unfused
+#   reference, is slower than both -- ~6x F.layer_norm's time at 4096x512 in a probe on that
+#   host -- so it is not where LayerNorm goes). On aarch64 the DEFAULT build
+#   is at::vec's NEON code, unmeasured; F.layer_norm there is torch's own at::vec kernel compiled
+#   in torch's own build (NEON, or SVE where torch dispatches to it), so ours has nothing it lacks:
+#   F.layer_norm too, until a measurement says otherwise.
+# Only where F.layer_norm takes the parameters as they are (all of one dtype: x's, or fp32 for
+# fp16/bf16 x) -- other mixes keep the C++ kernels. backend="cpu" always runs the C++ kernels.
+# The AVX2 / AVX-512 builds beat F.layer_norm and keep every op.
+NATIVE_LAYER_NORM_BUILDS = ("DEFAULT",)
+
+
+def _native_layer_norm_takes(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> bool:
+    dtypes = {p.dtype for p in (weight, bias) if p is not None}
+    if not dtypes:
+        return True
+    if len(dtypes) > 1:
+        return False
+    (dtype,) = dtypes
+    return dtype == x.dtype or (dtype == torch.float32 and x.dtype in (torch.float16, torch.bfloat16))
+
+
+def layer_norm_backend(backend: str, x: Tensor, weight: Optional[Tensor] = None,
+                       bias: Optional[Tensor] = None) -> str:
+    """resolve_backend for layer_norm: its answer, or "native" (F.layer_norm) where backend="auto"
+    would run a C++ build whose LayerNorm loses to it (NATIVE_LAYER_NORM_BUILDS)."""
+    resolved = resolve_backend(backend, x)
+    if (backend == "auto" and resolved == "cpu" and cpu_kernels.loaded_capability() in NATIVE_LAYER_NORM_BUILDS
+            and _native_layer_norm_takes(x, weight, bias)):
+        return "native"
+    return resolved
 
 
 def _kernels(backend: str):
@@ -429,7 +469,9 @@ def layer_norm(
     _check_param("bias", bias, x)
     x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
-    backend = resolve_backend(backend, x)
+    backend = layer_norm_backend(backend, x, weight, bias)
+    if backend == "native":
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
     if backend == "torch":
         return reference.layer_norm(x, weight, bias, eps=eps)
     weight, bias = _dense(weight), _dense(bias)

@@ -200,3 +200,70 @@ def test_a_cache_directory_that_cannot_be_written_is_a_build_error(fresh, monkey
     monkeypatch.setattr(cpu_kernels, "torch_uses_openmp", lambda: False)
     with pytest.raises(cpu_kernels.KernelBuildError, match="Permission denied.*full log: "):
         cpu_kernels.available()
+
+
+# ------------------------------------------------------------------------------ routing by build
+import torch.nn.functional as F  # noqa: E402
+
+
+@pytest.fixture
+def loaded_build(monkeypatch):
+    """Pretend the kernels are loaded as the given capability build (nothing is built)."""
+
+    def pretend(capability: str):
+        monkeypatch.setattr(cpu_kernels, "available", lambda: True)
+        monkeypatch.setattr(cpu_kernels, "loaded_capability", lambda: capability)
+
+    return pretend
+
+
+def test_auto_sends_layer_norm_to_f_layer_norm_on_the_portable_build(loaded_build):
+    loaded_build("DEFAULT")
+    x, w, b = torch.randn(6, 40, requires_grad=True), torch.randn(40, requires_grad=True), torch.randn(40, requires_grad=True)
+    assert ops.layer_norm_backend("auto", x, w, b) == "native"
+    assert ops.resolve_backend("auto", x) == "cpu"  # RMSNorm / pRMSNorm stay on the C++ kernels
+    assert ops.layer_norm_backend("cpu", x, w, b) == "cpu"  # asked for by name: the C++ kernels
+    assert ops.layer_norm_backend("torch", x, w, b) == "torch"
+    y = layer_norm(x, w, b, eps=1e-4)
+    assert y.grad_fn.name().startswith("NativeLayerNormBackward")
+    assert torch.equal(y, F.layer_norm(x, (40,), w, b, 1e-4))
+    torch.testing.assert_close(y, reference.layer_norm(x, w, b, eps=1e-4))
+    y.sum().backward()
+    assert x.grad is not None and w.grad is not None and b.grad is not None
+
+
+@pytest.mark.parametrize("x_dtype, w_dtype, b_dtype, native", [
+    (torch.float32, None, None, True),
+    (torch.bfloat16, torch.float32, torch.float32, True),
+    (torch.float16, torch.float16, None, True),
+    (torch.float64, torch.float64, torch.float64, True),
+    (torch.float32, torch.float64, None, False),  # F.layer_norm refuses these mixes:
+    (torch.bfloat16, torch.float32, torch.bfloat16, False),  # the C++ kernels take them
+    (torch.float64, torch.float32, None, False),
+])
+def test_only_parameter_dtypes_f_layer_norm_takes_leave_the_kernels(loaded_build, x_dtype, w_dtype, b_dtype, native):
+    loaded_build("DEFAULT")
+    x = torch.randn(3, 8, dtype=x_dtype)
+    w = None if w_dtype is None else torch.randn(8, dtype=w_dtype)
+    b = None if b_dtype is None else torch.randn(8, dtype=b_dtype)
+    assert ops.layer_norm_backend("auto", x, w, b) == ("native" if native else "cpu")
+    if native:  # and F.layer_norm does take them, with the dtype ours returns
+        assert F.layer_norm(x, (8,), w, b).dtype == x_dtype
+
+
+@pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
+def test_the_x86_vector_builds_keep_layer_norm(loaded_build, capability):
+    loaded_build(capability)
+    x = torch.randn(3, 8)
+    assert ops.layer_norm_backend("auto", x, torch.ones(8), torch.zeros(8)) == "cpu"
+
+
+def test_without_the_kernels_auto_layer_norm_is_the_torch_backend(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "available", lambda: False)
+    assert ops.layer_norm_backend("auto", torch.randn(3, 8)) == "torch"
+
+
+@pytest.mark.skipif(not HAVE_COMPILER, reason="no C++ compiler here")
+def test_the_loaded_capability_is_this_process_build():
+    assert cpu_kernels.available()
+    assert cpu_kernels.loaded_capability() == cpu_kernels.build_capability()

@@ -254,6 +254,11 @@ assert cpu.build_capability() == "DEFAULT"
 for case in [Case("rms", 37, 77, torch.float32, "fp32", True, 0.25, "outside"), Case("ln", 37, 77, torch.bfloat16, "x", True),
              Case("rms", 8192, 1024, torch.float32, "fp32", False), Case("ln", 5, 300, torch.float64, "none", False)]:
     check_case(case, "cpu")
+# auto on this build: RMSNorm on the C++ kernels, LayerNorm on F.layer_norm (kernels/ops.py says why)
+from repro.kernels import ops
+x = torch.randn(4, 16)
+assert cpu.loaded_capability() == "DEFAULT"
+assert ops.resolve_backend("auto", x) == "cpu" and ops.layer_norm_backend("auto", x) == "native"
 print("portable ok")
 """
 

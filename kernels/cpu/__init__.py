@@ -52,6 +52,7 @@ CAPABILITY_ENV = "REPRO_CPU_CAPABILITY"
 KERNELS_ENV = "REPRO_CPU_KERNELS"  # "0": do not build them; backend="auto" runs the pure-torch path
 
 _ops = None  # the loaded torch.ops namespace
+_capability = ""  # the capability build _ops is (set once loaded)
 _error: Optional[BaseException] = None  # why the build failed, remembered so it is tried once
 
 
@@ -68,7 +69,10 @@ LIBRARY = "repro_cpu_norms"  # the torch.ops namespace norms.cpp registers (TORC
 
 
 def _build():
-    return build_source(_SOURCE, LIBRARY)
+    global _capability
+    built = build_source(_SOURCE, LIBRARY)
+    _capability = build_capability()
+    return built
 
 
 def build_source(source: Path, library: str):
@@ -295,6 +299,13 @@ def available() -> bool:
     except KernelsUnavailable:
         return False
     return True
+
+
+@torch.compiler.assume_constant_result
+def loaded_capability() -> str:
+    """The capability build this process loaded (DEFAULT, AVX2, AVX512), or "" when none is loaded
+    (not tried yet, or not built). ops.py routes LayerNorm by it."""
+    return _capability if _ops is not None else ""
 
 
 # ------------------------------------------------------------------ the kernel-backend interface
