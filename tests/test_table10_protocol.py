@@ -133,6 +133,55 @@ def test_paper_schedule_lr_and_beta1_at_epochs_0_100_150_200():
     assert seen[200] == (pytest.approx(0.0, abs=1e-12), (0.5, 0.999))
 
 
+def test_paper_schedule_per_epoch_is_their_lr0_min_2_minus_epoch_over_100():
+    """Their train.py: lr = lr0 * min(2 - epoch/100, 1), held for the epoch; the last epoch at lr0/100."""
+    steps_per_epoch, epochs = 3, 200
+    param = nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([param], lr=0.003, betas=(0.9, 0.999))
+    scheduler = build_scheduler(optimizer, name="paper", total_steps=steps_per_epoch * epochs, decay_start=0.5,
+                                final_beta1=0.5, decay_per="epoch", steps_per_epoch=steps_per_epoch)
+    for step in range(steps_per_epoch * epochs):
+        epoch = step // steps_per_epoch
+        group = optimizer.param_groups[0]
+        assert group["lr"] == pytest.approx(0.003 * min(2 - epoch / 100, 1.0)), (step, epoch)
+        assert group["betas"][0] == (0.9 if epoch < 100 else 0.5)
+        param.grad = torch.ones(3)
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0)  # after the last step: the line's end
+    with pytest.raises(ValueError, match="steps_per_epoch"):
+        build_scheduler(optimizer, name="paper", total_steps=10, decay_per="epoch")
+
+
+def test_decay_per_epoch_is_refused_outside_the_paper_schedule():
+    from repro.util import ConfigError
+
+    with pytest.raises(ConfigError, match="optim.schedule.decay_per=epoch is not allowed with cosine: must be step"):
+        compose_and_validate("experiment=cifar10_table10", "norm=rmsnorm", "optim.schedule.name=cosine",
+                             "optim.schedule.final_beta1=null")
+    with pytest.raises(ConfigError, match="optim.schedule.decay_per"):
+        compose_and_validate("experiment=cifar10_table10", "norm=rmsnorm", "optim.schedule.decay_per=batch")
+
+
+def test_the_committed_budget_runs_are_still_the_runs_their_experiment_asks_for():
+    """Adding a setting (optim.schedule.decay_per) or a by_norm column must not turn the committed
+    runs into "another run": a rerun of their sweep skips them as completed."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from repro.train.checkpoint import completed_summary
+    from train_helpers import CONF_DIR
+
+    store = CONF_DIR.parent / "results" / "runs" / "cifar10_table10_cpu"
+    runs = sorted(store.glob("cifar10_cnn_*"))
+    assert len(runs) == 18
+    for run in runs:
+        recorded = yaml.safe_load((run / "config.yaml").read_text())
+        cfg = compose_config("experiment=cifar10_table10_cpu", f"norm={recorded['norm']['name']}",
+                             f"seed={recorded['seed']}", "logger=none")
+        assert completed_summary(run, OmegaConf.to_container(cfg, resolve=True)) is not None, run.name
+
+
 def test_beta1_survives_a_resume_exactly():
     def make():
         param = nn.Parameter(torch.zeros(3))
@@ -250,10 +299,31 @@ def test_fixed_scale_and_weight_init_refuse_what_they_cannot_do():
         ConvPoolCNNC(factory("weightnorm"), width=4, fixed_scale=True)
     with pytest.raises(ValueError, match="model.fixed_scale=true is not allowed with norm=rmsnorm"):
         ConvPoolCNNC(factory("rmsnorm"), width=4, fixed_scale=True)
-    with pytest.raises(ValueError, match="model.weight_init='he' is not allowed: must be one of torch, glorot_uniform"):
+    with pytest.raises(ValueError, match="model.weight_init='he' is not allowed: must be one of torch, glorot_uniform, "
+                                         "normal_0.05"):
         ConvPoolCNNC(factory("none"), width=4, weight_init="he")
-    with pytest.raises(ValueError, match="weight norm is not supported"):
-        init_weights(ConvPoolCNNC(factory("weightnorm"), width=4), "glorot_uniform")
+
+
+@pytest.mark.parametrize("name", ["batchnorm", "weightnorm"])
+def test_normal_init_draws_their_n0_005_weights_into_what_is_trained(name):
+    """Their BatchNormLayer and WeightNormLayer resample the layer below from N(0, 0.05); under
+    weight norm that is the direction v (g is data-dependent init's), and the layer's weight is
+    then g v / |v| with the g it had."""
+    torch.manual_seed(0)
+    model = ConvPoolCNNC(factory(name), width=32, weight_init="normal_0.05")
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 10
+    for conv in convs:
+        drawn = conv.parametrizations.weight.original1 if name == "weightnorm" else conv.weight
+        assert drawn.mean().abs() < 0.01 and drawn.std().item() == pytest.approx(0.05, rel=0.15)
+        if conv.bias is not None:
+            assert torch.equal(conv.bias, torch.zeros_like(conv.bias))
+        if name == "weightnorm":
+            g = conv.parametrizations.weight.original0.flatten()
+            norms = conv.weight.flatten(1).norm(dim=1)
+            torch.testing.assert_close(norms, g)
+    default = ConvPoolCNNC(factory(name), width=32)
+    assert default.features[0].weight.std().item() > 0.1  # torch's kaiming-uniform on 27 inputs: not theirs
 
 
 def test_a_bad_weight_init_is_a_one_line_config_error():
@@ -289,10 +359,14 @@ def test_table10_experiment_composes_the_protocol_for_each_norm(name):
     assert (cfg.data.batch_size, cfg.data.val_size, cfg.trainer.max_epochs) == (100, 0, 200)
     assert (cfg.model.width, cfg.model.dropout, cfg.model.input_noise, cfg.model.final_norm) == (96, 0.5, 0.15, True)
     assert cfg.optim._target_ == "torch.optim.Adam" and list(cfg.optim.betas) == [0.9, 0.999]
-    assert dict(cfg.optim.schedule) == {"name": "paper", "warmup_steps": 0, "decay_start": 0.5, "final_beta1": 0.5}
+    assert dict(cfg.optim.schedule) == {"name": "paper", "warmup_steps": 0, "decay_start": 0.5, "final_beta1": 0.5,
+                                        "decay_per": "epoch"}
     assert cfg.norm.partial == 0.125
-    # none is their no-norm layer: Glorot weights times fixed per-unit scales
-    assert (cfg.model.weight_init, cfg.model.fixed_scale) == (("glorot_uniform", True) if name == "none" else ("torch", False))
+    # none is their no-norm layer: Glorot weights times fixed per-unit scales; their BatchNormLayer
+    # and WeightNormLayer draw N(0, 0.05); the others keep lasagne's Glorot default
+    init = "normal_0.05" if name in ("batchnorm", "weightnorm") else "glorot_uniform"
+    assert (cfg.model.weight_init, cfg.model.fixed_scale) == (init, name == "none")
+    assert cfg.norm.eps == (1e-6 if name == "batchnorm" else None)  # theirs: sqrt(1e-6 + var)
     sweep = cfg.hydra.sweeper.params["norm"].split(",") if "hydra" in cfg else None
     assert sweep is None or sweep == list(TABLE10_NORMS)
 
@@ -370,9 +444,17 @@ def test_the_cpu_budgets_are_the_protocol_at_width_32(name, experiment, epochs, 
     mini = compose_and_validate(f"experiment={experiment}", f"norm={name}")
     assert (mini.model.width, mini.trainer.max_epochs, mini.trainer.precision) == (32, epochs, precision)
     assert full.trainer.precision == "fp32"  # theirs, on a GPU too (auto would be bf16 autocast there)
-    for group in ("data", "optim", "norm"):
-        assert mini[group] == full[group]
-    assert {k: v for k, v in mini.model.items() if k != "width"} == {k: v for k, v in full.model.items() if k != "width"}
+    assert mini.data == full.data
+    # the settings the committed budget runs were made with, before the protocol matched these
+    # three of their code: torch's init but for none, the lr decayed per step, BatchNorm eps 1e-5
+    assert mini.optim.schedule.decay_per == "step" and full.optim.schedule.decay_per == "epoch"
+    assert {k: v for k, v in mini.optim.items() if k != "schedule"} == {k: v for k, v in full.optim.items() if k != "schedule"}
+    assert mini.norm.eps is None and {k: v for k, v in mini.norm.items() if k != "eps"} == {
+        k: v for k, v in full.norm.items() if k != "eps"}
+    assert mini.model.weight_init == ("glorot_uniform" if name == "none" else "torch")
+    different = ("width", "weight_init")
+    assert {k: v for k, v in mini.model.items() if k not in different} == {
+        k: v for k, v in full.model.items() if k not in different}
 
 
 def test_prmsnorm_prefix_on_a_conv_map_is_its_top_rows():

@@ -117,7 +117,8 @@ class _Candidate:
             raise StepsError(f"norm={cfg.norm.name}: {error}") from None
         self.model.train()
         self.optimizer, schedule = build_optimization(self.model, cfg.optim)  # as the trainer builds them
-        self.scheduler = build_scheduler(self.optimizer, total_steps=total_steps, **schedule)
+        # The measured steps count as one epoch: the schedule's values do not change a step's cost.
+        self.scheduler = build_scheduler(self.optimizer, total_steps=total_steps, steps_per_epoch=total_steps, **schedule)
         self.parameters = parameter_count(self.model)
         self.norm_timer = NormTimer(self.model, 1, device)
         self.task, self.device = task, device

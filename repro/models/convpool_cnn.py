@@ -27,8 +27,9 @@ added RMSNormLayer, bzhangGo/rmsnorm README) is followed layer by layer:
   activation norm (none, weightnorm) the layer keeps its own bias.
 - `input_noise`: Gaussian noise of this std added to the input images in training mode only
   (their GaussianNoiseLayer, sigma 0.15).
-- `weight_init`: "torch" (each layer's default) or "glorot_uniform" (lasagne's default, which
-  their code keeps for every norm but BatchNorm and weight norm: repro.nn.init_weights).
+- `weight_init`: "torch" (each layer's default), "glorot_uniform" (lasagne's default, which
+  their code keeps for every norm but BatchNorm and weight norm) or "normal_0.05" (their init
+  under BatchNorm and weight norm): repro.nn.init_weights.
 - `fixed_scale`: their no-norm layer (InitLayer): every conv and dense weight times a fixed,
   non-trainable scale per output unit, which data-dependent init sets (repro.nn.FixedScale);
   norm none only.

@@ -25,7 +25,8 @@ from torch.nn.utils import parametrize
 # The layers whose outputs are pre-activations with one unit per output channel.
 INIT_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # model.weight_init's choices: "torch" keeps each layer's own default init.
-WEIGHT_INITS = ("torch", "glorot_uniform")
+WEIGHT_INITS = ("torch", "glorot_uniform", "normal_0.05")
+NORMAL_INIT_STD = 0.05  # lasagne.init.Normal(0.05): Salimans & Kingma's conv/dense init under BatchNorm and weight norm
 
 
 class FixedScale(nn.Module):
@@ -58,23 +59,36 @@ def add_fixed_scales(model: nn.Module) -> int:
 def init_weights(model: nn.Module, scheme: str) -> None:
     """Re-initialize every Linear/Conv layer of `model` by `scheme` (one of WEIGHT_INITS):
     "glorot_uniform" draws the weights from U(-a, a), a = sqrt(6 / (fan_in + fan_out)) with the
-    kernel's size in both fans (lasagne's GlorotUniform), and zeroes the biases; "torch" leaves
-    the layers as they were built."""
+    kernel's size in both fans (lasagne's GlorotUniform), "normal_0.05" from N(0, 0.05²)
+    (lasagne's Normal(0.05)), and both zero the biases; "torch" leaves the layers as they were
+    built. Under weight norm the direction v gets the draw (its g is what data-dependent init
+    sets); under a FixedScale, the weights v beside the scale."""
     if scheme not in WEIGHT_INITS:
         raise ValueError(f"model.weight_init={scheme!r} is not allowed: must be one of {', '.join(WEIGHT_INITS)}")
     if scheme == "torch":
         return
     for layer in (m for m in model.modules() if isinstance(m, INIT_LAYERS)):
-        weight = layer.weight
-        if parametrize.is_parametrized(layer, "weight"):
-            plist = layer.parametrizations.weight
-            if not all(isinstance(p, FixedScale) for p in plist):
-                raise ValueError(f"model.weight_init={scheme} on a {type(layer).__name__} with weight norm is not "
-                                 "supported: use model.weight_init=torch")
-            weight = plist.original
-        nn.init.xavier_uniform_(weight)
+        weight = _trained_weight(layer)
+        if scheme == "glorot_uniform":
+            nn.init.xavier_uniform_(weight)
+        else:
+            nn.init.normal_(weight, std=NORMAL_INIT_STD)
         if layer.bias is not None:
             layer.bias.zero_()
+
+
+def _trained_weight(layer: nn.Module) -> Tensor:
+    """The tensor an init draws: the weight itself, a FixedScale's v or weight norm's v (torch's
+    parametrization: original0 = g, original1 = v)."""
+    if not parametrize.is_parametrized(layer, "weight"):
+        return layer.weight
+    plist = layer.parametrizations.weight
+    if all(isinstance(p, FixedScale) for p in plist):
+        return plist.original
+    if any(type(p).__name__ == "_WeightNorm" for p in plist):
+        return plist.original1
+    raise ValueError(f"weight init: {type(layer).__name__}.weight has a parametrization that is neither weight norm "
+                     "nor a fixed scale")
 
 
 def _scale_of(layer: nn.Module):

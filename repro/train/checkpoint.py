@@ -156,8 +156,14 @@ def resume_target(setting: Optional[str], run_dir: Path) -> tuple[Optional[Path]
 # Options that change how a run is shown or where its data is read from (another checkout's
 # path, or data staged to a cluster node), not what it computes: a completed run is the run asked
 # for when everything else in its recorded config is the same.
+# An experiment's per-norm lookup tables (by_norm) are not compared either: what they resolve to
+# for the run's norm (optim.lr, model.weight_init, ...) is, and a table that grows a column for
+# another setting does not change the runs already made.
 NOT_THE_RUN = (("trainer", "progress_bar"), ("trainer", "resume"),
-               ("data", "root"), ("data", "cache_dir"), ("data", "download"))
+               ("data", "root"), ("data", "cache_dir"), ("data", "download"), ("by_norm",))
+# Settings added after runs were recorded, with the value that does what those runs did: a
+# recorded config without one ran with this value, so a rerun asking for it is the same run.
+ADDED_SETTINGS = {("optim", "schedule", "decay_per"): "step"}
 
 
 def _comparable(config: dict) -> dict:
@@ -166,6 +172,10 @@ def _comparable(config: dict) -> dict:
         parent = _config_item(config, *groups)
         if isinstance(parent, dict):
             parent.pop(key, None)
+    for (*groups, key), before in ADDED_SETTINGS.items():
+        parent = _config_item(config, *groups)
+        if isinstance(parent, dict):
+            parent.setdefault(key, before)
     return config
 
 

@@ -20,6 +20,7 @@ from repro.util import ConfigError, check_options, option, register_schema
 # confounded by decaying the norm's own parameters) and embedding tables.
 NO_DECAY_MODULES = (NormLayer, nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.Embedding)
 SCHEDULES = ("constant", "paper", "inverse_sqrt", "cosine")
+DECAY_UNITS = ("step", "epoch")
 
 
 @dataclass
@@ -31,6 +32,10 @@ class ScheduleConfig:
     # "paper" only: Adam's beta1 from the decay's start on (Salimans & Kingma: 0.9 -> 0.5 at epoch
     # 100 of 200); null keeps the optimizer's beta1 throughout.
     final_beta1: Optional[float] = option(None, minimum=0, maximum=1, max_strict=True)
+    # "paper" only: how often the decaying lr changes. "step": every optimizer step, 0 at the end;
+    # "epoch": once per epoch, as Salimans & Kingma's code (lr0 * min(2 - epoch/100, 1) at 200
+    # epochs: the last epoch runs at lr0/100).
+    decay_per: str = option("step", choices=DECAY_UNITS)
 
 
 @dataclass
@@ -53,6 +58,9 @@ class OptimConfig:
         if schedule.final_beta1 is not None and schedule.name != "paper":
             raise ConfigError(f"optim.schedule.final_beta1={schedule.final_beta1} is not allowed with "
                               f"{schedule.name}: must be null (only the paper schedule sets beta1)")
+        if schedule.decay_per != "step" and schedule.name != "paper":
+            raise ConfigError(f"optim.schedule.decay_per={schedule.decay_per} is not allowed with {schedule.name}: "
+                              "must be step (only the paper schedule decays per epoch)")
         if schedule.final_beta1 is not None and self.betas is None:
             raise ConfigError("optim.schedule.final_beta1 is not allowed for an optimizer without betas: must be null")
         if schedule.name == "inverse_sqrt" and schedule.warmup_steps < 1:
@@ -129,13 +137,15 @@ def build_optimizer(params, config: OptimConfig) -> torch.optim.Optimizer:
     return instantiate({"_target_": config._target_, **{k: v for k, v in options.items() if v is not None}}, params)
 
 
-def lr_multiplier(*, name: str, total_steps: int, warmup_steps: int = 0,
-                  decay_start: float = 0.5) -> Callable[[int], float]:
+def lr_multiplier(*, name: str, total_steps: int, warmup_steps: int = 0, decay_start: float = 0.5,
+                  decay_per: str = "step", steps_per_epoch: Optional[int] = None) -> Callable[[int], float]:
     """The multiplier of the base lr at step s (s = number of optimizer steps already taken).
 
     - "constant": 1 after warmup.
     - "paper": the RMSNorm/weight-norm CIFAR schedule: constant, then linear decay to 0 from
-      `decay_start` (fraction of training, 0.5 = the second half) to the end.
+      `decay_start` (fraction of training, 0.5 = the second half) to the end; with
+      decay_per="epoch" the same line sampled at each epoch's start and held for the epoch
+      (min(1, (E - e) / (E - decay_start * E)) in epoch e of E: never 0).
     - "inverse_sqrt": the Transformer schedule, linear warmup then sqrt(warmup / s).
     - "cosine": linear warmup then cosine decay to 0 at `total_steps`.
     """
@@ -145,6 +155,18 @@ def lr_multiplier(*, name: str, total_steps: int, warmup_steps: int = 0,
     if name == "constant":
         return warm
     if name == "paper":
+        if decay_per == "epoch":
+            if not steps_per_epoch:
+                raise ValueError("decay_per='epoch' needs steps_per_epoch")
+            epochs = total_steps / steps_per_epoch
+            begin_epoch = decay_start * epochs
+
+            def per_epoch(s: int) -> float:
+                epoch = s // steps_per_epoch
+                return warm(s) * min(1.0, max(0.0, (epochs - epoch) / max(epochs - begin_epoch, 1e-12)))
+            return per_epoch
+        if decay_per != "step":
+            raise ValueError(f"decay_per must be one of {DECAY_UNITS}, got {decay_per!r}")
         begin = decay_start * total_steps
 
         def paper(s: int) -> float:
@@ -182,6 +204,7 @@ class PaperSchedule(torch.optim.lr_scheduler.LambdaLR):
 
 def build_scheduler(optimizer: torch.optim.Optimizer, *, final_beta1: Optional[float] = None,
                     **schedule) -> torch.optim.lr_scheduler.LambdaLR:
+    """`schedule`: lr_multiplier's arguments (total_steps; steps_per_epoch for decay_per="epoch")."""
     multiplier = lr_multiplier(**schedule)
     if final_beta1 is None:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, multiplier)

@@ -223,7 +223,8 @@ class Trainer:
                 f"an epoch has {len(batches)} micro-batches, fewer than trainer.accumulate={self.s.accumulate}"
             )
         self.total_steps = self.s.max_steps or self.s.max_epochs * steps_per_epoch
-        self.scheduler = build_scheduler(self.optimizer, total_steps=self.total_steps, **self.schedule)
+        self.scheduler = build_scheduler(self.optimizer, total_steps=self.total_steps,
+                                         steps_per_epoch=steps_per_epoch, **self.schedule)
         if self.step == 0 and getattr(self, "_resume_state", None) is None:
             self.task.initialize(self.model)  # a fresh run only: a resumed one has its weights
         train_model = (
