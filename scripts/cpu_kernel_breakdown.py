@@ -11,10 +11,14 @@ as scripts/cpu_kernel_ratios.py's "kept" mode):
   interleaved    the same raw calls, our op through autograd (rms_norm(...).backward(): the C++
                  autograd node, the eager route on CPU), the same kernels through a Python
                  autograd.Function (the eager route before the C++ node, still the one on CUDA),
-                 and F.layer_norm's forward + backward, taking turns call by call as
-                 scripts/cpu_kernel_ratios.py runs them (each evicts the others' data)
-  fixed cost     the three ops' forward + backward on a 2 x 8 input: the path around the kernels
-                 (Python, autograd), which does not grow with the input
+                 the same call through the torch.library.custom_op pair ("custom op": the
+                 route torch.compile traces, and every eager call's before the fast route;
+                 rms_norm with ops.EAGER_FAST_PATH off), and F.layer_norm's forward + backward,
+                 taking turns call by call as scripts/cpu_kernel_ratios.py runs them (each evicts
+                 the others' data)
+  fixed cost     the four ops' forward + backward on a 2 x 8 input: the path around the kernels
+                 (Python, autograd, custom-op dispatch), which does not grow with the input; what
+                 kernels/ops.py's docstring says each route costs per call
 """
 from __future__ import annotations
 
@@ -38,7 +42,8 @@ def shape(text: str) -> tuple[int, int]:
 
 
 def op_calls(m: int, n: int) -> dict:
-    """Forward + backward callables on one (m, n) input: the raw kernels, our op, F.layer_norm."""
+    """Forward + backward callables on one (m, n) input: the raw kernels, our op by three routes,
+    F.layer_norm."""
     x = torch.randn(m, n, requires_grad=True)
     w = (1 + 0.1 * torch.randn(n)).requires_grad_()
     b = (0.1 * torch.randn(n)).requires_grad_()
@@ -57,11 +62,20 @@ def op_calls(m: int, n: int) -> dict:
         x.grad = w.grad = None
         ops._RMSNormFunction.apply(x, w, None, 1e-6, n, False, "cpu").backward(dy)
 
+    def custom_op():
+        x.grad = w.grad = None
+        fast, ops.EAGER_FAST_PATH = ops.EAGER_FAST_PATH, False  # the same call, through the custom ops
+        try:
+            rms_norm(x, w, 1e-6, backend="cpu").backward(dy)
+        finally:
+            ops.EAGER_FAST_PATH = fast
+
     def theirs():
         x.grad = w.grad = b.grad = None
         F.layer_norm(x, (n,), w, b, 1e-5).backward(dy)
 
-    return {"raw kernels": raw, "rms_norm op": ours, "Python Function": python_function, "F.layer_norm": theirs}
+    return {"raw kernels": raw, "rms_norm op": ours, "Python Function": python_function, "custom op": custom_op,
+            "F.layer_norm": theirs}
 
 
 def main(argv=None) -> int:
@@ -82,7 +96,7 @@ def main(argv=None) -> int:
     alone = interleave({"raw kernels": calls["raw kernels"]}, args.rounds, warmup=5)["raw kernels"]
     mixed = interleave(calls, args.rounds, warmup=5)
     tiny = op_calls(2, 8)
-    fixed = interleave({k: tiny[k] for k in ("rms_norm op", "Python Function", "F.layer_norm")}, args.rounds, warmup=5)
+    fixed = interleave({k: v for k, v in tiny.items() if k != "raw kernels"}, args.rounds, warmup=5)
     print(f"{m} x {n}, fp32, {args.threads} thread(s), build {cpu_kernels.build_capability()}, "
           f"{args.rounds} rounds, medians in ms")
     print(f"  back to back   raw kernels {median_ms(alone):.3f}")
