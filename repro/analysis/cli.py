@@ -15,6 +15,12 @@ def run_analyze(argv: list[str]) -> int:
     p.add_argument("name", choices=ANALYSES, help="which analysis; all = every one (partial-error needs --run)")
     p.add_argument("--out", metavar="DIR", default="results/analysis", help="output folder (default results/analysis)")
     p.add_argument("--run", metavar="RUN_DIR", help="partial-error: a finished repro-train run (config.yaml, checkpoints/)")
+    p.add_argument("--weights", metavar="FILE",
+                   help="partial-error: the model's weights (a weights-only file, e.g. the committed "
+                        "results/analysis/checkpoints/*.pt, or a checkpoint) instead of RUN_DIR/checkpoints/last.pt")
+    p.add_argument("--save-weights", metavar="FILE",
+                   help="partial-error: first copy RUN_DIR/checkpoints/last.pt to FILE as a weights-only file "
+                        "(fp32 state_dict, no optimizer state), then analyse that")
     p.add_argument("--train-if-missing", action="store_true",
                    help="partial-error: when --run has no checkpoint, train it from its config.yaml into outputs/retrained/NAME first (the store is left as it is)")
     p.add_argument("--data-root", metavar="DIR",
@@ -57,7 +63,9 @@ def run_analyze(argv: list[str]) -> int:
         from . import partial_error
 
         try:
-            partial_error.run(out, Path(args.run), args.data_root, train_if_missing=args.train_if_missing)
+            partial_error.run(out, Path(args.run), args.data_root, train_if_missing=args.train_if_missing,
+                              weights=Path(args.weights) if args.weights else None,
+                              save_weights_to=Path(args.save_weights) if args.save_weights else None)
         except (FileNotFoundError, ValueError) as error:
             p.error(str(error))
         wrote.append("partial_error")
