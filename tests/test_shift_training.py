@@ -100,13 +100,36 @@ def test_the_premise_check_agrees_with_the_models(setting, norm):
             assert (change < 1e-3) == (norm == "layernorm"), (norm, change)
 
 
-def test_shifted_init_task_shifts_every_linear_weight_of_the_transformer():
-    from repro.nn import NormFactory
+@pytest.mark.parametrize("setting", ["transformer", "cnn, channel mode"])
+def test_premise_layers_are_the_layers_that_feed_a_norm(setting):
+    """The layers the shift touches are exactly those whose output a norm normalizes (found by
+    tracing which Linear/Conv ran last before each norm): every one of them, and no other."""
+    overrides, _ = SETTINGS[setting]
+    cfg = compose_config(*overrides, "norm=layernorm", "model.dropout=0.0")
+    torch.manual_seed(0)
+    _, model = build_task_and_model(cfg)
+    model.eval()
+    if "transformer" in setting:
+        src, tgt = torch.randint(4, 100, (3, 7)), torch.randint(4, 100, (3, 5))
+        forward = lambda: model(src, tgt)  # noqa: E731
+    else:
+        images = torch.randn(2, 3, 32, 32)
+        forward = lambda: model(images)  # noqa: E731
+    chosen = shift_training.premise_layers(model)
+    assert len({id(m) for m in chosen}) == len(chosen)
+    assert {id(m) for m in chosen} == {id(m) for m in _feeding_layers(model, forward).values()}
 
-    cfg = compose_config("experiment=translation_smoke", "data.root=unused")
-    options = {k: v for k, v in cfg.task.items() if k != "_target_"}
+
+def test_shifted_init_task_shifts_only_the_layers_a_norm_normalizes():
+    """Attention output projections and the FFNs' second Linears are shifted; the queries, the
+    fused keys/values, the FFNs' first Linears, every bias and the embedding are not."""
     from hydra.utils import instantiate
 
+    from repro.models.transformer import Attention, FeedForward
+    from repro.nn import NormFactory
+
+    cfg = compose_config("experiment=translation_smoke", "data.root=unused", "model.encoder_layers=2")
+    options = {k: v for k, v in cfg.task.items() if k != "_target_"}
     model_ctor = instantiate(cfg.model)
     torch.manual_seed(0)
     plain = build_task_and_model(cfg)[1]
@@ -114,12 +137,40 @@ def test_shifted_init_task_shifts_every_linear_weight_of_the_transformer():
     task = shift_training.shifted_init_task("repro.tasks.Translation", 0.2, model=model_ctor, vocab_size=400,
                                             tokenizer="unused", root="unused", **options)
     shifted = task.build_model(NormFactory("rmsnorm"))
-    pairs = [(a, b) for a, b in zip(plain.modules(), shifted.modules()) if isinstance(a, nn.Linear)]
-    assert len(pairs) == 2 * 5 + 3  # encoder: q, kv, out, 2 FFN; decoder: two attentions + FFN
-    for a, b in pairs:
-        torch.testing.assert_close(b.weight, a.weight + 0.2)
-        torch.testing.assert_close(b.bias, a.bias)
+    modules = dict(shifted.named_modules())
+    must_shift, must_not = set(), set()
+    for name, module in plain.named_modules():
+        if isinstance(module, Attention):
+            must_shift.add(f"{name}.out")
+            must_not |= {f"{name}.q", f"{name}.kv"}
+        elif isinstance(module, FeedForward):
+            must_shift.add(f"{name}.3")
+            must_not.add(f"{name}.0")
+    assert len(must_shift) == 2 * 2 + 3 and len(must_not) == 2 * 3 + 5  # encoder: 2 layers; decoder: 1
+    linears = {name for name, m in plain.named_modules() if isinstance(m, nn.Linear)}
+    assert linears == must_shift | must_not
+    for name, a in plain.named_modules():
+        if name in linears:
+            b = modules[name]
+            torch.testing.assert_close(b.weight, a.weight + 0.2 if name in must_shift else a.weight, rtol=0, atol=0)
+            torch.testing.assert_close(b.bias, a.bias, rtol=0, atol=0)
     torch.testing.assert_close(shifted.embed.weight, plain.embed.weight)  # the tied output projection too
+    assert shift_training.shift_weights(plain, 0.0) == len(must_shift)
+    with pytest.raises(ConfigError, match="task.shift_layers must be 'norm_inputs'"):
+        shift_training.shifted_init_task("repro.tasks.Translation", 0.2, shift_layers="all", model=model_ctor,
+                                         vocab_size=400, tokenizer="unused", root="unused", **options)
+
+
+def test_run_config_names_the_layer_selection():
+    """A run's config records which layers are shifted, so a run store of the earlier experiment
+    (every Linear shifted, no task.shift_layers) is trained again, never reused."""
+    cfg = shift_training.run_config("multi30k_transformer", "rmsnorm", 0.2, 1, 8, "unused")
+    assert cfg.task.shift_layers == "norm_inputs" and cfg.task._target_ == shift_training.FACTORY
+    from omegaconf import OmegaConf
+
+    earlier = OmegaConf.to_container(cfg, resolve=True)
+    del earlier["task"]["shift_layers"]
+    assert earlier != OmegaConf.to_container(cfg, resolve=True)
 
 
 def test_the_spatial_cnn_is_refused_in_one_line_before_any_training(tmp_path, capsys):
@@ -158,6 +209,11 @@ def test_seed_statistics_match_scipy():
     assert shift_training.verdict(shift_training.shift_effects(finals, seeds)[("contrast", "eval")]["interval"]) \
         == "inconclusive"
     assert shift_training.verdict(None).startswith("inconclusive")
+    worse = "RMSNorm is hurt more by the shift than LayerNorm"
+    assert shift_training.overall_verdict({"val": worse, "train": worse}) == f"{worse} (both metrics agree)"
+    assert shift_training.overall_verdict({"val": "inconclusive", "train": "inconclusive"}).startswith("inconclusive")
+    split = shift_training.overall_verdict({"val": "inconclusive", "train": worse})
+    assert split.startswith("no overall verdict") and f"train: {worse}" in split
     assert paired_interval([0.5]) is None and paired_interval([0.5, 0.5]).low == 0.5
 
 
@@ -189,8 +245,19 @@ def test_shift_training_trains_reuses_and_resumes_translation_runs(corpus, tmp_p
     assert all(r.status == "completed" and r.summary["step"] == 4 for r in records)
     assert all("val/loss" in r.summary and "val/bleu" not in r.summary for r in records)  # no decoding
     note = (out / "shift_training.md").read_text()
-    assert "| rmsnorm | 0.2 | 2 |" in note and "- final validation loss: " in note
+    assert "| rmsnorm | 0.2 | 2 |" in note and "- final validation loss: " in note and "- Overall: " in note
+    # 1+1 layers: the encoder's attention output and FFN second Linear, the decoder's two and its FFN's
+    assert "the 5 layers whose output a norm normalizes (`attn.sublayer.out`, 2 × `ffn.sublayer.3`" in note
     assert (out / "shift_training.png").read_bytes()[:4] == b"\x89PNG"
+    # No dropout (translation_smoke): LayerNorm's loss is invariant to the shift, so its shifted run is the
+    # default run, shifted (the same train loss at every logged step); RMSNorm's is not.
+    assert "Without dropout the premise holds in training too" in note
+    by_key = {(r.norm, r.config["task"]["init_center"], r.seed): [v for _, v in r.series("train/loss", "train")]
+              for r in records}
+    for seed in (1, 2):
+        default, shifted = by_key[("layernorm", 0.0, seed)], by_key[("layernorm", 0.2, seed)]
+        assert len(default) == 4 and shifted == pytest.approx(default, rel=1e-4, abs=1e-4)
+        assert by_key[("rmsnorm", 0.2, seed)] != pytest.approx(by_key[("rmsnorm", 0.0, seed)], rel=1e-3, abs=1e-3)
     stamps = {r.path.name: (r.path / "summary.json").stat().st_mtime_ns for r in records}
     # the same command again reuses the completed runs (only redraws)
     assert run_analyze(args) == 0

@@ -1,21 +1,37 @@
-"""Shift sensitivity in training: LayerNorm vs RMSNorm when every weight starts shifted by a centre
-c (0.2 by default) instead of 0 (the authors' experiment on RMSNorm's lost re-centering invariance).
+"""Shift sensitivity in training: LayerNorm vs RMSNorm when the weights of the layers whose output
+a norm normalizes start shifted by a centre c (0.2 by default) instead of 0 (the authors'
+experiment on RMSNorm's lost re-centering invariance).
 
 The premise: shifting every weight of a linear layer by c moves each of its output features for a
-row by the same c·Σx; where the norm normalizes over exactly those features, LayerNorm removes the
-shift and RMSNorm does not (see the invariance analysis). That holds in the Transformer (each norm
-normalizes the d features of a residual stream a sublayer's last Linear writes into) and in a CNN
-whose norm normalizes each position over its channels (norm.conv_mode=channel: a conv's shift
-c·Σ(patch) is the same for every output channel of a position). It does NOT hold in the CNN's
-spatial mode (each channel normalized over H×W, where c·Σ(patch) varies from position to
-position), so that setting is refused (`check_premise`).
+row by the same c·Σx; where a norm normalizes over exactly those features, LayerNorm removes the
+shift and RMSNorm does not (see the invariance analysis). That holds only for the layers whose
+output a norm normalizes directly, so only those are shifted (`premise_layers`):
+
+- The Transformer (repro.models.transformer, post-norm: x = norm(x + dropout(sublayer(x)))): each
+  sublayer's LAST Linear, the attention output projection (`Attention.out`) and the FFN's second
+  Linear, writes into the residual stream the norm then normalizes. Its shift c·Σh (h: the
+  Linear's input row) is one number per row, so x + sublayer(x) moves by the same c·Σh in every
+  feature, still a constant per row, which LayerNorm's mean removes (the residual addition does
+  not break the premise). Exactly so at evaluation; in training the residual dropout (p, 0.1 by
+  default) zeroes a share p of the shifted features and scales the others by 1/(1−p), so the
+  shift is constant per row only in expectation and LayerNorm removes only its row mean. (With
+  model.pre_norm=true the same layers write into the stream every later norm reads.) The queries,
+  the fused keys/values and the FFN's first Linear are NOT shifted: no norm normalizes their
+  outputs (attention scores, ReLU follow), so nothing would remove their shift for either norm.
+- A CNN whose norm normalizes each position over its channels (norm.conv_mode=channel): each
+  conv followed by a norm (and the 10-way layer when model.final_norm=true) moves by c·Σ(patch),
+  the same for every output channel of a position.
+- NOT a CNN in spatial mode (each channel normalized over H×W, where c·Σ(patch) varies from
+  position to position): that setting is refused (`check_premise`).
 
 Each (norm, centre, seed) is an ordinary repro-train run (repro.train.train) in its own run store;
 the shifted model comes from a task factory (`shifted_init_task`) that the run's config names as
-`task._target_`. A completed run of the same config is reused and an interrupted one resumes from
-its last checkpoint, so a rerun only redraws. The effect of the shift, (metric shifted − metric
-default) per seed, is summarized per norm by its mean and 95 % t-interval over seeds
-(repro.tables.stats), and the two norms' effects are compared by Welch's interval.
+`task._target_` (with `task.shift_layers`, so runs of another layer selection are never reused).
+A completed run of the same config is reused and an interrupted one resumes from its last
+checkpoint, so a rerun only redraws. The effect of the shift, (metric shifted − metric default)
+per seed, is summarized per norm by its mean and 95 % t-interval over seeds (repro.tables.stats),
+and the two norms' effects are compared by Welch's interval, for the final validation loss and
+the final train loss alike: a verdict per metric, and an overall one only where both agree.
 """
 from __future__ import annotations
 
@@ -44,21 +60,53 @@ TASK_DEFAULTS = {
 METRICS = (("final validation loss", "eval"), ("final train loss", "train"))
 
 
-def shift_weights(model: nn.Module, center: float) -> int:
-    """Add `center` to the weight of every conv and linear layer; returns how many were shifted.
-    (The Transformer's embedding, which is also its output projection, is not a Linear: unshifted.)"""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+SHIFT_LAYERS = "norm_inputs"  # task.shift_layers: the layers whose output a norm normalizes directly
+
+
+def premise_layers(model: nn.Module) -> list[nn.Module]:
+    """The conv/linear layers whose output a norm normalizes directly (module docstring): the
+    Transformer's attention output projections and FFN second Linears; a ConvPool-CNN-C's convs
+    that a norm follows. ConfigError for another model."""
+    from repro.models import ConvPoolCNNC, Transformer
+    from repro.models.transformer import Attention, FeedForward
+    from repro.nn import NormLayer
+
+    if isinstance(model, Transformer):
+        layers = []
+        for module in model.modules():
+            if isinstance(module, Attention):
+                layers.append(module.out)
+            elif isinstance(module, FeedForward):
+                layers.append(module[-1])
+        return layers
+    if isinstance(model, ConvPoolCNNC):
+        features = list(model.features)
+        layers = [layer for layer, after in zip(features, features[1:])
+                  if isinstance(layer, nn.Conv2d) and isinstance(after, NormLayer)]
+        if len(model.head) and isinstance(model.head[0], NormLayer):
+            layers.append(model.classifier)
+        return layers
+    raise ConfigError(f"shift-training: no premise layers known for {type(model).__name__} "
+                      "(a Transformer or a ConvPool-CNN-C)")
+
+
+def shift_weights(model: nn.Module, center: float, layers: Optional[Sequence[nn.Module]] = None) -> int:
+    """Add `center` to the weight of `layers` (default: `premise_layers(model)`); returns how many
+    were shifted. Biases, norms and the Transformer's embedding (its output projection too) stay."""
+    layers = premise_layers(model) if layers is None else list(layers)
     with torch.no_grad():
         for layer in layers:
             layer.weight.add_(center)
     return len(layers)
 
 
-def shifted_init_task(base_target: str, init_center: float, **options):
+def shifted_init_task(base_target: str, init_center: float, shift_layers: str = SHIFT_LAYERS, **options):
     """The task `base_target` (e.g. repro.tasks.Translation) built with `options`, whose models
-    start with every conv/linear weight shifted by `init_center`."""
+    start with the weights of the layers whose output a norm normalizes shifted by `init_center`."""
     from hydra.utils import get_class
 
+    if shift_layers != SHIFT_LAYERS:
+        raise ConfigError(f"shift-training: task.shift_layers must be {SHIFT_LAYERS!r}, got {shift_layers!r}")
     task = get_class(base_target)(**options)
     build = task.build_model
 
@@ -111,6 +159,7 @@ def run_config(task: str, norm: str, center: float, seed: int, steps: int, data_
         cfg.task.base_target = cfg.task._target_
         cfg.task._target_ = FACTORY
         cfg.task.init_center = float(center)
+        cfg.task.shift_layers = SHIFT_LAYERS
     return cfg
 
 
@@ -181,6 +230,18 @@ def verdict(contrast: Optional[Interval]) -> str:
     return "inconclusive"
 
 
+def overall_verdict(verdicts: dict) -> str:
+    """One statement over the metrics' verdicts ({metric name: verdict}): a verdict only where every
+    metric gives the same conclusive one; otherwise what the metrics say, without a winner."""
+    distinct = set(verdicts.values())
+    if len(distinct) == 1 and not next(iter(distinct)).startswith("inconclusive"):
+        return f"{next(iter(distinct))} (both metrics agree)"
+    if all(v.startswith("inconclusive") for v in distinct):
+        return "inconclusive: neither metric separates the two norms' effects"
+    said = "; ".join(f"{name}: {v}" for name, v in verdicts.items())
+    return f"no overall verdict: the metrics do not agree ({said})"
+
+
 def _fmt(interval: Optional[Interval]) -> str:
     return "n/a (one seed)" if interval is None else f"{interval.estimate:+.3f} {interval.text(3)}"
 
@@ -225,7 +286,8 @@ def run(out: Path, data_root: str, runs: Path, *, task: str = DEFAULT_TASK, step
                 ax.fill_between(x, low, high, color=colors[norm], alpha=0.15)
     panels[0].set(xlabel="step", ylabel="train/loss", title="training loss (mean; band: min–max over seeds)")
     panels[1].set(xlabel="step", ylabel=eval_key, title=f"{eval_key} (mean; band: min–max over seeds)")
-    fig.suptitle(f"{task}, {steps} steps, seeds {','.join(map(str, seeds))}: default init vs every weight + {center:g}")
+    fig.suptitle(f"{task}, {steps} steps, seeds {','.join(map(str, seeds))}: default init vs the weights of the "
+                 f"layers a norm normalizes + {center:g}", fontsize=10)
     save_figure(fig, panels, out, "shift_training")
 
     rows = [[norm, f"{c:g}", str(seed), f"{finals[(norm, c, seed)]['eval']:.4f}",
@@ -234,23 +296,36 @@ def run(out: Path, data_root: str, runs: Path, *, task: str = DEFAULT_TASK, step
     effect_rows.append(["RMSNorm's effect − LayerNorm's (Welch)",
                         *[_fmt(effects[("contrast", metric)]["interval"]) for _, metric in METRICS]])
     settings = " ".join(TASK_DEFAULTS.get(task, []) + overrides)
+    model = configs[(NORMS[0], center, seeds[0])]
+    shifted = _shifted_layer_names(model)
+    verdicts = {name: verdict(effects[("contrast", metric)]["interval"]) for name, metric in METRICS}
     body = [
         "The premise: shifting every weight of a linear layer by c moves each output feature of a row by the "
-        "same c·Σx, which LayerNorm removes and RMSNorm does not. It holds here: in the Transformer each norm "
-        "normalizes the features a sublayer's last Linear writes into the residual stream (for a CNN only with "
-        "norm.conv_mode=channel; the spatial mode is refused, since there a conv's shift varies over the H×W "
-        "a norm normalizes).", "",
+        "same c·Σx, which LayerNorm removes and RMSNorm does not. It holds only for the layers whose output a "
+        "norm normalizes directly, so only those are shifted. In this post-norm Transformer "
+        "(x = norm(x + dropout(sublayer(x)))) they are each sublayer's last Linear: the attention output "
+        "projection and the FFN's second Linear. Their shift c·Σh (h: the Linear's input row) is one number "
+        "per row, so the residual sum x + sublayer(x) moves by the same c·Σh in every feature, still a "
+        "constant per row, which LayerNorm removes and RMSNorm does not. The queries, the keys/values and the "
+        "FFN's first Linear keep their default initialization: no norm normalizes their outputs (attention "
+        "scores, a ReLU follow), so neither norm could remove a shift there. "
+        + _dropout_text(model) + " (A CNN is allowed only with norm.conv_mode=channel; the spatial mode is "
+        "refused, since there a conv's shift varies over the H×W a norm normalizes.)", "",
         f"{task} trained by repro-train for {steps} steps per run (data {data_root}"
-        + (f"; overrides, later ones win: {settings}" if settings else "") + f"), from the default initialization and with {center:g} added "
-        f"to every conv and linear weight, for LayerNorm and RMSNorm, seeds {', '.join(map(str, seeds))} "
-        f"({len(records)} runs in `{runs}`). Final {eval_key} (the last evaluation; label-smoothed for "
-        "translation, as train/loss) and final train loss (the "
-        "last logged interval) of each run:", "",
+        + (f"; overrides, later ones win: {settings}" if settings else "") + f"), from the default "
+        f"initialization and with {center:g} added to the weights of the {len(shifted)} layers whose output a "
+        f"norm normalizes ({_layer_summary(shifted)}), for LayerNorm and RMSNorm, seeds "
+        f"{', '.join(map(str, seeds))} ({len(records)} runs in `{runs}`). Final {eval_key} (the last "
+        "evaluation; label-smoothed for translation, as train/loss) and final train loss (the last logged "
+        "interval) of each run:", "",
         *markdown_table(["norm", "weight centre", "seed", f"final {eval_key}", "final train loss"], rows), "",
         "Effect of the shift (shifted − default, per seed; higher loss is worse): mean and 95 % one-sample "
         "t-interval over the seeds, and the difference of the two norms' effects (Welch t-interval):", "",
         *markdown_table(["norm", *[name for name, _ in METRICS]], effect_rows), "",
-        *[f"- {name}: {verdict(effects[('contrast', metric)]['interval'])}." for name, metric in METRICS], "",
+        "Verdict per metric (from the Welch interval: a norm is hurt more only where the whole interval lies "
+        "on one side of 0):", "",
+        *[f"- {name}: {v}." for name, v in verdicts.items()],
+        f"- Overall: {overall_verdict(verdicts)}.", "",
         "A short budget, not the paper's schedule: it shows how each norm copes with the shifted start, not "
         "where either would end.",
     ]
@@ -258,4 +333,37 @@ def run(out: Path, data_root: str, runs: Path, *, task: str = DEFAULT_TASK, step
                f"--steps {steps} --center {center:g} --runs {runs}" + (f" --set {' '.join(overrides)}" if overrides else ""))
     write_note(out, "shift_training", f"Shift sensitivity in training: weights centred at {center:g}, "
                "LayerNorm vs RMSNorm", body, made_by)
-    return {"finals": finals, "effects": effects}
+    return {"finals": finals, "effects": effects, "verdicts": verdicts, "shifted": shifted}
+
+
+def _shifted_layer_names(cfg) -> list[str]:
+    """The names of the layers the shift touches in the model `cfg` builds (built on the CPU, not
+    trained; the task's data is not read)."""
+    from repro.tasks import build_task_and_model
+
+    _, model = build_task_and_model(cfg)
+    chosen = {id(layer) for layer in premise_layers(model)}
+    return [name for name, module in model.named_modules() if id(module) in chosen]
+
+
+def _layer_summary(names: Sequence[str]) -> str:
+    """"12 x `attn.sublayer.out`, ..." : the shifted layers by their name within a block."""
+    from collections import Counter
+
+    counts = Counter(".".join(name.split(".")[2:]) if name.split(".")[0] in ("encoder", "decoder") else name
+                     for name in names)
+    return ", ".join(f"{n} × `{name}`" if n > 1 else f"`{name}`" for name, n in counts.items())
+
+
+def _dropout_text(cfg) -> str:
+    """What the residual dropout does to the premise in training."""
+    invariant = ("the loss is invariant to the shift, so its gradients and Adam's updates are those of the "
+                 "unshifted model and the shifted run is the default run, shifted (tests/test_shift_training.py "
+                 "checks this with dropout 0: the same train loss at every logged step)")
+    dropout = float(cfg.model.get("dropout", 0.0)) if "model" in cfg else 0.0
+    if dropout == 0:
+        return f"Without dropout the premise holds in training too: under LayerNorm {invariant}."
+    return (f"The premise is exact at evaluation, but in training the residual dropout (p = {dropout:g}) zeroes "
+            "a share of the shifted features and scales the others by 1/(1 − p), so there the shift is not a "
+            "constant per row and LayerNorm removes only its row mean. LayerNorm's effect below therefore comes "
+            f"from that dropout alone: without it, {invariant}.")
