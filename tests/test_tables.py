@@ -271,6 +271,10 @@ def test_step_timings_of_another_setting_than_the_runs_are_not_used(tmp_path):
 
     found, warnings = timings()
     assert set(found["cifar10_cnn"]) == {"layernorm", "prmsnorm"} and not warnings
+    # a run of the task in another folder (another study, e.g. a deeper model) is not what it timed
+    other = write_run(tmp_path / "other", "wide", task="cifar10_cnn", norm="layernorm", seed=1, test={"test/acc": 0.8},
+                      config={"model": {"width": 96, "dropout": 0.5}})
+    assert set(find_step_timings([root], runs + collect_local([other.parent]))["cifar10_cnn"]) == {"layernorm", "prmsnorm"}
     for changes, said in (({"model": {"width": 16, "dropout": 0.5}}, "prmsnorm: model.width=16 measured, 32 in prmsnorm"),
                           ({"precision": "fp32"}, "precision fp32 measured, bf16 in prmsnorm"),
                           ({"batch": 50}, "batch 50 measured, 100 in prmsnorm"),

@@ -691,17 +691,21 @@ def written_notes(out: Path) -> dict[str, list[str]]:
 def find_step_timings(roots: Sequence[Path], runs: list[Run], warnings: Optional[list[str]] = None) -> dict:
     """task -> {norm: entry}: the newest repro-bench steps measurement of each of the runs' tasks
     found under the runs' folders (stored next to the runs). One whose recorded setting (model,
-    precision, batch, pRMSNorm ratio) differs from what a run of that norm trained with is not
-    used: those runs' speed then comes from their own times, and `warnings` gets a line saying
-    why. Measurements from before settings were recorded are taken as they are."""
+    precision, batch, pRMSNorm ratio) differs from what a run of that norm under the same folder
+    trained with is not used: those runs' speed then comes from their own times, and `warnings`
+    gets a line saying why. Runs in other folders (another study of the task, e.g. the deeper
+    models of the depth section) are not what it timed. Measurements from before settings were
+    recorded are taken as they are."""
     found = {}
     for task in sorted({run.task for run in runs}):
         for root in roots:
             entries = load_step_timings(root, task)
             if not entries:
                 continue
+            folder = Path(root).resolve()
+            beside = [run for run in runs if folder in Path(run.path).resolve().parents]
             differences = [f"{norm}: {difference}" for norm, entry in entries.items()
-                           for difference in [setting_difference(entry.get("setting"), runs, task, norm)] if difference]
+                           for difference in [setting_difference(entry.get("setting"), beside, task, norm)] if difference]
             if differences:
                 if warnings is not None:
                     warnings.append(f"step timings of {task} under {root} not used: measured on another setting "
