@@ -5,10 +5,11 @@ is reached two ways, with the same kernels and the same results:
 
 - eager calls (the common case: training without torch.compile) go straight to the kernels
   through an autograd node: on CPU one written in C++ with the kernels (cpu.rms_norm /
-  cpu.layer_norm, no Python in the backward), on GPU a plain `torch.autograd.Function`. A
-  `torch.library.custom_op` costs roughly 100-300 us per call in Python dispatch on a 2-core
-  CPU, more than the kernel itself at small shapes, against 20-120 us for the Function and
-  ~10 us for the C++ node;
+  cpu.layer_norm, no Python in the backward), on GPU a plain `torch.autograd.Function`. The
+  `torch.library.custom_op` pair costs more per call than the kernel itself at small shapes:
+  a forward + backward of a 2 x 8 input took 0.21 ms through it, 0.11 ms through a Python
+  Function and 0.086 ms through the C++ node (F.layer_norm: 0.071), and 1024 x 256 took 0.34
+  against 0.19 ms (scripts/cpu_kernel_breakdown.py, 2-core AMD EPYC, AVX2, 2026-11-30);
 - under torch.compile (and any tracing: a dispatch mode, a tensor subclass) they go through one
   pair of custom ops per norm (forward, backward), registered with autograd and fake
   implementations so `torch.compile(fullgraph=True)` traces them as single nodes and CUDA
