@@ -61,6 +61,18 @@ def _norm_io(model, norm_layer, forward):
     return seen["io"]
 
 
+def _model_and_forward(cfg, setting: str):
+    """The setting's model (seed 0, eval mode) and a forward pass over a small random batch."""
+    torch.manual_seed(0)
+    _, model = build_task_and_model(cfg)
+    model.eval()
+    if "transformer" in setting:
+        src, tgt = torch.randint(4, 100, (3, 7)), torch.randint(4, 100, (3, 5))
+        return model, lambda: model(src, tgt)
+    images = torch.randn(2, 3, 32, 32)
+    return model, lambda: model(images)
+
+
 @pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_the_premise_check_agrees_with_the_models(setting, norm):
@@ -74,15 +86,7 @@ def test_the_premise_check_agrees_with_the_models(setting, norm):
     else:
         with pytest.raises(ConfigError, match="norm.conv_mode=spatial .* allowed: task=multi30k_transformer"):
             shift_training.check_premise(cfg)
-    torch.manual_seed(0)
-    _, model = build_task_and_model(cfg)
-    model.eval()
-    if "transformer" in setting:
-        src, tgt = torch.randint(4, 100, (3, 7)), torch.randint(4, 100, (3, 5))
-        forward = lambda: model(src, tgt)  # noqa: E731
-    else:
-        images = torch.randn(2, 3, 32, 32)
-        forward = lambda: model(images)  # noqa: E731
+    model, forward = _model_and_forward(cfg, setting)
     feeding = _feeding_layers(model, forward)
     assert len(feeding) >= (6 if "transformer" in setting else 9)
     for norm_layer, layer in feeding.items():
@@ -106,15 +110,7 @@ def test_premise_layers_are_the_layers_that_feed_a_norm(setting):
     tracing which Linear/Conv ran last before each norm): every one of them, and no other."""
     overrides, _ = SETTINGS[setting]
     cfg = compose_config(*overrides, "norm=layernorm", "model.dropout=0.0")
-    torch.manual_seed(0)
-    _, model = build_task_and_model(cfg)
-    model.eval()
-    if "transformer" in setting:
-        src, tgt = torch.randint(4, 100, (3, 7)), torch.randint(4, 100, (3, 5))
-        forward = lambda: model(src, tgt)  # noqa: E731
-    else:
-        images = torch.randn(2, 3, 32, 32)
-        forward = lambda: model(images)  # noqa: E731
+    model, forward = _model_and_forward(cfg, setting)
     chosen = shift_training.premise_layers(model)
     assert len({id(m) for m in chosen}) == len(chosen)
     assert {id(m) for m in chosen} == {id(m) for m in _feeding_layers(model, forward).values()}

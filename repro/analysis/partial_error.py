@@ -178,10 +178,10 @@ def load_weights(path: Path) -> dict:
     checkpoint."""
     from repro.train import checkpoint as ckpt
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such file")
     try:  # a weights-only file needs no pickled objects
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise
     except Exception:  # noqa: BLE001 - a full checkpoint (RNG states): the trainer's own loader
         return ckpt.load(path)
     if isinstance(state, dict) and "model" in state:
@@ -243,7 +243,7 @@ def run(out: Path, run_dir: Path, data_root: Optional[str] = None, *, train_if_m
     if weights is None:
         into = Path(retrain_into) if retrain_into else retrained_dir(run_dir)
         weights = weights_of(run_dir, into)
-        if train_if_missing and weights is None and (run_dir / "config.yaml").is_file():
+        if train_if_missing and (run_dir / "config.yaml").is_file():
             train_from_store(run_dir, into, data_root)
             weights = weights_of(run_dir, into)
         retrained = weights is not None and not Path(weights).resolve().is_relative_to(run_dir.resolve())

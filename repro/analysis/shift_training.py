@@ -296,8 +296,8 @@ def run(out: Path, data_root: str, runs: Path, *, task: str = DEFAULT_TASK, step
     effect_rows.append(["RMSNorm's effect − LayerNorm's (Welch)",
                         *[_fmt(effects[("contrast", metric)]["interval"]) for _, metric in METRICS]])
     settings = " ".join(TASK_DEFAULTS.get(task, []) + overrides)
-    model = configs[(NORMS[0], center, seeds[0])]
-    shifted = _shifted_layer_names(model)
+    first_cfg = configs[(NORMS[0], center, seeds[0])]
+    shifted = _shifted_layer_names(first_cfg)
     verdicts = {name: verdict(effects[("contrast", metric)]["interval"]) for name, metric in METRICS}
     body = [
         "The premise: shifting every weight of a linear layer by c moves each output feature of a row by the "
@@ -309,7 +309,7 @@ def run(out: Path, data_root: str, runs: Path, *, task: str = DEFAULT_TASK, step
         "constant per row, which LayerNorm removes and RMSNorm does not. The queries, the keys/values and the "
         "FFN's first Linear keep their default initialization: no norm normalizes their outputs (attention "
         "scores, a ReLU follow), so neither norm could remove a shift there. "
-        + _dropout_text(model) + " (A CNN is allowed only with norm.conv_mode=channel; the spatial mode is "
+        + _dropout_text(first_cfg) + " (A CNN is allowed only with norm.conv_mode=channel; the spatial mode is "
         "refused, since there a conv's shift varies over the H×W a norm normalizes.)", "",
         f"{task} trained by repro-train for {steps} steps per run (data {data_root}"
         + (f"; overrides, later ones win: {settings}" if settings else "") + f"), from the default "
