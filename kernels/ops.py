@@ -18,13 +18,17 @@ is reached two ways, with the same kernels and the same results:
 A kernel backend is a module with four functions on 2D row-major views (last dim contiguous,
 any row stride):
 
-    rms_norm_forward(x, weight, bias, eps, k, eps_outside)         -> y, rstd
-    rms_norm_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias) -> dx, dw, db
-    layer_norm_forward(x, weight, bias, eps)                       -> y, mean, rstd
-    layer_norm_backward(dy, x, weight, mean, rstd, has_bias)       -> dx, dw, db
+    rms_norm_forward(x, weight, bias, eps, k, eps_outside, channels)         -> y, rstd
+    rms_norm_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, channels) -> dx, dw, db
+    layer_norm_forward(x, weight, bias, eps, channels)                       -> y, mean, rstd
+    layer_norm_backward(dy, x, weight, mean, rstd, has_bias, channels)       -> dx, dw, db
 
 (dw / db are None where there is no weight / bias.) Statistics (rstd, mean) and dw / db are
 fp32 -- fp64 for fp64 inputs, so gradcheck sees full precision (`reference.compute_dtype`).
+`channels` = 0 (the default): weight and bias hold one value per feature (N); > 0: one per row, row r taking
+element r % channels -- the public ops' `affine_dim=-2`, a (..., C, L) input normalized over L
+with a gain and offset per C (conv maps normalized over their positions), so the per-channel
+affine is fused into the kernels instead of costing torch ops of its own.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from . import cpu as cpu_kernels
 from . import reference
 
 BACKENDS = ("auto", "triton", "cpu", "torch")
+AFFINE_DIMS = (-1, -2)
 EPS_MODES = ("inside", "outside")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -58,13 +63,21 @@ def _check_input(x: Tensor) -> None:
         raise ValueError(f"x must have a last dim of size >= 1 to normalize over, got shape {tuple(x.shape)}")
 
 
-def _check_param(name: str, p: Optional[Tensor], x: Tensor) -> None:
+def check_affine_dim(affine_dim: int, x: Optional[Tensor] = None) -> None:
+    if isinstance(affine_dim, bool) or affine_dim not in AFFINE_DIMS:
+        raise ValueError(f"affine_dim must be one of {AFFINE_DIMS}, got {affine_dim!r}")
+    if x is not None and affine_dim == -2 and x.dim() < 2:
+        raise ValueError(f"affine_dim=-2 needs x of shape (..., C, L), got shape {tuple(x.shape)}")
+
+
+def _check_param(name: str, p: Optional[Tensor], x: Tensor, affine_dim: int = -1) -> None:
     if p is None:
         return
-    n = x.shape[-1]
+    n = x.shape[affine_dim]
     if not isinstance(p, Tensor) or tuple(p.shape) != (n,):
         shape = tuple(p.shape) if isinstance(p, Tensor) else type(p).__name__
-        raise ValueError(f"{name} must have shape ({n},) to match x's last dim, got {shape}")
+        dim = "last dim" if affine_dim == -1 else "dim -2 (affine_dim=-2)"
+        raise ValueError(f"{name} must have shape ({n},) to match x's {dim}, got {shape}")
     if p.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a floating tensor, got {p.dtype}")
     if p.device != x.device:
@@ -209,28 +222,33 @@ def _grad_rows(dy: Tensor, shape) -> Tensor:
 # ---------------------------------------------------------------------------- kernel calls
 # The kernels on any-shaped tensors: row views in, the input's shape out. Both routes (the
 # eager Function and the custom ops) call these, so they cannot drift apart.
-def _rms_forward(x, weight, bias, eps, k, eps_outside, backend):
-    y, rstd = _kernels(backend).rms_norm_forward(as_rows(x), weight, bias, eps, k, eps_outside)
+def _rms_forward(x, weight, bias, eps, k, eps_outside, channels, backend):
+    y, rstd = _kernels(backend).rms_norm_forward(as_rows(x), weight, bias, eps, k, eps_outside, channels)
     return y.view(x.shape), rstd.view(x.shape[:-1])
 
 
-def _rms_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, backend):
+def _rms_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, channels, backend):
     dx, dw, db = _kernels(backend).rms_norm_backward(
-        _grad_rows(dy, x.shape), as_rows(x), weight, rstd.reshape(-1), eps, k, eps_outside, has_bias
+        _grad_rows(dy, x.shape), as_rows(x), weight, rstd.reshape(-1), eps, k, eps_outside, has_bias, channels
     )
     return dx.view(x.shape), dw, db
 
 
-def _ln_forward(x, weight, bias, eps, backend):
-    y, mean, rstd = _kernels(backend).layer_norm_forward(as_rows(x), weight, bias, eps)
+def _ln_forward(x, weight, bias, eps, channels, backend):
+    y, mean, rstd = _kernels(backend).layer_norm_forward(as_rows(x), weight, bias, eps, channels)
     return y.view(x.shape), mean.view(x.shape[:-1]), rstd.view(x.shape[:-1])
 
 
-def _ln_backward(dy, x, weight, mean, rstd, has_bias, backend):
+def _ln_backward(dy, x, weight, mean, rstd, has_bias, channels, backend):
     dx, dw, db = _kernels(backend).layer_norm_backward(
-        _grad_rows(dy, x.shape), as_rows(x), weight, mean.reshape(-1), rstd.reshape(-1), has_bias
+        _grad_rows(dy, x.shape), as_rows(x), weight, mean.reshape(-1), rstd.reshape(-1), has_bias, channels
     )
     return dx.view(x.shape), dw, db
+
+
+def _channels(x: Tensor, affine_dim: int) -> int:
+    """The kernels' `channels` argument: 0 for per-feature parameters, else C of (..., C, L)."""
+    return x.shape[-2] if affine_dim == -2 else 0
 
 
 def _param_grad(g: Optional[Tensor], present: bool, like: Optional[Tensor]):
@@ -254,48 +272,50 @@ def _eager(x: Tensor) -> bool:
 
 class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, k, eps_outside, backend):
-        y, rstd = _rms_forward(x, weight, bias, eps, k, eps_outside, backend)
+    def forward(ctx, x, weight, bias, eps, k, eps_outside, channels, backend):
+        y, rstd = _rms_forward(x, weight, bias, eps, k, eps_outside, channels, backend)
         ctx.save_for_backward(x, weight, bias, rstd)
-        ctx.conf = (eps, k, eps_outside, backend)
+        ctx.conf = (eps, k, eps_outside, channels, backend)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, weight, bias, rstd = ctx.saved_tensors
-        dx, dw, db = _rms_backward(dy, x, weight, rstd, *ctx.conf[:3], bias is not None, ctx.conf[3])
+        eps, k, eps_outside, channels, backend = ctx.conf
+        dx, dw, db = _rms_backward(dy, x, weight, rstd, eps, k, eps_outside, bias is not None, channels, backend)
         return (dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 class _LayerNormFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, eps, backend):
-        y, mean, rstd = _ln_forward(x, weight, bias, eps, backend)
+    def forward(ctx, x, weight, bias, eps, channels, backend):
+        y, mean, rstd = _ln_forward(x, weight, bias, eps, channels, backend)
         ctx.save_for_backward(x, weight, bias, mean, rstd)
-        ctx.backend = backend
+        ctx.conf = (channels, backend)
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
         x, weight, bias, mean, rstd = ctx.saved_tensors
-        dx, dw, db = _ln_backward(dy, x, weight, mean, rstd, bias is not None, ctx.backend)
-        return dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias), None, None
+        dx, dw, db = _ln_backward(dy, x, weight, mean, rstd, bias is not None, *ctx.conf)
+        return (dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias),
+                None, None, None)
 
 
 # ---------------------------------------------------------------------------- RMSNorm op
 @torch.library.custom_op("repro::rms_norm_fwd", mutates_args=())
 def _rms_norm_fwd(
     x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-    eps: float, k: int, eps_outside: bool, backend: str,
+    eps: float, k: int, eps_outside: bool, channels: int, backend: str,
 ) -> tuple[Tensor, Tensor]:
-    return _rms_forward(x, weight, bias, eps, k, eps_outside, backend)
+    return _rms_forward(x, weight, bias, eps, k, eps_outside, channels, backend)
 
 
 @_rms_norm_fwd.register_fake
-def _(x, weight, bias, eps, k, eps_outside, backend):
+def _(x, weight, bias, eps, k, eps_outside, channels, backend):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty(
         x.shape[:-1], dtype=reference.compute_dtype(x)
     )
@@ -304,18 +324,18 @@ def _(x, weight, bias, eps, k, eps_outside, backend):
 @torch.library.custom_op("repro::rms_norm_bwd", mutates_args=())
 def _rms_norm_bwd(
     dy: Tensor, x: Tensor, weight: Optional[Tensor], rstd: Tensor,
-    eps: float, k: int, eps_outside: bool, has_bias: bool, backend: str,
+    eps: float, k: int, eps_outside: bool, has_bias: bool, channels: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _rms_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, backend)
+    dx, dw, db = _rms_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, channels, backend)
     return dx, _or_empty(dw, x), _or_empty(db, x)
 
 
 @_rms_norm_bwd.register_fake
-def _(dy, x, weight, rstd, eps, k, eps_outside, has_bias, backend):
+def _(dy, x, weight, rstd, eps, k, eps_outside, has_bias, channels, backend):
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
-        _fake_param_grad(weight is not None, x),
-        _fake_param_grad(has_bias, x),
+        _fake_param_grad(weight is not None, x, channels),
+        _fake_param_grad(has_bias, x, channels),
     )
 
 
@@ -324,24 +344,25 @@ def _or_empty(g: Optional[Tensor], x: Tensor) -> Tensor:
     return g if g is not None else x.new_empty(0, dtype=reference.compute_dtype(x))
 
 
-def _fake_param_grad(present: bool, x: Tensor) -> Tensor:
+def _fake_param_grad(present: bool, x: Tensor, channels: int) -> Tensor:
     # kernels return parameter gradients in the compute dtype; autograd casts them to the parameter's
-    return x.new_empty(x.shape[-1] if present else 0, dtype=reference.compute_dtype(x))
+    size = (channels or x.shape[-1]) if present else 0
+    return x.new_empty(size, dtype=reference.compute_dtype(x))
 
 
 def _rms_setup(ctx, inputs, output):
-    x, weight, bias, eps, k, eps_outside, backend = inputs
+    x, weight, bias, eps, k, eps_outside, channels, backend = inputs
     ctx.save_for_backward(x, weight, bias, output[1])
-    ctx.conf = (eps, k, eps_outside, backend)
+    ctx.conf = (eps, k, eps_outside, channels, backend)
 
 
 def _rms_op_backward(ctx, dy, _drstd):
     x, weight, bias, rstd = ctx.saved_tensors
-    eps, k, eps_outside, backend = ctx.conf
-    dx, dw, db = _rms_norm_bwd(dy, x, weight, rstd, eps, k, eps_outside, bias is not None, backend)
+    eps, k, eps_outside, channels, backend = ctx.conf
+    dx, dw, db = _rms_norm_bwd(dy, x, weight, rstd, eps, k, eps_outside, bias is not None, channels, backend)
     return (
         dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias),
-        None, None, None, None,
+        None, None, None, None, None,
     )
 
 
@@ -351,13 +372,13 @@ _rms_norm_fwd.register_autograd(_rms_op_backward, setup_context=_rms_setup)
 # ---------------------------------------------------------------------------- LayerNorm op
 @torch.library.custom_op("repro::layer_norm_fwd", mutates_args=())
 def _layer_norm_fwd(
-    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, backend: str
+    x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, channels: int, backend: str
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return _ln_forward(x, weight, bias, eps, backend)
+    return _ln_forward(x, weight, bias, eps, channels, backend)
 
 
 @_layer_norm_fwd.register_fake
-def _(x, weight, bias, eps, backend):
+def _(x, weight, bias, eps, channels, backend):
     stat = x.new_empty(x.shape[:-1], dtype=reference.compute_dtype(x))
     return torch.empty_like(x, memory_format=torch.contiguous_format), stat, torch.empty_like(stat)
 
@@ -365,33 +386,33 @@ def _(x, weight, bias, eps, backend):
 @torch.library.custom_op("repro::layer_norm_bwd", mutates_args=())
 def _layer_norm_bwd(
     dy: Tensor, x: Tensor, weight: Optional[Tensor], mean: Tensor, rstd: Tensor,
-    has_bias: bool, backend: str,
+    has_bias: bool, channels: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dx, dw, db = _ln_backward(dy, x, weight, mean, rstd, has_bias, backend)
+    dx, dw, db = _ln_backward(dy, x, weight, mean, rstd, has_bias, channels, backend)
     return dx, _or_empty(dw, x), _or_empty(db, x)
 
 
 @_layer_norm_bwd.register_fake
-def _(dy, x, weight, mean, rstd, has_bias, backend):
+def _(dy, x, weight, mean, rstd, has_bias, channels, backend):
     return (
         torch.empty_like(x, memory_format=torch.contiguous_format),
-        _fake_param_grad(weight is not None, x),
-        _fake_param_grad(has_bias, x),
+        _fake_param_grad(weight is not None, x, channels),
+        _fake_param_grad(has_bias, x, channels),
     )
 
 
 def _ln_setup(ctx, inputs, output):
-    x, weight, bias, eps, backend = inputs
+    x, weight, bias, eps, channels, backend = inputs
     ctx.save_for_backward(x, weight, bias, output[1], output[2])
-    ctx.backend = backend
+    ctx.conf = (channels, backend)
 
 
 def _ln_op_backward(ctx, dy, _dmean, _drstd):
     x, weight, bias, mean, rstd = ctx.saved_tensors
-    dx, dw, db = _layer_norm_bwd(dy, x, weight, mean, rstd, bias is not None, ctx.backend)
+    dx, dw, db = _layer_norm_bwd(dy, x, weight, mean, rstd, bias is not None, *ctx.conf)
     return (
         dx, _param_grad(dw, weight is not None, weight), _param_grad(db, bias is not None, bias),
-        None, None,
+        None, None, None,
     )
 
 
@@ -432,23 +453,27 @@ def rms_norm(
     eps_mode: str = "inside",
     backend: str = "auto",
     bias: Optional[Tensor] = None,
+    affine_dim: int = -1,
 ) -> Tensor:
     """RMSNorm over the last dim; `partial` < 1 gives pRMSNorm (statistic from the first
     floor(partial*N) features). `eps_mode="inside"`: x*rsqrt(mean(x^2)+eps); `"outside"`:
     x/(sqrt(mean(x^2))+eps) as in the authors' PyTorch code. `bias` is the authors' optional
-    offset (off by default). Accumulates in fp32 and returns x's dtype."""
+    offset (off by default). `affine_dim=-2`: x is (..., C, L), weight and bias have C values,
+    one gain and offset per row of L (conv maps normalized over their positions), applied
+    inside the kernels. Accumulates in fp32 and returns x's dtype."""
     _check_input(x)
-    _check_param("weight", weight, x)
-    _check_param("bias", bias, x)
+    check_affine_dim(affine_dim, x)
+    _check_param("weight", weight, x, affine_dim)
+    _check_param("bias", bias, x, affine_dim)
     x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
     check_eps_mode(eps_mode)
     k = check_partial(partial, x.shape[-1])
     backend = resolve_backend(backend, x)
     if backend == "torch":
-        return reference.rms_norm(x, weight, bias, eps=eps, partial=partial, eps_mode=eps_mode)
+        return reference.rms_norm(x, weight, bias, eps=eps, partial=partial, eps_mode=eps_mode, affine_dim=affine_dim)
     weight, bias = _dense(weight), _dense(bias)
-    args = (x, weight, bias, float(eps), k, eps_mode == "outside", backend)
+    args = (x, weight, bias, float(eps), k, eps_mode == "outside", _channels(x, affine_dim), backend)
     if not _eager(x):
         return _rms_norm_fwd(*args)[0]
     if backend == "cpu":
@@ -463,20 +488,27 @@ def layer_norm(
     eps: float = 1e-5,
     *,
     backend: str = "auto",
+    affine_dim: int = -1,
 ) -> Tensor:
-    """LayerNorm over the last dim (biased variance). Accumulates in fp32, returns x's dtype."""
+    """LayerNorm over the last dim (biased variance). `affine_dim=-2`: x is (..., C, L), weight
+    and bias have C values, one per row of L, applied inside the kernels (as rms_norm's).
+    Accumulates in fp32, returns x's dtype."""
     _check_input(x)
-    _check_param("weight", weight, x)
-    _check_param("bias", bias, x)
+    check_affine_dim(affine_dim, x)
+    _check_param("weight", weight, x, affine_dim)
+    _check_param("bias", bias, x, affine_dim)
     x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
     backend = layer_norm_backend(backend, x, weight, bias)
     if backend == "native":
+        if affine_dim == -2:  # each (sample, channel) row is one group: torch's fused group norm
+            rows = x.reshape(-1, x.shape[-2], x.shape[-1])
+            return F.group_norm(rows, x.shape[-2], weight, bias, eps).view(x.shape)
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
     if backend == "torch":
-        return reference.layer_norm(x, weight, bias, eps=eps)
+        return reference.layer_norm(x, weight, bias, eps=eps, affine_dim=affine_dim)
     weight, bias = _dense(weight), _dense(bias)
-    args = (x, weight, bias, float(eps), backend)
+    args = (x, weight, bias, float(eps), _channels(x, affine_dim), backend)
     if not _eager(x):
         return _layer_norm_fwd(*args)[0]
     if backend == "cpu":

@@ -31,11 +31,15 @@ def compute_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
-def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+def _affine(y: Tensor, weight: Tensor | None, bias: Tensor | None, affine_dim: int = -1) -> Tensor:
+    """y * weight + bias, the parameters along the last dim (-1) or, one per row, along dim -2."""
+    def shaped(p: Tensor) -> Tensor:
+        return p.to(y.dtype).view(-1, 1) if affine_dim == -2 else p.to(y.dtype)
+
     if weight is not None:
-        y = y * weight.to(y.dtype)
+        y = y * shaped(weight)
     if bias is not None:
-        y = y + bias.to(y.dtype)
+        y = y + shaped(bias)
     return y
 
 
@@ -54,20 +58,23 @@ def rms_norm(
     eps: float = 1e-6,
     partial: float = 1.0,
     eps_mode: str = "inside",
+    affine_dim: int = -1,
 ) -> Tensor:
-    """RMSNorm (partial=1) and pRMSNorm (statistic from the first floor(partial*N) features)."""
+    """RMSNorm (partial=1) and pRMSNorm (statistic from the first floor(partial*N) features).
+    affine_dim=-2: x is (..., C, L) and weight / bias hold one value per C."""
     xc = x.to(compute_dtype(x))
     k = partial_size(x.shape[-1], partial)
     y = xc * rms_scale(xc, eps, k, eps_mode)
-    return _affine(y, weight, bias).to(x.dtype)
+    return _affine(y, weight, bias, affine_dim).to(x.dtype)
 
 
 def layer_norm(
-    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5,
+    affine_dim: int = -1,
 ) -> Tensor:
-    """LayerNorm over the last dim with the biased variance."""
+    """LayerNorm over the last dim with the biased variance (affine_dim as rms_norm's)."""
     xc = x.to(compute_dtype(x))
     mean = xc.mean(dim=-1, keepdim=True)
     var = (xc - mean).square().mean(dim=-1, keepdim=True)
     y = (xc - mean) * torch.rsqrt(var + eps)
-    return _affine(y, weight, bias).to(x.dtype)
+    return _affine(y, weight, bias, affine_dim).to(x.dtype)

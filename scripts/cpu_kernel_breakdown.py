@@ -60,7 +60,7 @@ def op_calls(m: int, n: int) -> dict:
 
     def python_function():
         x.grad = w.grad = None
-        ops._RMSNormFunction.apply(x, w, None, 1e-6, n, False, "cpu").backward(dy)
+        ops._RMSNormFunction.apply(x, w, None, 1e-6, n, False, 0, "cpu").backward(dy)
 
     def custom_op():
         x.grad = w.grad = None

@@ -39,11 +39,23 @@ class Case:
     bias: bool
     partial: float = 1.0
     eps_mode: str = "inside"
+    # > 0: the input is (m / channels, channels, n) and the weight and bias hold one value per
+    # channel (the ops' affine_dim=-2, a conv map normalized over its positions)
+    channels: int = 0
 
     def __str__(self) -> str:
         dt = str(self.dtype).removeprefix("torch.")
         extra = f"-p{self.partial}-{self.eps_mode}" if self.op == "rms" else ""
-        return f"{self.op}-{self.m}x{self.n}-{dt}-w{self.weight}-b{int(self.bias)}{extra}"
+        per_channel = f"-c{self.channels}" if self.channels else ""
+        return f"{self.op}-{self.m}x{self.n}-{dt}-w{self.weight}-b{int(self.bias)}{extra}{per_channel}"
+
+    @property
+    def shape(self) -> tuple:
+        return (self.m // self.channels, self.channels, self.n) if self.channels else (self.m, self.n)
+
+    @property
+    def params(self) -> int:
+        return self.channels or self.n
 
 
 def full_grid(ns=GRID_N, ms=GRID_M, dtypes=GRID_DTYPES):
@@ -73,18 +85,21 @@ def make_inputs(case: Case, device="cpu", seed=0):
     def randn(*shape):
         return torch.randn(*shape, generator=g, device=device)
 
-    x = randn(case.m, case.n).to(case.dtype)
-    dy = randn(case.m, case.n).to(case.dtype)
+    assert not case.channels or case.m % case.channels == 0, case
+    x = randn(*case.shape).to(case.dtype)
+    dy = randn(*case.shape).to(case.dtype)
     w_dtype = {"none": None, "fp32": torch.float32, "x": case.dtype}[case.weight]
-    w = None if w_dtype is None else (1 + 0.5 * randn(case.n)).to(w_dtype)
-    b = (0.5 * randn(case.n)).to(w_dtype or case.dtype) if case.bias else None
+    w = None if w_dtype is None else (1 + 0.5 * randn(case.params)).to(w_dtype)
+    b = (0.5 * randn(case.params)).to(w_dtype or case.dtype) if case.bias else None
     return x, w, b, dy
 
 
 def run_op(case: Case, x, w, b, backend: str):
+    affine_dim = -2 if case.channels else -1
     if case.op == "ln":
-        return layer_norm(x, w, b, backend=backend)
-    return rms_norm(x, w, EPS[case.eps_mode], partial=case.partial, eps_mode=case.eps_mode, backend=backend, bias=b)
+        return layer_norm(x, w, b, backend=backend, affine_dim=affine_dim)
+    return rms_norm(x, w, EPS[case.eps_mode], partial=case.partial, eps_mode=case.eps_mode, backend=backend, bias=b,
+                    affine_dim=affine_dim)
 
 
 def forward_backward(case: Case, x, w, b, dy, backend: str):

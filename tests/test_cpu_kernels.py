@@ -61,6 +61,19 @@ def test_every_option_matches_reference(case):
     check_case(case, BACKEND)
 
 
+# The per-channel affine (affine_dim=-2) over the grid's row lengths, dtypes and options: the rows
+# of (B, C, N) maps, B = 2 or 5 samples of C = 3 or 7 channels (B != C: row r is channel r % C).
+CHANNEL_COVER = [
+    Case(c.op, b * ch, c.n, c.dtype, c.weight, c.bias, c.partial, c.eps_mode, channels=ch)
+    for i, c in enumerate(covering_grid(ms=(1,), dtypes=DTYPES)) for b, ch in [((2, 3), (5, 7))[i % 2]]
+]
+
+
+@pytest.mark.parametrize("case", CHANNEL_COVER, ids=_ids(CHANNEL_COVER))
+def test_per_channel_grid_matches_reference(case):
+    check_case(case, BACKEND)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(full_grid(dtypes=DTYPES)), ids=str)
 def test_full_grid_matches_reference(case):
@@ -71,7 +84,10 @@ def test_full_grid_matches_reference(case):
 # Outputs over a size threshold are written with non-temporal stores (aligned fp32/fp64 rows
 # only). Threshold 0 sends these small shapes down that path: N = 16 and 4096 give aligned rows,
 # 123 and 1000 rows whose alignment varies (so both store kinds meet in one tensor).
-STREAM_CASES = list(covering_grid(ns=(16, 123, 1000, 4096), ms=(1, 5, 67), dtypes=(torch.float32, torch.float64)))
+STREAM_CASES = list(covering_grid(ns=(16, 123, 1000, 4096), ms=(1, 5, 67), dtypes=(torch.float32, torch.float64))) + [
+    Case(op, 15, n, torch.float32, "fp32", True, 0.5 if op == "rms" else 1.0, channels=5)
+    for op in ("rms", "ln") for n in (16, 123)
+]
 
 
 @pytest.mark.parametrize("case", STREAM_CASES, ids=_ids(STREAM_CASES))
@@ -132,9 +148,10 @@ def test_group_rows_is_restored_and_rejects_sizes_out_of_range():
 
 # ------------------------------------------------------------------------------ determinism
 # (1024, 4096): enough partial sums that adding them up is split across threads too
+@pytest.mark.parametrize("channels", [0, 32])
 @pytest.mark.parametrize("op", ["rms", "ln"])
-def test_large_parameter_grads_match_reference_and_any_thread_count(op):
-    case = Case(op, 1024, 4096, torch.float32, "fp32", True, 0.5)
+def test_large_parameter_grads_match_reference_and_any_thread_count(op, channels):
+    case = Case(op, 1024, 4096, torch.float32, "fp32", True, 0.5, channels=channels)
     check_case(case, BACKEND)
     grads = parameter_grads_over_thread_counts(case, BACKEND)
     for other in grads[1:]:
@@ -189,6 +206,8 @@ ROUTE_CASES = [
     Case("rms", 16, 64, torch.float64, "none", False, 0.5, "inside"),
     Case("ln", 67, 123, torch.float32, "fp32", True),
     Case("ln", 33, 256, torch.bfloat16, "none", False),
+    Case("rms", 24, 100, torch.bfloat16, "fp32", True, 0.125, "inside", channels=4),
+    Case("ln", 24, 100, torch.float32, "fp32", True, channels=4),
 ]
 
 

@@ -13,7 +13,9 @@ import shutil
 import pytest
 import torch
 
-from kernel_cases import EPS, Case, force_looped_path, make_inputs, parameter_grads_over_thread_counts, run_op
+from kernel_cases import (
+    EPS, Case, check_case, force_looped_path, make_inputs, parameter_grads_over_thread_counts, run_op,
+)
 from repro.kernels import cpu as cpu_kernels
 from repro.kernels import layer_norm, ops, reference, rms_norm
 
@@ -68,6 +70,73 @@ def test_kernel_rms_gradcheck(partial, eps_mode, backend):
 
 def test_kernel_ln_gradcheck(backend):
     _gradcheck(lambda x, w, b: layer_norm(x, w, b, backend=backend), 3, 40, fast_mode=backend == "triton")
+
+
+# ------------------------------------------------------------------------------ per-channel affine
+# affine_dim=-2: x is (B, C, L), one gain and offset per channel, applied inside the kernels (how
+# ConvNorm runs conv maps). B != C, so a kernel that took the channel as r // B, or summed dw over
+# the wrong rows, fails; L = 40 with k = 10 / 5 keeps the pRMSNorm prefix off the vector width.
+def _channel_gradcheck(fn, b=3, c=2, n=40, fast_mode=False):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(b, c, n, dtype=torch.float64, generator=g, requires_grad=True)
+    w = (1 + 0.3 * torch.randn(c, dtype=torch.float64, generator=g)).requires_grad_(True)
+    bias = (0.3 * torch.randn(c, dtype=torch.float64, generator=g)).requires_grad_(True)
+    assert torch.autograd.gradcheck(fn, (x, w, bias), fast_mode=fast_mode)
+
+
+@pytest.mark.parametrize("partial,eps_mode", RMS_VARIANTS)
+def test_kernel_rms_per_channel_gradcheck(partial, eps_mode, backend):
+    _channel_gradcheck(
+        lambda x, w, b: rms_norm(x, w, EPS[eps_mode], partial=partial, eps_mode=eps_mode, backend=backend, bias=b,
+                                 affine_dim=-2),
+        fast_mode=backend == "triton",
+    )
+
+
+def test_kernel_ln_per_channel_gradcheck(backend):
+    _channel_gradcheck(lambda x, w, b: layer_norm(x, w, b, backend=backend, affine_dim=-2), fast_mode=backend == "triton")
+
+
+CHANNEL_CASES = [
+    Case(op, 12, 41, dtype, weight, bias, 0.25 if op == "rms" else 1.0, mode, channels=3)
+    for op, mode in (("rms", "inside"), ("rms", "outside"), ("ln", "inside"))
+    for dtype in (torch.float32, torch.bfloat16) for weight, bias in (("fp32", True), ("x", False), ("none", True))
+]
+
+
+@pytest.mark.parametrize("case", CHANNEL_CASES, ids=str)
+def test_per_channel_affine_matches_reference(case, backend):
+    check_case(case, backend)
+
+
+@pytest.mark.parametrize("op", ["rms", "ln"])
+def test_per_channel_affine_on_strided_and_channels_last_input(op, backend):
+    """A row-strided (B, C, L) view is read in place; a channels-last conv map reshaped to
+    (B, C, H*W) is copied to logical order first, so row r is still channel r % C."""
+    strided = torch.randn(4, 3, 50)[:, :, :33]
+    channels_last = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).reshape(2, 3, 20)
+    for x in (strided, channels_last):
+        case = Case(op, x.shape[0] * x.shape[1], x.shape[-1], x.dtype, "fp32", True, 0.5, "outside", channels=3)
+        w, b = torch.randn(3), torch.randn(3)
+        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        refs = [t.clone().requires_grad_(True) for t in (x, w, b)]
+        y, y_ref = run_op(case, *leaves, backend=backend), run_op(case, *refs, backend="torch")
+        torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+        dy = torch.randn_like(y)
+        y.backward(dy)
+        y_ref.backward(dy)
+        for a, r in zip(leaves, refs):
+            torch.testing.assert_close(a.grad, r.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_per_channel_parameters_of_the_wrong_size_are_a_clear_error(backend):
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"weight must have shape \(3,\) to match x's dim -2 \(affine_dim=-2\), got \(8,\)"):
+        rms_norm(x, torch.ones(8), backend=backend, affine_dim=-2)
+    with pytest.raises(ValueError, match=r"affine_dim must be one of \(-1, -2\), got 0"):
+        layer_norm(x, backend=backend, affine_dim=0)
+    with pytest.raises(ValueError, match=r"affine_dim=-2 needs x of shape \(..., C, L\), got shape \(8,\)"):
+        layer_norm(torch.randn(8), backend=backend, affine_dim=-2)
 
 
 # ------------------------------------------------------------------------------ partial statistic
@@ -243,10 +312,12 @@ def test_empty_batch_gives_empty_outputs_and_zero_parameter_grads(backend):
 def test_parameter_grads_are_deterministic(op, backend):
     # the thread count only matters to the CPU kernels; the interpreter-run Triton ones just rerun
     counts = (None, None, 1, 3) if backend == "cpu" else (None, None)
-    grads = parameter_grads_over_thread_counts(Case(op, 67, 41, torch.float32, "fp32", True, 0.5), backend, counts)
-    for other in grads[1:]:
-        for a, b in zip(grads[0], other):
-            assert torch.equal(a, b)
+    for channels in (0, 3):
+        case = Case(op, 66 if channels else 67, 41, torch.float32, "fp32", True, 0.5, channels=channels)
+        grads = parameter_grads_over_thread_counts(case, backend, counts)
+        for other in grads[1:]:
+            for a, b in zip(grads[0], other):
+                assert torch.equal(a, b)
 
 
 # ------------------------------------------------------------------------------ torch.compile
@@ -256,7 +327,11 @@ def test_compiles_fullgraph_with_autograd(backend, monkeypatch):
         monkeypatch.setattr(cpu_kernels, "_ops", None)
 
     def f(x, w, b):
-        return layer_norm(rms_norm(x, w, partial=0.5, backend=backend) * 2, w, b, backend=backend).sum()
+        y = layer_norm(rms_norm(x, w, partial=0.5, backend=backend) * 2, w, b, backend=backend)
+        # and per channel: x as (1, 3, 32) with the first 3 parameters
+        per_channel = layer_norm(rms_norm(x.view(1, 3, 32), w[:3], partial=0.5, backend=backend, affine_dim=-2),
+                                 w[3:6], b[:3], backend=backend, affine_dim=-2)
+        return y.sum() + per_channel.square().sum()
 
     x = torch.randn(3, 32, requires_grad=True)
     w = torch.randn(32, requires_grad=True)
@@ -277,5 +352,9 @@ def test_compiles_fullgraph_with_autograd(backend, monkeypatch):
 def test_ops_pass_the_custom_op_checks(eps_outside, backend):
     """torch.library's opcheck: schema, fake (meta) impls and autograd registration agree."""
     x, w = torch.randn(3, 16), torch.randn(16)
-    torch.library.opcheck(torch.ops.repro.rms_norm_fwd, (x, w, None, 1e-6, 8, eps_outside, backend))
-    torch.library.opcheck(torch.ops.repro.layer_norm_fwd, (x, w, torch.randn(16), 1e-5, backend))
+    torch.library.opcheck(torch.ops.repro.rms_norm_fwd, (x, w, None, 1e-6, 8, eps_outside, 0, backend))
+    torch.library.opcheck(torch.ops.repro.layer_norm_fwd, (x, w, torch.randn(16), 1e-5, 0, backend))
+    # per channel: x (B, C, L) = (2, 3, 16), parameters of C = 3
+    xc, wc, bc = torch.randn(2, 3, 16), torch.randn(3), torch.randn(3)
+    torch.library.opcheck(torch.ops.repro.rms_norm_fwd, (xc, wc, bc, 1e-6, 8, eps_outside, 3, backend))
+    torch.library.opcheck(torch.ops.repro.layer_norm_fwd, (xc, wc, bc, 1e-5, 3, backend))

@@ -162,6 +162,32 @@ def test_conv_channel_mode_normalizes_each_position_over_channels(name):
     torch.testing.assert_close(norm(x), expected)
 
 
+@pytest.mark.parametrize("backend", ["cpu", "torch"])
+@pytest.mark.parametrize("name", ["layernorm", "rmsnorm", "prmsnorm"])
+def test_conv_spatial_mode_fuses_the_channel_affine_with_the_same_results(name, backend):
+    """The kernel norms take the per-channel gain and bias into their kernels (affine_dim=-2);
+    the result is what the unfused route (normalize the rows, then the affine in torch) gives."""
+    partial = 0.125 if name == "prmsnorm" else None
+    fused = randomize_parameters(rn.build_norm(name, CONV_SHAPE[1], conv=True, backend=backend, partial=partial))
+    assert fused.fused_affine and rn.registry.norm_spec(name).fuses_channel_affine
+    unfused = rn.ConvNorm(fused.channels, fused.normalize, fused_affine=False)
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.randn(CONV_SHAPE, dtype=torch.float64, requires_grad=True)
+    dy = torch.randn(CONV_SHAPE, dtype=torch.float64)
+
+    def output_and_grads(norm):
+        norm = norm.double()
+        y = norm(x)
+        return (y, *torch.autograd.grad(y, (x, norm.weight, norm.bias), dy))
+
+    for got, want in zip(output_and_grads(fused), output_and_grads(unfused)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
+def test_norms_without_a_per_channel_op_stay_unfused():
+    assert not rn.build_norm("l2norm", 6, conv=True).fused_affine
+
+
 def test_conv_adapter_rejects_features_of_the_wrong_shape():
     norm = rn.build_norm("rmsnorm", 6, conv=True)
     with pytest.raises(ValueError, match=r"\(N, 6, H, W\)"):
@@ -301,6 +327,7 @@ BAD_MODULE_ARGS = [
     (rn.BatchNorm2d, (DIM, float("inf")), {}, "eps"),
     (rn.ConvNorm, (0, reference.layer_norm), {}, "channels"),
     (rn.ConvNorm, (4, reference.layer_norm), {"mode": "depth"}, "conv_mode"),
+    (rn.ConvNorm, (4, reference.layer_norm), {"fused_affine": 1}, "fused_affine"),
     (rn.NormFactory, ("groupnorm",), {}, "norm"),
     (rn.NormFactory, ("rmsnorm",), {"partial": 0.5}, "prmsnorm"),
     (rn.NormFactory, ("layernorm",), {"partial": 0.5}, "partial"),

@@ -1,4 +1,5 @@
-"""The Triton kernels against the references: grids on both paths, long rows, a fuzz, bad input.
+"""The Triton kernels against the references: grids on both paths, long rows, the per-channel
+affine, a fuzz, bad input.
 
 Without a GPU these run in Triton's interpreter (TRITON_INTERPRET=1, set by conftest.py); the
 `gpu` tests rerun the grids on CUDA and add the shapes too large for the interpreter. What every
@@ -6,13 +7,19 @@ backend must do (gradcheck, layouts, edge rows, compile) is in test_kernel_backe
 """
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernel_cases import Case, check_case, covering_grid, force_looped_path, full_grid, run_op
+from kernel_cases import (
+    TOLERANCES, Case, check_case, covering_grid, force_looped_path, full_grid, make_inputs, reference_fp64, run_op,
+)
 from repro.kernels import layer_norm, ops, rms_norm
+from repro.kernels.reference import compute_dtype
+from repro.kernels.triton import backend as triton_kernels
 
 BACKEND = "triton"
 LOOPED_N = 20000  # past the fused forward limit: the forward and backward take the looped path
@@ -68,6 +75,96 @@ def test_looped_layernorm_statistics_keep_precision_far_from_zero(n, looped):
 )
 def test_long_rows_match_reference(case):
     check_case(case, BACKEND)
+
+
+# ------------------------------------------------------------------------------ per-channel affine
+# affine_dim=-2, the kernels' PER_ROW specialization: x is (B, C, L) and row r is scaled and shifted
+# by parameter r % C. B != C in every case, so a kernel that took the channel as r // B, or summed
+# dW / dB over the wrong rows, fails. Fused widths: 40 (whole rows, every row in one tile) and 300
+# (4-row backward tiles: the grid-stride loop over tiles, tiles that wrap past the last channel and
+# a last tile with masked rows); looped: 41 columns in 16-column chunks ([col_tiles, M] partials).
+CHANNEL_VARIANTS = [("rms", 1.0, "inside"), ("rms", 0.25, "outside"), ("rms", 0.25, "inside"),
+                    ("rms", 1.0, "outside"), ("ln", 1.0, "inside")]
+CHANNEL_PARAMS = [("fp32", True), ("x", False), ("none", True), ("x", True), ("fp32", False), ("none", False)]
+CHANNEL_GROUPS = [(3, 5), (2, 3), (5, 2)]  # (B, C)
+
+
+def channel_cases(ns):
+    """Every width x dtype x variant once, the parameters and (B, C) cycled."""
+    product = itertools.product(ns, (torch.float32, torch.bfloat16), CHANNEL_VARIANTS)
+    for i, (n, dtype, (op, partial, mode)) in enumerate(product):
+        weight, bias = CHANNEL_PARAMS[i % len(CHANNEL_PARAMS)]
+        b, c = CHANNEL_GROUPS[i % len(CHANNEL_GROUPS)]
+        yield Case(op, b * c, n, dtype, weight, bias, partial, mode, channels=c)
+
+
+CHANNEL_FUSED = list(channel_cases((40, 300))) + [
+    Case("rms", 0, 40, torch.float32, "fp32", True, 0.25, "outside", channels=3),  # no samples: zero dW, dB
+    Case("ln", 0, 40, torch.float32, "fp32", True, channels=3),
+]
+CHANNEL_LOOPED = list(channel_cases((41,)))
+
+
+@pytest.mark.parametrize("case", CHANNEL_FUSED, ids=_ids(CHANNEL_FUSED))
+def test_per_channel_affine_matches_reference(case):
+    check_case(case, BACKEND)
+
+
+@pytest.mark.parametrize("case", CHANNEL_LOOPED, ids=_ids(CHANNEL_LOOPED))
+def test_looped_per_channel_affine_matches_reference(case, looped):
+    check_case(case, BACKEND)
+
+
+@pytest.mark.parametrize("path", ["fused", "looped"])
+@pytest.mark.parametrize("op", ["rms", "ln"])
+def test_per_channel_affine_reads_row_strided_input_in_place(op, path, monkeypatch):
+    """x and dy are (B, C, L) views into rows of 57 (row stride > L = 41): read at their stride."""
+    if path == "looped":
+        force_looped_path(monkeypatch)
+    case = Case(op, 6, 41, torch.float32, "fp32", True, 0.25, "outside", channels=2)
+    x, w, b, dy = make_inputs(case)
+    wide_x, wide_dy = torch.zeros(*x.shape[:-1], 57), torch.zeros(*x.shape[:-1], 57)
+    wide_x[..., :case.n], wide_dy[..., :case.n] = x, dy
+    wide_x.requires_grad_(True)
+    leaves = [p.clone().requires_grad_(True) for p in (w, b)]
+    y = run_op(case, wide_x[..., :case.n], *leaves, BACKEND)
+    y.backward(wide_dy[..., :case.n])
+    got = [y.detach(), wide_x.grad[..., :case.n]] + [p.grad for p in leaves]
+    for name, g, r in zip(("y", "dx", "dw", "db"), got, reference_fp64(case, x, w, b, dy)):
+        atol, rtol = TOLERANCES[r.dtype]
+        torch.testing.assert_close(g, r, atol=atol, rtol=rtol, msg=lambda m: f"{case} {name}: {m}")
+
+
+@pytest.mark.parametrize("path", ["fused", "looped"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float64])
+def test_per_channel_param_grads_are_per_channel_in_compute_dtype_and_deterministic(dtype, path, monkeypatch):
+    """The backend's dW and dB: C values in fp32 (fp64 for fp64 x), bit-identical run to run
+    (per-row partials reduced by torch in a fixed order, no atomics)."""
+    if path == "looped":
+        force_looped_path(monkeypatch)
+    channels = 3
+    g = torch.Generator().manual_seed(0)
+    x, dy = torch.randn(2, 6, 41, generator=g).to(dtype).unbind(0)
+    w = torch.randn(channels, generator=g).to(dtype)
+    runs = []
+    for _ in range(2):
+        _, rstd = triton_kernels.rms_norm_forward(x, w, w, 1e-6, 10, False, channels)
+        rms_grads = triton_kernels.rms_norm_backward(dy, x, w, rstd, 1e-6, 10, False, True, channels)
+        _, mean, rstd = triton_kernels.layer_norm_forward(x, w, w, 1e-5, channels)
+        ln_grads = triton_kernels.layer_norm_backward(dy, x, w, mean, rstd, True, channels)
+        runs.append([*rms_grads, *ln_grads])
+    for got, again in zip(*runs):
+        assert torch.equal(got, again)
+    for grad in runs[0][1:3] + runs[0][4:6]:
+        assert grad.shape == (channels,) and grad.dtype == compute_dtype(x)
+
+
+def test_per_channel_rows_must_come_in_whole_groups():
+    x = torch.randn(5, 8)
+    with pytest.raises(ValueError, match="channels"):
+        triton_kernels.rms_norm_forward(x, torch.ones(2), None, 1e-6, 8, False, 2)
+    with pytest.raises(ValueError, match="channels"):
+        triton_kernels.layer_norm_forward(x, torch.ones(2), None, 1e-5, 2)
 
 
 @pytest.mark.slow

@@ -309,32 +309,33 @@ def loaded_capability() -> str:
 
 
 # ------------------------------------------------------------------ the kernel-backend interface
-def rms_norm_forward(x: Tensor, weight, bias, eps: float, k: int, eps_outside: bool):
-    return load().rms_norm_forward(x, weight, bias, eps, k, eps_outside)
+def rms_norm_forward(x: Tensor, weight, bias, eps: float, k: int, eps_outside: bool, channels: int = 0):
+    return load().rms_norm_forward(x, weight, bias, eps, k, eps_outside, channels)
 
 
 def rms_norm_backward(dy: Tensor, x: Tensor, weight, rstd: Tensor, eps: float, k: int,
-                      eps_outside: bool, has_bias: bool):
-    return load().rms_norm_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias)
+                      eps_outside: bool, has_bias: bool, channels: int = 0):
+    return load().rms_norm_backward(dy, x, weight, rstd, eps, k, eps_outside, has_bias, channels)
 
 
-def layer_norm_forward(x: Tensor, weight, bias, eps: float):
-    return load().layer_norm_forward(x, weight, bias, eps)
+def layer_norm_forward(x: Tensor, weight, bias, eps: float, channels: int = 0):
+    return load().layer_norm_forward(x, weight, bias, eps, channels)
 
 
-def layer_norm_backward(dy: Tensor, x: Tensor, weight, mean: Tensor, rstd: Tensor, has_bias: bool):
-    return load().layer_norm_backward(dy, x, weight, mean, rstd, has_bias)
+def layer_norm_backward(dy: Tensor, x: Tensor, weight, mean: Tensor, rstd: Tensor, has_bias: bool,
+                        channels: int = 0):
+    return load().layer_norm_backward(dy, x, weight, mean, rstd, has_bias, channels)
 
 
 # ------------------------------------------------------------------ the eager route
 # Differentiable ops on any-shaped tensors whose autograd node is C++ (norms.cpp): what
 # repro.kernels' eager calls on CPU run, with no Python in the backward.
-def rms_norm(x: Tensor, weight, bias, eps: float, k: int, eps_outside: bool) -> Tensor:
-    return load().rms_norm(x, weight, bias, eps, k, eps_outside)
+def rms_norm(x: Tensor, weight, bias, eps: float, k: int, eps_outside: bool, channels: int = 0) -> Tensor:
+    return load().rms_norm(x, weight, bias, eps, k, eps_outside, channels)
 
 
-def layer_norm(x: Tensor, weight, bias, eps: float) -> Tensor:
-    return load().layer_norm(x, weight, bias, eps)
+def layer_norm(x: Tensor, weight, bias, eps: float, channels: int = 0) -> Tensor:
+    return load().layer_norm(x, weight, bias, eps, channels)
 
 
 @contextlib.contextmanager

@@ -1,6 +1,9 @@
 // Fused CPU kernels for LayerNorm, RMSNorm and pRMSNorm: forward and backward (dx, dw, db).
 //
 // Every op works on a 2D row view (rows of N elements, last dim contiguous, any row stride).
+// The weight and bias are per feature (N elements), or with `channels` > 0 per row: row r takes
+// element r % channels, as the rows (sample, channel) of a conv map (B, C, H*W) normalized over
+// its positions do; their gradients are then per-row sums reduced per channel in row order.
 // Each row is read from memory once per kernel; the extra passes a row needs (statistic, then
 // output) hit the cache. Inputs of any float dtype are computed in fp32 (fp64 for fp64 inputs:
 // the "acc" type) with at::vec vectors, rows split across threads with at::parallel_for.
@@ -35,6 +38,7 @@
 #include <cstdlib>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <type_traits>
 
 namespace {
@@ -364,17 +368,64 @@ void check_rows(const Tensor& t, const char* name) {
               " must have a contiguous last dim");
 }
 
-// Weights and biases are read as acc-type vectors; converting them once (N elements) keeps a
-// single kernel per input dtype whatever the parameter dtype. A missing weight is a row of ones.
-Tensor param_or_ones(const std::optional<Tensor>& p, const Tensor& x) {
+// channels == 0: parameters per feature (N of them); > 0: per row, `channels` of them, and the
+// rows come in whole groups of `channels` (row r takes element r % channels).
+void check_channels(int64_t channels, int64_t m) {
+  TORCH_CHECK(channels >= 0, "channels must be >= 0, got ", channels);
+  TORCH_CHECK(channels == 0 || m % channels == 0, "with channels = ", channels,
+              " the row count must be a multiple of it, got ", m, " rows");
+}
+
+inline int64_t param_size(const Tensor& x, int64_t channels) {
+  return channels > 0 ? channels : x.size(1);
+}
+
+// Weights and biases are read as acc-type values; converting them once (N or `channels` elements)
+// keeps a single kernel per input dtype whatever the parameter dtype. A missing weight is ones.
+Tensor param_or_ones(const std::optional<Tensor>& p, const Tensor& x, int64_t channels) {
   const auto opts = x.options().dtype(acc_dtype(x));
-  if (!p.has_value() || !p->defined()) return at::ones({x.size(1)}, opts);
+  if (!p.has_value() || !p->defined()) return at::ones({param_size(x, channels)}, opts);
+  TORCH_CHECK(p->numel() == param_size(x, channels), "a weight or bias must have ",
+              param_size(x, channels), " elements, got ", p->numel());
   return p->to(acc_dtype(x)).contiguous();
 }
 
-std::optional<Tensor> param(const std::optional<Tensor>& p, const Tensor& x) {
+std::optional<Tensor> param(const std::optional<Tensor>& p, const Tensor& x, int64_t channels) {
   if (!p.has_value() || !p->defined()) return std::nullopt;
-  return p->to(acc_dtype(x)).contiguous();
+  return param_or_ones(p, x, channels);
+}
+
+// The per-channel gradient from per-row sums: out[c] = sum over b of rows[b * channels + c], added
+// in row order in the calling thread (m adds: nothing next to the rows), so it is deterministic.
+template <typename A>
+Tensor reduce_per_channel(const Tensor& row_sums, int64_t channels) {
+  if (!row_sums.defined()) return Tensor();
+  Tensor out = at::zeros({channels}, row_sums.options());
+  const A* rows = row_sums.data_ptr<A>();
+  A* op = out.data_ptr<A>();
+  for (int64_t r = 0; r < row_sums.numel(); ++r) op[r % channels] += rows[r];
+  return out;
+}
+
+// The backward with per-row parameters: row_fn(r) writes row r's dx and returns its dw and db
+// terms (each row by one thread), which are then reduced per channel.
+template <typename A, typename RowFn>
+std::tuple<Tensor, Tensor> per_channel_param_grads(
+    int64_t m, int64_t n, int64_t channels, bool need_dw, bool need_db, const at::TensorOptions& acc_opts,
+    const RowFn& row_fn) {
+  Tensor row_dw = need_dw ? at::empty({m}, acc_opts) : Tensor();
+  Tensor row_db = need_db ? at::empty({m}, acc_opts) : Tensor();
+  A* dw_p = need_dw ? row_dw.data_ptr<A>() : nullptr;
+  A* db_p = need_db ? row_db.data_ptr<A>() : nullptr;
+  at::parallel_for(0, m, rows_grain(n), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const auto [dw_term, db_term] = row_fn(r);
+      if (dw_p) dw_p[r] = dw_term;
+      if (db_p) db_p[r] = db_term;
+    }
+    fence_streams();  // row_fn may write dx with streaming stores
+  });
+  return {reduce_per_channel<A>(row_dw, channels), reduce_per_channel<A>(row_db, channels)};
 }
 
 // ------------------------------------------------------------------ RMSNorm / pRMSNorm
@@ -382,14 +433,15 @@ std::optional<Tensor> param(const std::optional<Tensor>& p, const Tensor& x) {
 // root, 1 / (sqrt(ms) + eps) with eps outside.
 std::tuple<Tensor, Tensor> rms_norm_forward(
     const Tensor& x, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-    double eps, int64_t k, bool eps_outside) {
+    double eps, int64_t k, bool eps_outside, int64_t channels) {
   check_rows(x, "x");
   const int64_t m = x.size(0), n = x.size(1);
   TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, ", n, "], got ", k);
+  check_channels(channels, m);
   Tensor y = at::empty({m, n}, x.options());
   Tensor rstd = at::empty({m}, x.options().dtype(acc_dtype(x)));
-  const Tensor w = param_or_ones(weight, x);
-  const auto b = param(bias, x);
+  const Tensor w = param_or_ones(weight, x, channels);
+  const auto b = param(bias, x, channels);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm_forward", [&] {
     using T = scalar_t;
@@ -413,7 +465,12 @@ std::tuple<Tensor, Tensor> rms_norm_forward(
         const A s = eps_outside ? A(1) / (std::sqrt(ms) + eps_a) : A(1) / std::sqrt(ms + eps_a);
         rp[r] = s;
         const V sv(s);
-        if (bp) {
+        if (channels > 0) {  // one gain and offset for the whole row
+          const V wv(wp[r % channels]), bv(bp ? bp[r % channels] : A(0));
+          vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            store_out(yr + i, at::vec::fmadd(load(xr + i, len) * sv, wv, bv), len, stream);
+          });
+        } else if (bp) {
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
             store_out(yr + i, at::vec::fmadd(load(xr + i, len) * sv, load(wp + i, len), load(bp + i, len)), len, stream);
           });
@@ -436,17 +493,18 @@ std::tuple<Tensor, Tensor> rms_norm_forward(
 // rstd already holds it.)
 std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& rstd,
-    double eps, int64_t k, bool eps_outside, bool has_bias) {
+    double eps, int64_t k, bool eps_outside, bool has_bias, int64_t channels) {
   check_rows(x, "x");
   check_rows(dy, "dy");
   const int64_t m = x.size(0), n = x.size(1);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
               "dy must match x in shape and dtype");
   TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, ", n, "], got ", k);
+  check_channels(channels, m);
   const auto acc_opts = x.options().dtype(acc_dtype(x));
   const Tensor s_all = rstd.to(acc_dtype(x)).contiguous();
   TORCH_CHECK(s_all.numel() == m, "rstd must have one value per row");
-  const Tensor w = param_or_ones(weight, x);
+  const Tensor w = param_or_ones(weight, x, channels);
   const bool need_dw = weight.has_value() && weight->defined();
   Tensor dx = at::empty({m, n}, x.options());
   Tensor dw, db;
@@ -465,6 +523,42 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
     advise_huge_pages(dx);
     const A k_a = static_cast<A>(k);
 
+    // a = the weight of x[:k] in dx, from c_sum = sum_j g_j x_j (see above)
+    auto prefix_coef = [&](const T* xr, A s, A c_sum) {
+      if (eps_outside) {
+        // the forward's rms, recomputed (from rstd it would lose digits where rms << eps); an
+        // all-zero prefix has no gradient through the statistic (its term is 0 * inf otherwise)
+        const A rms = std::sqrt(sum_squares(xr, k) / k_a);
+        return rms > A(0) ? s * s * c_sum / (k_a * rms) : A(0);
+      }
+      return s * s * s * c_sum / k_a;
+    };
+
+    if (channels > 0) {
+      // One gain per row, so g = dy * w_c and c_sum = w_c * sum(dy x); the row's dw and db terms
+      // are s * sum(dy x) and sum(dy), written per row and reduced per channel afterwards.
+      std::tie(dw, db) = per_channel_param_grads<A>(m, n, channels, need_dw, has_bias, acc_opts, [&](int64_t r) {
+        const T* xr = xp + r * x_stride;
+        const T* dyr = dyp + r * dy_stride;
+        T* dxr = dxp + r * n;
+        const A s = sp[r], wc = wp[r % channels];
+        const auto [dyx, dy_sum] = vec_sums<A, 2>(0, n, [&](auto& acc, int64_t i, auto len) {
+          const V dyv = load(dyr + i, len);
+          acc[0] = at::vec::fmadd(dyv, load(xr + i, len), acc[0]);
+          acc[1] = acc[1] + dyv;
+        });
+        const V sv(s), wv(wc), av(prefix_coef(xr, s, wc * dyx));
+        vec_loop<A>(0, k, [&](int64_t i, auto len) {
+          store_out(dxr + i, sv * (load(dyr + i, len) * wv) - av * load(xr + i, len), len, stream);
+        });
+        vec_loop<A>(k, n, [&](int64_t i, auto len) {
+          store_out(dxr + i, sv * (load(dyr + i, len) * wv), len, stream);
+        });
+        return std::pair<A, A>{s * dyx, dy_sum};
+      });
+      return;
+    }
+
     auto group_fn = [&](int64_t r0, auto rows_c, A* dw_p, A* db_p) {
       constexpr int64_t rows = decltype(rows_c)::value;
       const T* xr[rows];
@@ -479,14 +573,7 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
         const A c_sum = vec_sums<A, 1>(0, n, [&](auto& acc, int64_t i, auto len) {
           acc[0] = at::vec::fmadd(load(dyr[j] + i, len) * load(wp + i, len), load(xr[j] + i, len), acc[0]);
         })[0];
-        if (eps_outside) {
-          // the forward's rms, recomputed (from rstd it would lose digits where rms << eps); an
-          // all-zero prefix has no gradient through the statistic (its term is 0 * inf otherwise)
-          const A rms = std::sqrt(sum_squares(xr[j], k) / k_a);
-          a[j] = rms > A(0) ? s[j] * s[j] * c_sum / (k_a * rms) : A(0);
-        } else {
-          a[j] = s[j] * s[j] * s[j] * c_sum / k_a;
-        }
+        a[j] = prefix_coef(xr[j], s[j], c_sum);
       }
       auto columns = [&](int64_t begin, int64_t end, auto in_prefix) {
         vec_loop<A>(begin, end, [&](int64_t i, auto len) {
@@ -519,14 +606,15 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
 // cache): no cancellation for rows with a large mean, unlike E[x^2] - mean^2.
 std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
     const Tensor& x, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-    double eps) {
+    double eps, int64_t channels) {
   check_rows(x, "x");
   const int64_t m = x.size(0), n = x.size(1);
+  check_channels(channels, m);
   Tensor y = at::empty({m, n}, x.options());
   Tensor mean = at::empty({m}, x.options().dtype(acc_dtype(x)));
   Tensor rstd = at::empty({m}, x.options().dtype(acc_dtype(x)));
-  const Tensor w = param_or_ones(weight, x);
-  const auto b = param(bias, x);
+  const Tensor w = param_or_ones(weight, x, channels);
+  const auto b = param(bias, x, channels);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "layer_norm_forward", [&] {
     using T = scalar_t;
@@ -560,7 +648,12 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
         mp[r] = mu;
         rp[r] = s;
         const V sv(s);
-        if (bp) {
+        if (channels > 0) {  // one gain and offset for the whole row
+          const V wv(wp[r % channels]), bv(bp ? bp[r % channels] : A(0));
+          vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            store_out(yr + i, at::vec::fmadd((load(xr + i, len) - muv) * sv, wv, bv), len, stream);
+          });
+        } else if (bp) {
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
             const V xh = (load(xr + i, len) - muv) * sv;
             store_out(yr + i, at::vec::fmadd(xh, load(wp + i, len), load(bp + i, len)), len, stream);
@@ -580,17 +673,18 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
 // With xh = (x - mean) * rstd and g = dy * w:  dx = rstd * (g - mean(g) - xh * mean(g * xh)).
 std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& mean,
-    const Tensor& rstd, bool has_bias) {
+    const Tensor& rstd, bool has_bias, int64_t channels) {
   check_rows(x, "x");
   check_rows(dy, "dy");
   const int64_t m = x.size(0), n = x.size(1);
   TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
               "dy must match x in shape and dtype");
+  check_channels(channels, m);
   const auto acc_opts = x.options().dtype(acc_dtype(x));
   const Tensor mu_all = mean.to(acc_dtype(x)).contiguous();
   const Tensor s_all = rstd.to(acc_dtype(x)).contiguous();
   TORCH_CHECK(mu_all.numel() == m && s_all.numel() == m, "mean and rstd must have one value per row");
-  const Tensor w = param_or_ones(weight, x);
+  const Tensor w = param_or_ones(weight, x, channels);
   const bool need_dw = weight.has_value() && weight->defined();
   Tensor dx = at::empty({m, n}, x.options());
   Tensor dw, db;
@@ -609,6 +703,31 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
     const bool stream = should_stream<T>(dx);
     advise_huge_pages(dx);
     const A inv_n = A(1) / static_cast<A>(n);
+
+    if (channels > 0) {
+      // One gain per row, so g = dy * w_c: mean(g) = w_c mean(dy), mean(g xh) = w_c mean(dy xh);
+      // the row's dw and db terms are sum(dy xh) and sum(dy), reduced per channel afterwards.
+      std::tie(dw, db) = per_channel_param_grads<A>(m, n, channels, need_dw, has_bias, acc_opts, [&](int64_t r) {
+        const T* xr = xp + r * x_stride;
+        const T* dyr = dyp + r * dy_stride;
+        T* dxr = dxp + r * n;
+        const A wc = wp[r % channels];
+        const V muv(mup[r]), sv(sp[r]), wv(wc);
+        // zero-filled tail lanes give dy = 0, so both sums stay exact without masking
+        const auto [dy_sum, dyxh] = vec_sums<A, 2>(0, n, [&](auto& acc, int64_t i, auto len) {
+          const V dyv = load(dyr + i, len);
+          acc[0] = acc[0] + dyv;
+          acc[1] = at::vec::fmadd(dyv, (load(xr + i, len) - muv) * sv, acc[1]);
+        });
+        const V g_mean(wc * dy_sum * inv_n), gxh_mean(wc * dyxh * inv_n);
+        vec_loop<A>(0, n, [&](int64_t i, auto len) {
+          const V xh = (load(xr + i, len) - muv) * sv;
+          store_out(dxr + i, sv * (load(dyr + i, len) * wv - g_mean - xh * gxh_mean), len, stream);
+        });
+        return std::pair<A, A>{dyxh, dy_sum};
+      });
+      return;
+    }
 
     auto group_fn = [&](int64_t r0, auto rows_c, A* dw_p, A* db_p) {
       constexpr int64_t rows = decltype(rows_c)::value;
@@ -691,12 +810,13 @@ Tensor param_grad(const Tensor& g, const Tensor& p) {
 struct RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
                         const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-                        double eps, int64_t k, bool eps_outside) {
-    auto [y, rstd] = rms_norm_forward(as_rows(x), weight, bias, eps, k, eps_outside);
+                        double eps, int64_t k, bool eps_outside, int64_t channels) {
+    auto [y, rstd] = rms_norm_forward(as_rows(x), weight, bias, eps, k, eps_outside, channels);
     ctx->save_for_backward({x, optional_tensor(weight), optional_tensor(bias), rstd});
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["k"] = k;
     ctx->saved_data["eps_outside"] = eps_outside;
+    ctx->saved_data["channels"] = channels;
     return y.view(x.sizes());
   }
 
@@ -708,17 +828,19 @@ struct RMSNormFunction : public torch::autograd::Function<RMSNormFunction> {
     auto [dx, dw, db] = rms_norm_backward(
         as_rows(grads[0].reshape(x.sizes())), as_rows(x), present(weight), saved[3],
         ctx->saved_data["eps"].toDouble(), ctx->saved_data["k"].toInt(),
-        ctx->saved_data["eps_outside"].toBool(), bias.defined());
-    return {dx.view(x.sizes()), param_grad(dw, weight), param_grad(db, bias), Tensor(), Tensor(), Tensor()};
+        ctx->saved_data["eps_outside"].toBool(), bias.defined(), ctx->saved_data["channels"].toInt());
+    return {dx.view(x.sizes()), param_grad(dw, weight), param_grad(db, bias), Tensor(), Tensor(), Tensor(),
+            Tensor()};
   }
 };
 
 struct LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& x,
                         const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
-                        double eps) {
-    auto [y, mean, rstd] = layer_norm_forward(as_rows(x), weight, bias, eps);
+                        double eps, int64_t channels) {
+    auto [y, mean, rstd] = layer_norm_forward(as_rows(x), weight, bias, eps, channels);
     ctx->save_for_backward({x, optional_tensor(weight), optional_tensor(bias), mean, rstd});
+    ctx->saved_data["channels"] = channels;
     return y.view(x.sizes());
   }
 
@@ -728,30 +850,40 @@ struct LayerNormFunction : public torch::autograd::Function<LayerNormFunction> {
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     auto [dx, dw, db] = layer_norm_backward(as_rows(grads[0].reshape(x.sizes())), as_rows(x),
-                                            present(weight), saved[3], saved[4], bias.defined());
-    return {dx.view(x.sizes()), param_grad(dw, weight), param_grad(db, bias), Tensor()};
+                                            present(weight), saved[3], saved[4], bias.defined(),
+                                            ctx->saved_data["channels"].toInt());
+    return {dx.view(x.sizes()), param_grad(dw, weight), param_grad(db, bias), Tensor(), Tensor()};
   }
 };
 
 Tensor rms_norm(const Tensor& x, const std::optional<Tensor>& weight,
-                const std::optional<Tensor>& bias, double eps, int64_t k, bool eps_outside) {
-  return RMSNormFunction::apply(x, weight, bias, eps, k, eps_outside);
+                const std::optional<Tensor>& bias, double eps, int64_t k, bool eps_outside,
+                int64_t channels) {
+  return RMSNormFunction::apply(x, weight, bias, eps, k, eps_outside, channels);
 }
 
 Tensor layer_norm(const Tensor& x, const std::optional<Tensor>& weight,
-                  const std::optional<Tensor>& bias, double eps) {
-  return LayerNormFunction::apply(x, weight, bias, eps);
+                  const std::optional<Tensor>& bias, double eps, int64_t channels) {
+  return LayerNormFunction::apply(x, weight, bias, eps, channels);
 }
 
 }  // namespace
 
+// Schemas written out for the default of `channels` (0: per-feature parameters), so a call
+// without it means what it meant before the per-channel mode existed (scripts/cpu_kernel_ab.py
+// calls an older revision's build and this one alike).
 TORCH_LIBRARY(repro_cpu_norms, m) {
-  m.def("rms_norm", &rms_norm);
-  m.def("layer_norm", &layer_norm);
-  m.def("rms_norm_forward", &rms_norm_forward);
-  m.def("rms_norm_backward", &rms_norm_backward);
-  m.def("layer_norm_forward", &layer_norm_forward);
-  m.def("layer_norm_backward", &layer_norm_backward);
+  m.def("rms_norm(Tensor x, Tensor? weight, Tensor? bias, float eps, int k, bool eps_outside, int channels=0) -> Tensor",
+        &rms_norm);
+  m.def("layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps, int channels=0) -> Tensor", &layer_norm);
+  m.def("rms_norm_forward(Tensor x, Tensor? weight, Tensor? bias, float eps, int k, bool eps_outside, "
+        "int channels=0) -> (Tensor, Tensor)", &rms_norm_forward);
+  m.def("rms_norm_backward(Tensor dy, Tensor x, Tensor? weight, Tensor rstd, float eps, int k, bool eps_outside, "
+        "bool has_bias, int channels=0) -> (Tensor, Tensor, Tensor)", &rms_norm_backward);
+  m.def("layer_norm_forward(Tensor x, Tensor? weight, Tensor? bias, float eps, int channels=0) -> (Tensor, Tensor, Tensor)",
+        &layer_norm_forward);
+  m.def("layer_norm_backward(Tensor dy, Tensor x, Tensor? weight, Tensor mean, Tensor rstd, bool has_bias, "
+        "int channels=0) -> (Tensor, Tensor, Tensor)", &layer_norm_backward);
   m.def("set_stream_threshold", &set_stream_threshold);
   m.def("set_group_rows", &set_group_rows);
 }

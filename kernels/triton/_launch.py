@@ -174,13 +174,24 @@ def looped_row_programs(device: torch.device, m: int, row_bytes: int) -> int:
     return max(1, min(m, max(props.multi_processor_count, in_l2)))
 
 
-def param_grad_partials(programs: int, x: torch.Tensor, present: bool) -> torch.Tensor | None:
-    """The [programs, N] buffer one parameter's gradient partials go to (None: no parameter).
-    Every program writes its whole row, so only an empty input needs the zeros."""
+def check_channels(channels: int, m: int) -> None:
+    """channels > 0 (per-row parameters, row r taking element r % channels) needs the rows in
+    whole groups of `channels`: the (sample, channel) rows of a conv map."""
+    if channels < 0 or (channels > 0 and m % channels):
+        raise ValueError(f"channels must be 0 or divide the row count ({m}), got {channels}")
+
+
+def param_grad_partials(x: torch.Tensor, present: bool, programs: int, col_tiles: int,
+                        channels: int) -> torch.Tensor | None:
+    """The buffer one parameter's gradient partials go to (None: no parameter): per-column
+    parameters, one row of N column sums per program ([programs, N]); per-row ones (channels > 0),
+    each row's sum per column tile ([col_tiles, M]). Every entry is written, so only an empty
+    input needs the zeros."""
     if not present:
         return None
-    alloc = torch.empty if x.shape[0] > 0 else torch.zeros
-    return alloc((programs, x.shape[1]), dtype=compute_dtype(x), device=x.device)
+    m, n = x.shape
+    alloc = torch.empty if m > 0 else torch.zeros
+    return alloc((col_tiles, m) if channels else (programs, n), dtype=compute_dtype(x), device=x.device)
 
 
 def placeholder_partials(x: torch.Tensor, present: bool) -> torch.Tensor | None:
@@ -188,10 +199,15 @@ def placeholder_partials(x: torch.Tensor, present: bool) -> torch.Tensor | None:
     return torch.empty(1, dtype=compute_dtype(x), device=x.device) if present else None
 
 
-def reduce_partials(partials: torch.Tensor | None) -> torch.Tensor | None:
-    return None if partials is None else partials.sum(0)
+def reduce_partials(partials: torch.Tensor | None, channels: int) -> torch.Tensor | None:
+    """dW / dB from param_grad_partials' buffer, summed in a fixed order (deterministic): over
+    programs, or over column tiles and then over the samples of each channel."""
+    if partials is None:
+        return None
+    grad = partials.sum(0)
+    return grad.view(-1, channels).sum(0) if channels else grad
 
 
-def empty_param_grad(x: torch.Tensor, present: bool) -> torch.Tensor | None:
+def empty_param_grad(x: torch.Tensor, present: bool, channels: int) -> torch.Tensor | None:
     """dW / dB of an input with no rows: zeros (None: no parameter)."""
-    return torch.zeros(x.shape[1], dtype=compute_dtype(x), device=x.device) if present else None
+    return torch.zeros(channels or x.shape[1], dtype=compute_dtype(x), device=x.device) if present else None

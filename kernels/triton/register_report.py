@@ -5,8 +5,8 @@ the specialization the JIT really uses, and what the binary says about its speed
 
 The launchers (rms_norm_forward, ...) are called on meta tensors shaped like the benchmark's
 inputs (M = 32768 rows, weight in the input's dtype, RMSNorm without bias, eps inside,
-LayerNorm with bias); their kernel launches are captured instead of run, then bound by Triton's
-own JIT binder (integer and pointer divisibility by 16, None arguments as constexprs, dtypes)
+LayerNorm with bias, per-feature parameters: channels = 0); their kernel launches are captured
+instead of run, then bound by Triton's own JIT binder (integer and pointer divisibility by 16, None arguments as constexprs, dtypes)
 and compiled. One record per kernel launched:
 
     kernel, pass, n, dtype, warps, stages, maxnreg (the register cap asked of ptxas), regs, spills (bytes), shared (bytes), ctas_per_sm,
@@ -88,13 +88,13 @@ def launches(op: str, pass_: str, n: int, dtype: str, m: int = M):
     stat = torch.empty(m, dtype=torch.float32, **meta)
     with captured_launches() as calls:
         if op == "rms" and pass_ == "fwd":
-            rmsnorm.rms_norm_forward(x, w, None, 1e-6, n, False)
+            rmsnorm.rms_norm_forward(x, w, None, 1e-6, n, False, 0)
         elif op == "rms":
-            rmsnorm.rms_norm_backward(dy, x, w, stat, 1e-6, n, False, False)
+            rmsnorm.rms_norm_backward(dy, x, w, stat, 1e-6, n, False, False, 0)
         elif pass_ == "fwd":
-            layernorm.layer_norm_forward(x, w, b, 1e-5)
+            layernorm.layer_norm_forward(x, w, b, 1e-5, 0)
         else:
-            layernorm.layer_norm_backward(dy, x, w, stat, stat, True)
+            layernorm.layer_norm_backward(dy, x, w, stat, stat, True, 0)
     return calls
 
 

@@ -123,7 +123,8 @@ class NormFactory:
         if conv and spec.conv_module is not None:
             return spec.conv_module(dim, self.eps, affine=self.affine, **self._options())
         if conv:
-            return ConvNorm(dim, self._row_op(), mode=self.conv_mode, affine=self.affine)
+            return ConvNorm(dim, self._row_op(), mode=self.conv_mode, affine=self.affine,
+                            fused_affine=spec.fuses_channel_affine)
         return spec.module(dim, self.eps, affine=self.affine, **self._options())
 
     def _row_op(self):

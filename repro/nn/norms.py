@@ -269,17 +269,24 @@ class ConvNorm(NormLayer):
     `mode="channel"`: each position is normalized over its C channels (a LayerNorm over channels).
     `normalize(rows, weight=None, bias=None)` is the parameter-free row op, e.g. a
     functools.partial of repro.kernels.rms_norm; it is not a module, so this layer counts once.
+    `fused_affine=True` says the op takes `affine_dim=-2` (repro.kernels' ops do): in spatial mode
+    the per-channel gain and bias are then applied inside its kernels, in fp32, instead of by a
+    torch op of their own after it, which cost more than the norm itself (CPU, 2 threads,
+    100 x 32 x 32 x 32, forward + backward: 8.6 ms against 3.2 for the rows alone in fp32, 15.3
+    against 2.0 in bf16; scripts/conv_norm_affine.py measures it).
     """
 
     def __init__(
         self, channels: int, normalize: Callable[..., Tensor], *, mode: str = "spatial",
-        affine: bool = True,
+        affine: bool = True, fused_affine: bool = False,
     ):
         super().__init__()
         check_dim(channels, "channels")
         check_conv_mode(mode)
         check_flag("affine", affine)
+        check_flag("fused_affine", fused_affine)
         self.channels, self.normalize, self.mode = channels, normalize, mode
+        self.fused_affine = fused_affine
         _gain_and_offset(self, channels, affine, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -291,6 +298,9 @@ class ConvNorm(NormLayer):
             y = self.normalize(x.permute(0, 2, 3, 1), weight=self.weight, bias=self.bias)
             return y.permute(0, 3, 1, 2)
         n, c, h, w = x.shape
+        if self.fused_affine:
+            rows = x.reshape(n, c, h * w)
+            return self.normalize(rows, weight=self.weight, bias=self.bias, affine_dim=-2).view(n, c, h, w)
         y = self.normalize(x.reshape(n * c, h * w)).view(n, c, h, w)
         if self.weight is None:
             return y

@@ -11,6 +11,8 @@ An entry holds:
   (an identity), as for "none" and "weightnorm".
 - `op`: the parameter-free row op `op(rows, weight=None, bias=None, eps=..., **options)` that
   `ConvNorm` applies to conv features; None when `conv_module` handles conv features itself.
+- `fuses_channel_affine`: `op` also takes `affine_dim=-2` (a per-channel gain and offset applied
+  inside it), which `ConvNorm` then uses instead of applying them after it.
 - `conv_module`: a layer of its own for conv features (N, C, H, W), built like `module`
   (BatchNorm2d: statistics per channel over the batch, not per row).
 - `eps`: the default eps per allowed `eps_mode` ({} : the norm has no eps).
@@ -45,6 +47,7 @@ class NormSpec:
     label: str
     module: Optional[type] = None
     op: Optional[Callable] = None
+    fuses_channel_affine: bool = False
     conv_module: Optional[type] = None
     eps: dict[str, float] = field(default_factory=dict)
     options: tuple[str, ...] = ()
@@ -78,12 +81,12 @@ _SPECS = (
              eps={"inside": BATCH_NORM_EPS}, row_statistics=False),
     NormSpec("weightnorm", "WeightNorm", row_statistics=False, reparameterizes_weights=True),
     NormSpec("l2norm", "L2-Norm", module=L2Norm, op=l2_norm, eps={"inside": L2_NORM_EPS}),
-    NormSpec("layernorm", "LayerNorm", module=LayerNorm, op=kernels.layer_norm, eps={"inside": LAYER_NORM_EPS},
-             options=("backend",), centered=True),
-    NormSpec("rmsnorm", "RMSNorm", module=RMSNorm, op=kernels.rms_norm, eps=RMS_NORM_EPS, options=RMS_OPTIONS,
-             partial=1.0, partial_fixed=True),
-    NormSpec("prmsnorm", "pRMSNorm", module=PartialRMSNorm, op=kernels.rms_norm, eps=RMS_NORM_EPS,
-             options=RMS_OPTIONS, partial=PARTIAL_RMS_NORM_DEFAULT),
+    NormSpec("layernorm", "LayerNorm", module=LayerNorm, op=kernels.layer_norm, fuses_channel_affine=True,
+             eps={"inside": LAYER_NORM_EPS}, options=("backend",), centered=True),
+    NormSpec("rmsnorm", "RMSNorm", module=RMSNorm, op=kernels.rms_norm, fuses_channel_affine=True,
+             eps=RMS_NORM_EPS, options=RMS_OPTIONS, partial=1.0, partial_fixed=True),
+    NormSpec("prmsnorm", "pRMSNorm", module=PartialRMSNorm, op=kernels.rms_norm, fuses_channel_affine=True,
+             eps=RMS_NORM_EPS, options=RMS_OPTIONS, partial=PARTIAL_RMS_NORM_DEFAULT),
 )
 
 NORMS: dict[str, NormSpec] = {spec.name: spec for spec in _SPECS}
