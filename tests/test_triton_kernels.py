@@ -268,6 +268,23 @@ def test_gpu_large_shapes_match_reference(case):
     check_case(case, BACKEND, device="cuda")
 
 
+# The per-channel affine (affine_dim=-2) on the conv maps of Table 10's model (batch 100, width
+# 32: 32x32 and 16x16 maps in bf16, 6x6 in fp32) and on rows long enough for the looped path.
+GPU_CHANNELS = [
+    Case("rms", 3200, 1024, torch.bfloat16, "fp32", True, 0.125, "inside", channels=32),
+    Case("ln", 6400, 256, torch.bfloat16, "fp32", True, channels=64),
+    Case("rms", 6400, 36, torch.float32, "fp32", True, 1.0, "outside", channels=64),
+    Case("ln", 16, 65536, torch.bfloat16, "fp32", True, channels=8),
+    Case("rms", 16, 65536, torch.bfloat16, "x", False, 0.25, "inside", channels=8),
+]
+
+
+@gpu
+@pytest.mark.parametrize("case", GPU_CHANNELS, ids=str)
+def test_gpu_per_channel_affine_matches_reference(case):
+    check_case(case, BACKEND, device="cuda")
+
+
 @gpu
 @pytest.mark.parametrize("op", ["rms", "ln"])
 def test_gpu_tensor_over_2_31_elements(op):
