@@ -491,21 +491,85 @@ std::tuple<Tensor, Tensor> rms_norm_forward(
 //                                  a = s^2 c / (k rms), rms = sqrt(ms)   (eps outside; 0 if rms = 0)
 // The statistic only sees x[:k], so only those features get the second term. (eps is unused:
 // rstd already holds it.)
+template <typename T, typename A>
+inline A rms_prefix_coef(const T* xr, A s, A c_sum, int64_t k, bool eps_outside) {
+  const A k_a = static_cast<A>(k);
+  if (eps_outside) {
+    // the forward's rms, recomputed (from rstd it would lose digits where rms << eps); an
+    // all-zero prefix has no gradient through the statistic (its term is 0 * inf otherwise)
+    const A rms = std::sqrt(sum_squares(xr, k) / k_a);
+    return rms > A(0) ? s * s * c_sum / (k_a * rms) : A(0);
+  }
+  return s * s * s * c_sum / k_a;
+}
+
+// The backward's argument checks, shared by both parameter layouts.
+void check_backward_rows(const Tensor& dy, const Tensor& x, int64_t channels) {
+  check_rows(x, "x");
+  check_rows(dy, "dy");
+  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+              "dy must match x in shape and dtype");
+  check_channels(channels, x.size(0));
+}
+
+// rms_norm_backward with one gain per row (channels > 0): g = dy * w_c, so c_sum = w_c * sum(dy x),
+// and the row's dw and db terms are s * sum(dy x) and sum(dy), reduced per channel afterwards.
+// A function of its own: inside the per-feature backward's body the branch cost that path up to
+// 16 % at 1024 x 512 (scripts/cpu_kernel_ab.py against 2307f70).
+std::tuple<Tensor, Tensor, Tensor> rms_norm_backward_per_channel(
+    const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& s_all, int64_t k, bool eps_outside,
+    bool need_dw, bool has_bias, int64_t channels) {
+  const int64_t m = x.size(0), n = x.size(1);
+  const auto acc_opts = x.options().dtype(acc_dtype(x));
+  Tensor dx = at::empty({m, n}, x.options());
+  Tensor dw, db;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm_backward_per_channel", [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    using V = Vectorized<A>;
+    const T* xp = x.data_ptr<T>();
+    const T* dyp = dy.data_ptr<T>();
+    T* dxp = dx.data_ptr<T>();
+    const A* sp = s_all.data_ptr<A>();
+    const A* wp = w.data_ptr<A>();
+    const int64_t x_stride = x.stride(0), dy_stride = dy.stride(0);
+    const bool stream = should_stream<T>(dx);
+    advise_huge_pages(dx);
+    std::tie(dw, db) = per_channel_param_grads<A>(m, n, channels, need_dw, has_bias, acc_opts, [&](int64_t r) {
+      const T* xr = xp + r * x_stride;
+      const T* dyr = dyp + r * dy_stride;
+      T* dxr = dxp + r * n;
+      const A s = sp[r], wc = wp[r % channels];
+      const auto [dyx, dy_sum] = vec_sums<A, 2>(0, n, [&](auto& acc, int64_t i, auto len) {
+        const V dyv = load(dyr + i, len);
+        acc[0] = at::vec::fmadd(dyv, load(xr + i, len), acc[0]);
+        acc[1] = acc[1] + dyv;
+      });
+      const V sv(s), wv(wc), av(rms_prefix_coef(xr, s, wc * dyx, k, eps_outside));
+      vec_loop<A>(0, k, [&](int64_t i, auto len) {
+        store_out(dxr + i, sv * (load(dyr + i, len) * wv) - av * load(xr + i, len), len, stream);
+      });
+      vec_loop<A>(k, n, [&](int64_t i, auto len) {
+        store_out(dxr + i, sv * (load(dyr + i, len) * wv), len, stream);
+      });
+      return std::pair<A, A>{s * dyx, dy_sum};
+    });
+  });
+  return {dx, dw, db};
+}
+
 std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& rstd,
     double eps, int64_t k, bool eps_outside, bool has_bias, int64_t channels) {
-  check_rows(x, "x");
-  check_rows(dy, "dy");
+  check_backward_rows(dy, x, channels);
   const int64_t m = x.size(0), n = x.size(1);
-  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
-              "dy must match x in shape and dtype");
   TORCH_CHECK(k >= 1 && k <= n, "k must be in [1, ", n, "], got ", k);
-  check_channels(channels, m);
   const auto acc_opts = x.options().dtype(acc_dtype(x));
   const Tensor s_all = rstd.to(acc_dtype(x)).contiguous();
   TORCH_CHECK(s_all.numel() == m, "rstd must have one value per row");
   const Tensor w = param_or_ones(weight, x, channels);
   const bool need_dw = weight.has_value() && weight->defined();
+  if (channels > 0) return rms_norm_backward_per_channel(dy, x, w, s_all, k, eps_outside, need_dw, has_bias, channels);
   Tensor dx = at::empty({m, n}, x.options());
   Tensor dw, db;
 
@@ -521,43 +585,6 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
     const int64_t x_stride = x.stride(0), dy_stride = dy.stride(0);
     const bool stream = should_stream<T>(dx);
     advise_huge_pages(dx);
-    const A k_a = static_cast<A>(k);
-
-    // a = the weight of x[:k] in dx, from c_sum = sum_j g_j x_j (see above)
-    auto prefix_coef = [&](const T* xr, A s, A c_sum) {
-      if (eps_outside) {
-        // the forward's rms, recomputed (from rstd it would lose digits where rms << eps); an
-        // all-zero prefix has no gradient through the statistic (its term is 0 * inf otherwise)
-        const A rms = std::sqrt(sum_squares(xr, k) / k_a);
-        return rms > A(0) ? s * s * c_sum / (k_a * rms) : A(0);
-      }
-      return s * s * s * c_sum / k_a;
-    };
-
-    if (channels > 0) {
-      // One gain per row, so g = dy * w_c and c_sum = w_c * sum(dy x); the row's dw and db terms
-      // are s * sum(dy x) and sum(dy), written per row and reduced per channel afterwards.
-      std::tie(dw, db) = per_channel_param_grads<A>(m, n, channels, need_dw, has_bias, acc_opts, [&](int64_t r) {
-        const T* xr = xp + r * x_stride;
-        const T* dyr = dyp + r * dy_stride;
-        T* dxr = dxp + r * n;
-        const A s = sp[r], wc = wp[r % channels];
-        const auto [dyx, dy_sum] = vec_sums<A, 2>(0, n, [&](auto& acc, int64_t i, auto len) {
-          const V dyv = load(dyr + i, len);
-          acc[0] = at::vec::fmadd(dyv, load(xr + i, len), acc[0]);
-          acc[1] = acc[1] + dyv;
-        });
-        const V sv(s), wv(wc), av(prefix_coef(xr, s, wc * dyx));
-        vec_loop<A>(0, k, [&](int64_t i, auto len) {
-          store_out(dxr + i, sv * (load(dyr + i, len) * wv) - av * load(xr + i, len), len, stream);
-        });
-        vec_loop<A>(k, n, [&](int64_t i, auto len) {
-          store_out(dxr + i, sv * (load(dyr + i, len) * wv), len, stream);
-        });
-        return std::pair<A, A>{s * dyx, dy_sum};
-      });
-      return;
-    }
 
     auto group_fn = [&](int64_t r0, auto rows_c, A* dw_p, A* db_p) {
       constexpr int64_t rows = decltype(rows_c)::value;
@@ -573,7 +600,7 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
         const A c_sum = vec_sums<A, 1>(0, n, [&](auto& acc, int64_t i, auto len) {
           acc[0] = at::vec::fmadd(load(dyr[j] + i, len) * load(wp + i, len), load(xr[j] + i, len), acc[0]);
         })[0];
-        a[j] = prefix_coef(xr[j], s[j], c_sum);
+        a[j] = rms_prefix_coef(xr[j], s[j], c_sum, k, eps_outside);
       }
       auto columns = [&](int64_t begin, int64_t end, auto in_prefix) {
         vec_loop<A>(begin, end, [&](int64_t i, auto len) {
@@ -671,21 +698,65 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
 }
 
 // With xh = (x - mean) * rstd and g = dy * w:  dx = rstd * (g - mean(g) - xh * mean(g * xh)).
+// layer_norm_backward with one gain per row (channels > 0): g = dy * w_c, so mean(g) = w_c mean(dy)
+// and mean(g xh) = w_c mean(dy xh); the row's dw and db terms are sum(dy xh) and sum(dy), reduced
+// per channel afterwards. A function of its own, as rms_norm_backward_per_channel.
+std::tuple<Tensor, Tensor, Tensor> layer_norm_backward_per_channel(
+    const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mu_all, const Tensor& s_all,
+    bool need_dw, bool has_bias, int64_t channels) {
+  const int64_t m = x.size(0), n = x.size(1);
+  const auto acc_opts = x.options().dtype(acc_dtype(x));
+  Tensor dx = at::empty({m, n}, x.options());
+  Tensor dw, db;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "layer_norm_backward_per_channel", [&] {
+    using T = scalar_t;
+    using A = acc_t<T>;
+    using V = Vectorized<A>;
+    const T* xp = x.data_ptr<T>();
+    const T* dyp = dy.data_ptr<T>();
+    T* dxp = dx.data_ptr<T>();
+    const A* mup = mu_all.data_ptr<A>();
+    const A* sp = s_all.data_ptr<A>();
+    const A* wp = w.data_ptr<A>();
+    const int64_t x_stride = x.stride(0), dy_stride = dy.stride(0);
+    const bool stream = should_stream<T>(dx);
+    advise_huge_pages(dx);
+    const A inv_n = A(1) / static_cast<A>(n);
+    std::tie(dw, db) = per_channel_param_grads<A>(m, n, channels, need_dw, has_bias, acc_opts, [&](int64_t r) {
+      const T* xr = xp + r * x_stride;
+      const T* dyr = dyp + r * dy_stride;
+      T* dxr = dxp + r * n;
+      const A wc = wp[r % channels];
+      const V muv(mup[r]), sv(sp[r]), wv(wc);
+      // zero-filled tail lanes give dy = 0, so both sums stay exact without masking
+      const auto [dy_sum, dyxh] = vec_sums<A, 2>(0, n, [&](auto& acc, int64_t i, auto len) {
+        const V dyv = load(dyr + i, len);
+        acc[0] = acc[0] + dyv;
+        acc[1] = at::vec::fmadd(dyv, (load(xr + i, len) - muv) * sv, acc[1]);
+      });
+      const V g_mean(wc * dy_sum * inv_n), gxh_mean(wc * dyxh * inv_n);
+      vec_loop<A>(0, n, [&](int64_t i, auto len) {
+        const V xh = (load(xr + i, len) - muv) * sv;
+        store_out(dxr + i, sv * (load(dyr + i, len) * wv - g_mean - xh * gxh_mean), len, stream);
+      });
+      return std::pair<A, A>{dyxh, dy_sum};
+    });
+  });
+  return {dx, dw, db};
+}
+
 std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
     const Tensor& dy, const Tensor& x, const std::optional<Tensor>& weight, const Tensor& mean,
     const Tensor& rstd, bool has_bias, int64_t channels) {
-  check_rows(x, "x");
-  check_rows(dy, "dy");
+  check_backward_rows(dy, x, channels);
   const int64_t m = x.size(0), n = x.size(1);
-  TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
-              "dy must match x in shape and dtype");
-  check_channels(channels, m);
   const auto acc_opts = x.options().dtype(acc_dtype(x));
   const Tensor mu_all = mean.to(acc_dtype(x)).contiguous();
   const Tensor s_all = rstd.to(acc_dtype(x)).contiguous();
   TORCH_CHECK(mu_all.numel() == m && s_all.numel() == m, "mean and rstd must have one value per row");
   const Tensor w = param_or_ones(weight, x, channels);
   const bool need_dw = weight.has_value() && weight->defined();
+  if (channels > 0) return layer_norm_backward_per_channel(dy, x, w, mu_all, s_all, need_dw, has_bias, channels);
   Tensor dx = at::empty({m, n}, x.options());
   Tensor dw, db;
 
@@ -703,31 +774,6 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
     const bool stream = should_stream<T>(dx);
     advise_huge_pages(dx);
     const A inv_n = A(1) / static_cast<A>(n);
-
-    if (channels > 0) {
-      // One gain per row, so g = dy * w_c: mean(g) = w_c mean(dy), mean(g xh) = w_c mean(dy xh);
-      // the row's dw and db terms are sum(dy xh) and sum(dy), reduced per channel afterwards.
-      std::tie(dw, db) = per_channel_param_grads<A>(m, n, channels, need_dw, has_bias, acc_opts, [&](int64_t r) {
-        const T* xr = xp + r * x_stride;
-        const T* dyr = dyp + r * dy_stride;
-        T* dxr = dxp + r * n;
-        const A wc = wp[r % channels];
-        const V muv(mup[r]), sv(sp[r]), wv(wc);
-        // zero-filled tail lanes give dy = 0, so both sums stay exact without masking
-        const auto [dy_sum, dyxh] = vec_sums<A, 2>(0, n, [&](auto& acc, int64_t i, auto len) {
-          const V dyv = load(dyr + i, len);
-          acc[0] = acc[0] + dyv;
-          acc[1] = at::vec::fmadd(dyv, (load(xr + i, len) - muv) * sv, acc[1]);
-        });
-        const V g_mean(wc * dy_sum * inv_n), gxh_mean(wc * dyxh * inv_n);
-        vec_loop<A>(0, n, [&](int64_t i, auto len) {
-          const V xh = (load(xr + i, len) - muv) * sv;
-          store_out(dxr + i, sv * (load(dyr + i, len) * wv - g_mean - xh * gxh_mean), len, stream);
-        });
-        return std::pair<A, A>{dyxh, dy_sum};
-      });
-      return;
-    }
 
     auto group_fn = [&](int64_t r0, auto rows_c, A* dw_p, A* db_p) {
       constexpr int64_t rows = decltype(rows_c)::value;
