@@ -251,6 +251,12 @@ def _channels(x: Tensor, affine_dim: int) -> int:
     return x.shape[-2] if affine_dim == -2 else 0
 
 
+def _no_channels(x: Tensor, affine_dim: int) -> bool:
+    """Per-channel parameters on an input with C = 0 channels: the kernels would read channels = 0
+    as per-feature parameters, so the (empty) result comes from the reference instead."""
+    return affine_dim == -2 and x.shape[-2] == 0
+
+
 def _param_grad(g: Optional[Tensor], present: bool, like: Optional[Tensor]):
     # kernels return parameter gradients in the compute dtype; cast to the parameter's
     if not present:
@@ -470,7 +476,7 @@ def rms_norm(
     check_eps_mode(eps_mode)
     k = check_partial(partial, x.shape[-1])
     backend = resolve_backend(backend, x)
-    if backend == "torch":
+    if backend == "torch" or _no_channels(x, affine_dim):
         return reference.rms_norm(x, weight, bias, eps=eps, partial=partial, eps_mode=eps_mode, affine_dim=affine_dim)
     weight, bias = _dense(weight), _dense(bias)
     args = (x, weight, bias, float(eps), k, eps_mode == "outside", _channels(x, affine_dim), backend)
@@ -500,6 +506,8 @@ def layer_norm(
     x, weight, bias = autocast_inputs(x, weight, bias)
     check_eps(eps)
     backend = layer_norm_backend(backend, x, weight, bias)
+    if _no_channels(x, affine_dim):
+        backend = "torch"
     if backend == "native":
         if affine_dim == -2:  # each (sample, channel) row is one group: torch's fused group norm
             rows = x.reshape(-1, x.shape[-2], x.shape[-1])

@@ -32,6 +32,7 @@ from repro import kernels
 from repro.bench.paired import interleave, median_ms, paired_ratio
 from repro.bench.timing import describe_device, keep_freed_memory
 from repro.nn import BatchNorm2d, ConvNorm
+from repro.track.host import finish_host_info, host_info
 
 NORMS = {
     "layernorm": functools.partial(kernels.layer_norm, eps=1e-5),
@@ -70,11 +71,12 @@ def candidates(shape, dtype) -> dict:
                 module.bias.normal_(0.0, 0.1)
             calls[f"{name} {'fused' if fused else 'unfused'}"] = forward_backward(module, x, dy)
     calls["BatchNorm2d"] = forward_backward(BatchNorm2d(c).to(dtype), x, dy)
+    # fp32 parameters on a bf16 map, as repro.kernels' route to F.group_norm passes them
     gain, offset = torch.ones(c, requires_grad=True), torch.zeros(c, requires_grad=True)
 
     def group_norm():
         x.grad = gain.grad = offset.grad = None
-        F.group_norm(x, c, gain.to(dtype), offset.to(dtype), 1e-5).backward(dy)
+        F.group_norm(x, c, gain, offset, 1e-5).backward(dy)
     calls["F.group_norm"] = group_norm
     return calls
 
@@ -117,6 +119,7 @@ def main(argv=None) -> int:
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     device = describe_device(torch.device("cpu"))
+    host = host_info()
     print(f"{device.name}, {args.threads} thread(s), kernels backend {kernels.ops.resolve_backend('auto', torch.empty(0))}"
           f", width {args.width}, batch {args.batch}, {args.rounds} rounds")
     results = {"device": device.name, "threads": args.threads, "width": args.width, "batch": args.batch,
@@ -125,6 +128,7 @@ def main(argv=None) -> int:
         rows = [measure(shape, DTYPES[name], args.rounds) for shape in conv_shapes(args.width, args.batch)]
         results["dtypes"][name] = rows
         print_table(name, rows)
+    results["host"] = finish_host_info(host)  # CPU, capability, commit, load: what it ran on
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -34,6 +34,7 @@ def test_it_times_fused_unfused_and_torchs_kernels_per_map(tmp_path):
     ratio = r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]"
     assert all(re.search(rf"\| {ratio} \| {ratio} \| {ratio} \|$", row) for row in rows)
     saved = json.loads(out.read_text())
+    assert saved["host"]["cpu_threads"] == 1 and "git_sha" in saved["host"] and "other_cpu" in saved["host"]
     (first, *_) = saved["dtypes"]["bfloat16"]
     assert set(first["median_ms"]) == {"layernorm fused", "layernorm unfused", "rmsnorm fused", "rmsnorm unfused",
                                        "prmsnorm fused", "prmsnorm unfused", "BatchNorm2d", "F.group_norm"}

@@ -251,6 +251,38 @@ def test_only_parameter_dtypes_f_layer_norm_takes_leave_the_kernels(loaded_build
         assert F.layer_norm(x, (8,), w, b).dtype == x_dtype
 
 
+@pytest.mark.parametrize("x_dtype, w_dtype, b_dtype", [
+    (torch.float32, torch.float32, torch.float32),
+    (torch.bfloat16, torch.float32, torch.float32),
+    (torch.float16, torch.float16, None),
+    (torch.float32, None, torch.float32),
+    (torch.float64, None, None),
+])
+def test_per_channel_layer_norm_on_the_portable_build_is_torchs_group_norm(loaded_build, x_dtype, w_dtype, b_dtype):
+    """affine_dim=-2 on the route to torch's own kernel: F.group_norm with one group per channel
+    is exactly LayerNorm over each (sample, channel) row with a per-channel gain and offset."""
+    loaded_build("DEFAULT")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 3, 10, generator=g).to(x_dtype).requires_grad_()
+    w = None if w_dtype is None else (1 + 0.5 * torch.randn(3, generator=g)).to(w_dtype).requires_grad_()
+    b = None if b_dtype is None else (0.5 * torch.randn(3, generator=g)).to(b_dtype).requires_grad_()
+    assert ops.layer_norm_backend("auto", x, w, b) == "native"
+    y = layer_norm(x, w, b, eps=1e-4, affine_dim=-2)
+    assert y.grad_fn.next_functions[0][0].name().startswith("NativeGroupNormBackward")  # under the reshape
+    assert y.dtype == x_dtype and y.shape == x.shape
+    leaves = [t for t in (x, w, b) if t is not None]
+    refs = [t.detach().double().requires_grad_() for t in leaves]
+    ref_args = iter(refs)
+    want = reference.layer_norm(next(ref_args), *(next(ref_args) if t is not None else None for t in (w, b)),
+                                eps=1e-4, affine_dim=-2)
+    tol = {torch.float64: 1e-10, torch.float32: 1e-5}.get(x_dtype, 2e-2)
+    torch.testing.assert_close(y.double(), want.detach(), atol=tol, rtol=tol)
+    dy = torch.randn(x.shape, generator=g, dtype=torch.float64)
+    got = torch.autograd.grad(y, leaves, dy.to(x_dtype))
+    for a, r in zip(got, torch.autograd.grad(want, refs, dy)):
+        torch.testing.assert_close(a.double(), r, atol=10 * tol, rtol=10 * tol)
+
+
 @pytest.mark.parametrize("capability", ["AVX2", "AVX512"])
 def test_the_x86_vector_builds_keep_layer_norm(loaded_build, capability):
     loaded_build(capability)

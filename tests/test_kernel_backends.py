@@ -112,21 +112,52 @@ def test_per_channel_affine_matches_reference(case, backend):
 @pytest.mark.parametrize("op", ["rms", "ln"])
 def test_per_channel_affine_on_strided_and_channels_last_input(op, backend):
     """A row-strided (B, C, L) view is read in place; a channels-last conv map reshaped to
-    (B, C, H*W) is copied to logical order first, so row r is still channel r % C."""
-    strided = torch.randn(4, 3, 50)[:, :, :33]
-    channels_last = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last).reshape(2, 3, 20)
-    for x in (strided, channels_last):
+    (B, C, H*W) is copied to logical order first, so row r is still channel r % C. The inputs
+    are views of leaves, so the views themselves reach the kernels, and the gradient lands on
+    the leaves."""
+    wide = torch.randn(4, 3, 50)
+    maps = torch.randn(2, 3, 4, 5).to(memory_format=torch.channels_last)
+    views = {"strided": lambda t: t[:, :, :33], "channels-last": lambda t: t.reshape(2, 3, 20)}
+    for base, view in ((wide, views["strided"]), (maps, views["channels-last"])):
+        x = view(base)
+        if view is views["strided"]:
+            assert x.stride(1) == 50 and ops.as_rows(x).data_ptr() == x.data_ptr()  # read in place
         case = Case(op, x.shape[0] * x.shape[1], x.shape[-1], x.dtype, "fp32", True, 0.5, "outside", channels=3)
         w, b = torch.randn(3), torch.randn(3)
-        leaves = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        refs = [t.clone().requires_grad_(True) for t in (x, w, b)]
-        y, y_ref = run_op(case, *leaves, backend=backend), run_op(case, *refs, backend="torch")
+        leaves = [t.clone().requires_grad_(True) for t in (base, w, b)]
+        refs = [t.clone().requires_grad_(True) for t in (base, w, b)]
+        y = run_op(case, view(leaves[0]), *leaves[1:], backend=backend)
+        y_ref = run_op(case, view(refs[0]), *refs[1:], backend="torch")
         torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
         dy = torch.randn_like(y)
         y.backward(dy)
         y_ref.backward(dy)
         for a, r in zip(leaves, refs):
             torch.testing.assert_close(a.grad, r.grad, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(0, 3, 16), (2, 0, 16)], ids=["no-samples", "no-channels"])
+@pytest.mark.parametrize("op", ["rms", "ln"])
+def test_per_channel_affine_on_empty_input(op, shape, backend):
+    """No rows: an empty output and zero parameter gradients of C values, also for C = 0."""
+    x = torch.empty(shape, requires_grad=True)
+    w, b = torch.ones(shape[1], requires_grad=True), torch.zeros(shape[1], requires_grad=True)
+    y = run_op(Case(op, 0, 16, torch.float32, "fp32", True, channels=max(shape[1], 1)), x, w, b, backend)
+    assert y.shape == shape
+    y.sum().backward()
+    assert x.grad.shape == shape
+    assert torch.equal(w.grad, torch.zeros(shape[1])) and torch.equal(b.grad, torch.zeros(shape[1]))
+
+
+@pytest.mark.parametrize("eps_mode", ["inside", "outside"])
+def test_per_channel_all_zero_rows_are_finite(eps_mode, backend):
+    x = torch.zeros(2, 3, 40)
+    x[1, 2] = torch.randn(40)
+    leaves = [x.clone().requires_grad_(True), torch.randn(3, requires_grad=True), torch.randn(3, requires_grad=True)]
+    y = run_op(Case("rms", 6, 40, torch.float32, "fp32", True, 0.25, eps_mode, channels=3), *leaves, backend)
+    y.backward(torch.randn_like(y))
+    for t in [y] + [leaf.grad for leaf in leaves]:
+        assert torch.isfinite(t).all()
 
 
 def test_per_channel_parameters_of_the_wrong_size_are_a_clear_error(backend):

@@ -208,7 +208,7 @@ def test_speed_calls_need_an_interval_beyond_the_drift_between_sessions():
     # 0.966 [0.943, 0.987]) gets one call, not "slower" and then "faster"
     assert speed_call(1.017, 1.079) == speed_call(0.943, 0.987) == speed_call(0.985, 0.999)
     # beyond 1 but reaching into the band: no call either way
-    assert speed_call(1.02, 1.10).startswith("inconclusive (the interval reaches into the ±8% drift")
+    assert speed_call(1.02, 1.10).startswith("inconclusive (the interval reaches into the ±8% step-time drift")
     edge = 1 - SAME_SPEED_BAND
     assert speed_call(edge - 0.05, edge - 0.001) == "faster" and speed_call(edge - 0.05, edge).startswith("inconclusive")
     assert speed_call(edge, 0.99).startswith("the same")
@@ -251,7 +251,7 @@ def test_speed_comes_from_paired_step_timings_stored_next_to_the_runs(cifar_tree
     assert rms.endswith("-> step time: faster; norm time: faster")
     # no norm-time ratio measured: the call is on the step alone
     assert next(line for line in lines if "pRMSNorm" in line).endswith(
-        "-> step time: inconclusive (the interval reaches into the ±8% drift between sessions)")
+        "-> step time: inconclusive (the interval reaches into the ±8% step-time drift measured between sessions)")
 
 
 def test_step_timings_of_another_setting_than_the_runs_are_not_used(tmp_path):

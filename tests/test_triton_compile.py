@@ -21,7 +21,7 @@ from repro.kernels.triton.register_report import access_bits
 
 KERNELS = {"rms_fwd", "rms_fwd_looped", "rms_bwd", "rms_bwd_stats",
            "ln_fwd", "ln_fwd_looped", "ln_bwd", "ln_bwd_stats"}
-FIELDS = {"kernel", "n", "dtype", "regs", "spills", "ctas_per_sm", "pipelined", "vector_bits", "estimate_pct"}
+FIELDS = {"kernel", "channels", "n", "dtype", "regs", "spills", "ctas_per_sm", "pipelined", "vector_bits", "estimate_pct"}
 GATED_BWD_N = (1024, 2048, 4096, 8192)
 # LayerNorm's 8K backward keeps four fp32 row arrays live across its reductions (x-hat, dy, dW,
 # dB: 64 registers a thread at 16 warps), so two CTAs cannot share an SM without spilling; it runs
@@ -46,6 +46,8 @@ def test_report_covers_every_kernel_with_its_fields(report):
     assert {row["kernel"] for row in report} == KERNELS
     assert all(FIELDS <= row.keys() for row in report)
     assert {row["dtype"] for row in report} == {"bf16", "fp32"}
+    # and the per-channel mode (ConvNorm's gain per row), whose launches compile their own variants
+    assert {row["kernel"] for row in report if row["channels"] > 0} == KERNELS
 
 
 def test_no_kernel_spills_registers(report):
@@ -55,7 +57,7 @@ def test_no_kernel_spills_registers(report):
 
 def test_main_backward_configs_fit_two_ctas_per_sm(report):
     rows = [r for r in report if r["kernel"] in ("rms_bwd", "ln_bwd") and r["dtype"] == "bf16"
-            and r["n"] in GATED_BWD_N]
+            and r["n"] in GATED_BWD_N and r["channels"] == 0]
     assert len(rows) == 2 * len(GATED_BWD_N)
     short = [r for r in rows if r["ctas_per_sm"] < 2 and (r["kernel"], r["n"]) not in ONE_CTA_BY_DESIGN]
     assert not short, f"fewer than 2 CTAs per SM: {short}"

@@ -512,10 +512,12 @@ void check_backward_rows(const Tensor& dy, const Tensor& x, int64_t channels) {
   check_channels(channels, x.size(0));
 }
 
-// rms_norm_backward with one gain per row (channels > 0): g = dy * w_c, so c_sum = w_c * sum(dy x),
+// rms_norm_backward_per_channel: one gain per row (channels > 0): g = dy * w_c, so c_sum = w_c * sum(dy x),
 // and the row's dw and db terms are s * sum(dy x) and sum(dy), reduced per channel afterwards.
-// A function of its own: inside the per-feature backward's body the branch cost that path up to
-// 16 % at 1024 x 512 (scripts/cpu_kernel_ab.py against 2307f70).
+// A function of its own, so the per-feature backward's body is the code it was before the
+// per-channel mode (with the branch inside it, scripts/cpu_kernel_ab.py measured that path 14-21 %
+// slower at 1024 x 512; out of it, still 15 % in one series and 5 % in another: not resolved,
+// results/bench/cpu_kernel_ratios/README.md).
 std::tuple<Tensor, Tensor, Tensor> rms_norm_backward_per_channel(
     const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& s_all, int64_t k, bool eps_outside,
     bool need_dw, bool has_bias, int64_t channels) {
@@ -697,8 +699,9 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
   return {y, mean, rstd};
 }
 
-// With xh = (x - mean) * rstd and g = dy * w:  dx = rstd * (g - mean(g) - xh * mean(g * xh)).
-// layer_norm_backward with one gain per row (channels > 0): g = dy * w_c, so mean(g) = w_c mean(dy)
+// The LayerNorm backward: with xh = (x - mean) * rstd and g = dy * w,
+//   dx = rstd * (g - mean(g) - xh * mean(g * xh)).
+// layer_norm_backward_per_channel: one gain per row (channels > 0): g = dy * w_c, so mean(g) = w_c mean(dy)
 // and mean(g xh) = w_c mean(dy xh); the row's dw and db terms are sum(dy xh) and sum(dy), reduced
 // per channel afterwards. A function of its own, as rms_norm_backward_per_channel.
 std::tuple<Tensor, Tensor, Tensor> layer_norm_backward_per_channel(

@@ -51,6 +51,10 @@ IN_FLIGHT_NEEDED = 32 * 1024
 # (op, pass) -> the N of the configs reported; bf16 everywhere, fp32 at the widest fused rows.
 MAIN_N = (512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 262144)
 FP32_N = {"fwd": (_launch.FUSED_FWD_N,), "bwd": (_launch.FUSED_BWD_N,)}
+# The per-channel mode (PER_ROW: one gain and offset per row, ConvNorm's conv maps), bf16 with a
+# bias, C = 64: rows of conv-map sizes, one past the fused backward's limit and one looped forward.
+PER_CHANNEL_N = (256, 1024, 16384, 65536)
+PER_CHANNEL_C = 64
 # The main backward configs the gate holds to >= 2 CTAs per SM.
 GATED_BWD_N = (1024, 2048, 4096, 8192)
 
@@ -77,24 +81,26 @@ def captured_launches():
             del kernel.run
 
 
-def launches(op: str, pass_: str, n: int, dtype: str, m: int = M):
-    """The kernel launches the real launcher makes for one config (on meta tensors)."""
+def launches(op: str, pass_: str, n: int, dtype: str, m: int = M, channels: int = 0):
+    """The kernel launches the real launcher makes for one config (on meta tensors). channels > 0:
+    the per-channel mode, with a bias for RMSNorm too."""
     dt = DTYPES[dtype]
     meta = dict(device="meta")
     x = torch.empty(m, n, dtype=dt, **meta)
     dy = torch.empty_like(x)
-    w = torch.empty(n, dtype=dt, **meta)
-    b = torch.empty(n, dtype=dt, **meta)
+    w = torch.empty(channels or n, dtype=dt, **meta)
+    b = torch.empty(channels or n, dtype=dt, **meta)
     stat = torch.empty(m, dtype=torch.float32, **meta)
+    rms_bias = b if channels else None
     with captured_launches() as calls:
         if op == "rms" and pass_ == "fwd":
-            rmsnorm.rms_norm_forward(x, w, None, 1e-6, n, False, 0)
+            rmsnorm.rms_norm_forward(x, w, rms_bias, 1e-6, n, False, channels)
         elif op == "rms":
-            rmsnorm.rms_norm_backward(dy, x, w, stat, 1e-6, n, False, False, 0)
+            rmsnorm.rms_norm_backward(dy, x, w, stat, 1e-6, n, False, rms_bias is not None, channels)
         elif pass_ == "fwd":
-            layernorm.layer_norm_forward(x, w, b, 1e-5, 0)
+            layernorm.layer_norm_forward(x, w, b, 1e-5, channels)
         else:
-            layernorm.layer_norm_backward(dy, x, w, stat, stat, True, 0)
+            layernorm.layer_norm_backward(dy, x, w, stat, stat, True, channels)
     return calls
 
 
@@ -146,7 +152,7 @@ def traffic_ratio(pass_: str, fused: bool) -> float:
     return 1.0 if fused or pass_ == "fwd" else 0.6
 
 
-def record(op, pass_, n, dtype, kernel, args, kwargs) -> dict:
+def record(op, pass_, n, dtype, kernel, args, kwargs, channels: int = 0) -> dict:
     compiled = compile_sm90(kernel, args, kwargs)
     ptx = compiled.asm["ptx"]
     regs, spills = ptxas_usage(ptx)
@@ -166,7 +172,7 @@ def record(op, pass_, n, dtype, kernel, args, kwargs) -> dict:
     fused = kwargs.get("FUSED", "looped" not in name) and not stats_only
     estimate = 100 * min(1.0, ctas * tile_bytes / IN_FLIGHT_NEEDED) * traffic_ratio(pass_, fused)
     return dict(
-        kernel=name, op=op, **{"pass": pass_}, n=n, dtype=dtype, warps=warps, stages=stages,
+        kernel=name, channels=channels, op=op, **{"pass": pass_}, n=n, dtype=dtype, warps=warps, stages=stages,
         maxnreg=kwargs.get("maxnreg"),
         block_m=kwargs.get("BLOCK_M", 1), block_n=kwargs["BLOCK_N"], regs=regs, spills=spills,
         shared=shared, ctas_per_sm=ctas, has_loop=has_loop, pipelined=pipelined,
@@ -176,20 +182,23 @@ def record(op, pass_, n, dtype, kernel, args, kwargs) -> dict:
 
 
 def configs():
+    """(op, pass, n, dtype, channels): per-feature parameters (channels 0), then the per-channel mode."""
     for pass_ in ("fwd", "bwd"):
         for op in ("rms", "ln"):
             for n in MAIN_N:
-                yield op, pass_, n, "bf16"
+                yield op, pass_, n, "bf16", 0
             for n in FP32_N[pass_]:
-                yield op, pass_, n, "fp32"
+                yield op, pass_, n, "fp32", 0
+            for n in PER_CHANNEL_N:
+                yield op, pass_, n, "bf16", PER_CHANNEL_C
 
 
 def report():
     seen = set()
-    for op, pass_, n, dtype in configs():
-        for kernel, args, kwargs in launches(op, pass_, n, dtype):
-            rec = record(op, pass_, n, dtype, kernel, args, kwargs)
-            key = (rec["kernel"], n, dtype)
+    for op, pass_, n, dtype, channels in configs():
+        for kernel, args, kwargs in launches(op, pass_, n, dtype, channels=channels):
+            rec = record(op, pass_, n, dtype, kernel, args, kwargs, channels)
+            key = (rec["kernel"], n, dtype, channels)
             if key not in seen:
                 seen.add(key)
                 yield rec
@@ -205,7 +214,7 @@ def main(argv=None):
     for row in report():
         rows.append(row)
         if not args.json:
-            print("{kernel:16s} N={n:<6d} {dtype:4s} warps={warps:<2d} stages={stages} regs={regs:<3d} "
+            print("{kernel:16s} N={n:<6d} {dtype:4s} C={channels:<3d} warps={warps:<2d} stages={stages} regs={regs:<3d} "
                   "spills={spills:<4d} shared={shared:<6d} ctas/SM={ctas_per_sm:<2d} pipelined={pipelined!s:5s} "
                   "vector={vector_bits:<3d} estimate={estimate_pct}%".format(**row), flush=True)
     if args.json:

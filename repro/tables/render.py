@@ -400,12 +400,12 @@ SAME_SPEED_BAND = 0.08
 def speed_call(low: float, high: float) -> str:
     """The verdict on a 95 % interval of a norm's time / LayerNorm's time (< 1: faster)."""
     if 1 - SAME_SPEED_BAND <= low and high <= 1 + SAME_SPEED_BAND:
-        return f"the same speed (within ±{SAME_SPEED_BAND:.0%}, the drift between sessions)"
+        return f"the same speed (within ±{SAME_SPEED_BAND:.0%}, the step-time drift measured between sessions)"
     if high < 1 - SAME_SPEED_BAND:
         return "faster"
     if low > 1 + SAME_SPEED_BAND:
         return "slower"
-    return f"inconclusive (the interval reaches into the ±{SAME_SPEED_BAND:.0%} drift between sessions)"
+    return f"inconclusive (the interval reaches into the ±{SAME_SPEED_BAND:.0%} step-time drift measured between sessions)"
 
 
 def controlled_speed_verdict(table: Table, row: Row, entry: dict) -> str:
