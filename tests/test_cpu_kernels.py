@@ -271,7 +271,10 @@ from repro.kernels import cpu
 assert cpu.available(), cpu.build_error()
 assert cpu.build_capability() == "DEFAULT"
 for case in [Case("rms", 37, 77, torch.float32, "fp32", True, 0.25, "outside"), Case("ln", 37, 77, torch.bfloat16, "x", True),
-             Case("rms", 8192, 1024, torch.float32, "fp32", False), Case("ln", 5, 300, torch.float64, "none", False)]:
+             Case("rms", 8192, 1024, torch.float32, "fp32", False), Case("ln", 5, 300, torch.float64, "none", False),
+             # the per-channel mode (ConvNorm's gain per row) on this build's kernels too
+             Case("rms", 15, 77, torch.bfloat16, "fp32", True, 0.25, "inside", channels=3),
+             Case("ln", 15, 77, torch.float32, "fp32", True, channels=5)]:
     check_case(case, "cpu")
 # auto on this build: RMSNorm on the C++ kernels, LayerNorm on F.layer_norm (kernels/ops.py says why)
 from repro.kernels import ops
