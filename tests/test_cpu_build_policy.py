@@ -26,6 +26,10 @@ def test_compile_flags_per_capability_and_openmp():
     assert "-fopenmp" not in cpu_kernels.compile_flags("DEFAULT", openmp=False)
     avx2 = cpu_kernels.compile_flags("AVX2", openmp=False)
     assert "-mavx2" in avx2 and "-DCPU_CAPABILITY_AVX2" in avx2 and "-fopenmp" not in avx2
+    # no build lets the compiler pick its own FMA contractions (a row's bits would depend on its
+    # row group; scripts/aarch64_check.sh is where that showed)
+    for capability in cpu_kernels.CAPABILITIES:
+        assert "-ffp-contract=off" in cpu_kernels.compile_flags(capability)
 
 
 def test_the_source_needs_no_omp_header():

@@ -219,11 +219,12 @@ def test_eager_route_and_custom_op_give_identical_results(case, monkeypatch):
         monkeypatch.setattr(ops, "EAGER_FAST_PATH", fast)
         results[fast] = forward_backward(case, x, w, b, dy, BACKEND)
         leaf = x.detach().requires_grad_()
-        grad_fns[fast] = run_op(case, leaf, w, b, BACKEND).grad_fn.name()
+        grad_fns[fast] = run_op(case, leaf, w, b, BACKEND).grad_fn
     for got, want in zip(results[True], results[False]):
         assert (got is None and want is None) or torch.equal(got, want), case
-    # the two routes really ran: the eager one through the C++ autograd node, not Python's
-    assert "CppNode" in grad_fns[True] and "repro" in grad_fns[False]
+    # the two routes really ran: the eager one through the C++ autograd node, not Python's (a
+    # Python node's name() is refused by older torch, e.g. 2.9: its class name says the same)
+    assert "CppNode" in grad_fns[True].name() and "repro" in type(grad_fns[False]).__name__
 
 
 @pytest.mark.parametrize("op", ["rms", "ln"])

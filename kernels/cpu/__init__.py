@@ -173,7 +173,12 @@ def compile_flags(capability: str, openmp: bool = True) -> list[str]:
     # extension, so without -fopenmp the pragma is ignored and the kernels run on one thread
     # (the headers include omp.h only under _OPENMP, and norms.cpp uses no omp_* itself, so
     # the source compiles either way)
-    flags = ["-O3"] + (["-fopenmp"] if openmp else [])
+    # -ffp-contract=off: gcc otherwise fuses a*b + c into one FMA wherever the target has FMA
+    # (always on aarch64), and decides it per copy of a loop -- the backward's row-group sizes
+    # (Rows<1..4>) came out fused differently, so a row's dx bits depended on the group it fell
+    # in, i.e. on the batch size (seen on aarch64 under qemu, float64 RMSNorm). at::vec's explicit
+    # fmadd stays fused; only the compiler's own choice is switched off.
+    flags = ["-O3", "-ffp-contract=off"] + (["-fopenmp"] if openmp else [])
     if capability in _CAPABILITY_FLAGS:
         flags += _CAPABILITY_FLAGS[capability]
         flags += [f"-DCPU_CAPABILITY={capability}", f"-DCPU_CAPABILITY_{capability}"]
@@ -223,9 +228,6 @@ def compiler_takes_openmp() -> bool:
         except (OSError, subprocess.SubprocessError):
             return False
         return done.returncode == 0
-
-
-    return getattr(torch.ops, library)
 
 
 def extensions_root() -> Path:
