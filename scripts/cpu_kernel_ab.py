@@ -3,6 +3,7 @@
 
     python scripts/cpu_kernel_ab.py                                   # HEAD against the working tree
     python scripts/cpu_kernel_ab.py --base HEAD~1 --shapes 4096x512,16384x1024 --rounds 100 --threads 2
+    python scripts/cpu_kernel_ab.py --base-without-flag=-ffp-contract=off    # what a compiler flag does
 
 Builds the base revision's kernels/cpu/norms.cpp under another op namespace (repro_cpu_norms_base),
 loads it into the same process as the working tree's build, and times every kernel of both
@@ -110,6 +111,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flush-mib", type=int, default=64, help="cache flush before each call, in MiB (0: none)")
+    p.add_argument("--base-without-flag", action="append", default=[], metavar="FLAG",
+                   help="build the base without this flag of the kernels' compile flags (repeatable), "
+                        "e.g. --base-without-flag=-ffp-contract=off to time what it does")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
@@ -126,13 +130,18 @@ def main(argv=None) -> int:
     from repro.kernels import cpu as cpu_kernels
     from repro.track.host import finish_host_info, host_info
 
+    flags = cpu_kernels.compile_flags(cpu_kernels.build_capability())
+    strange = [f for f in args.base_without_flag if f not in flags]
+    if strange:
+        p.error(f"--base-without-flag: {', '.join(strange)} not among the build's flags: {' '.join(flags)}")
     keep_freed_memory()
     torch.set_num_threads(args.threads)
     new = cpu_kernels.load()
     root = cpu_kernels.extensions_root() / "ab"
     path, commit = base_source(args.base, BASE_LIBRARY, root)
-    print(f"building {args.base} ({commit[:10]}) as torch.ops.{BASE_LIBRARY} ...", flush=True)
-    base = cpu_kernels.build_source(path, BASE_LIBRARY)
+    without = "".join(f" without {f}" for f in args.base_without_flag)
+    print(f"building {args.base} ({commit[:10]}){without} as torch.ops.{BASE_LIBRARY} ...", flush=True)
+    base = cpu_kernels.build_source(path, BASE_LIBRARY, tuple(args.base_without_flag))
     flush = torch.empty((args.flush_mib << 20) // 4)
 
     def flushed(fn) -> float:
@@ -142,7 +151,7 @@ def main(argv=None) -> int:
 
     info = host_info()
     rows = []
-    print(f"base {args.base} ({commit[:10]}) against the working tree, build {cpu_kernels.build_capability()}, "
+    print(f"base {args.base} ({commit[:10]}){without} against the working tree, build {cpu_kernels.build_capability()}, "
           f"{args.threads} thread(s), {args.rounds} rounds, cache flush {args.flush_mib} MiB; medians in ms")
     print("| M x N | kernel | base ms | new ms | new / base [95 % CI] | max abs difference |")
     print("|---|---|---|---|---|---|")
@@ -164,7 +173,8 @@ def main(argv=None) -> int:
           f"contended {info.get('contended')}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"base": args.base, "base_commit": commit, "threads": args.threads,
+        args.out.write_text(json.dumps({"base": args.base, "base_commit": commit,
+                                        "base_without_flags": args.base_without_flag, "threads": args.threads,
                                         "rounds": args.rounds, "flush_mib": args.flush_mib, "host": info,
                                         "results": rows}, indent=2) + "\n")
     return 0

@@ -44,7 +44,7 @@ def loads(monkeypatch):
     """cpp_extension.load replaced: records (capability, openmp) per call and fails where told."""
     calls, failing = [], set()
 
-    def load(_cpp_extension, _source, _library, capability, openmp):
+    def load(_cpp_extension, _source, _library, capability, openmp, _without_flags=()):
         calls.append((capability, openmp))
         if openmp in failing:
             raise RuntimeError(f"Error building extension 'x'{' with OpenMP' if openmp else ''}")

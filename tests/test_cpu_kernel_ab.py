@@ -51,6 +51,7 @@ def test_the_committed_source_renames():
     (["--shapes", "16x4"], "--shapes: M must be >= 1 and N >= 8 (pRMSNorm takes N/8), got '16x4'"),
     (["--kernels", "rms fwd,gelu"], "--kernels: unknown ['gelu']; allowed: rms fwd, rms bwd, prms fwd, prms bwd, ln fwd, ln bwd"),
     (["--rounds", "2"], "--rounds must be >= 3, --threads >= 1 and --flush-mib >= 0"),
+    (["--base-without-flag=-Ofast"], "--base-without-flag: -Ofast not among the build's flags: -O3 "),
 ])
 def test_bad_arguments_are_one_line_errors(args, message):
     result = run(*args)
@@ -70,12 +71,15 @@ def test_an_unknown_revision_is_a_one_line_error():
 @pytest.mark.skipif(not (REPO / ".git").exists(), reason="not a git checkout: no revision to compare against")
 def test_it_times_both_builds_and_compares_their_outputs(tmp_path):
     out = tmp_path / "ab.json"
+    # the base built without the flag that keeps gcc from fusing a*b + c on its own: a flag that
+    # changes the backward's rounding, and nothing else
     result = run("--base", "HEAD", "--shapes", "16x64,5x24", "--kernels", "rms bwd,ln fwd", "--rounds", "3",
-                 "--threads", "1", "--flush-mib", "1", "--out", str(out))
+                 "--threads", "1", "--flush-mib", "1", "--base-without-flag=-ffp-contract=off", "--out", str(out))
     assert result.returncode == 0, result.stderr
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     data = json.loads(out.read_text())
     assert data["base_commit"] == head and data["rounds"] == 3 and data["host"]["cpu_model"]
+    assert data["base_without_flags"] == ["-ffp-contract=off"] and "without -ffp-contract=off" in result.stdout
     assert [(r["shape"], r["kernel"]) for r in data["results"]] == [
         ("16x64", "rms bwd"), ("16x64", "ln fwd"), ("5x24", "rms bwd"), ("5x24", "ln fwd")]
     for row in data["results"]:

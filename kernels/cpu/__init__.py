@@ -75,11 +75,12 @@ def _build():
     return built
 
 
-def build_source(source: Path, library: str):
+def build_source(source: Path, library: str, without_flags: tuple[str, ...] = ()):
     """Compile one kernel source for this process's capability and return its torch.ops namespace.
     The source registers its ops under `library` (TORCH_LIBRARY(<library>, m)); builds are cached
     per library and capability. Besides norms.cpp, scripts/cpu_kernel_ab.py builds another revision
-    of it under another name, to time the two side by side.
+    of it under another name, to time the two side by side -- optionally `without_flags` of
+    compile_flags(), to time what a flag does.
 
     Raises KernelsUnavailable without a compiler or ninja, KernelBuildError (one line; the whole
     log in build.log) when the compiler fails."""
@@ -92,7 +93,7 @@ def build_source(source: Path, library: str):
     failures = []  # (attempt, exception), for the log
     try:
         try:
-            _load(cpp_extension, source, library, capability, openmp)
+            _load(cpp_extension, source, library, capability, openmp, without_flags)
         except Exception as e:
             failures.append(("with OpenMP" if openmp else "without OpenMP", e))
             # Apple clang rejects -fopenmp, and a compiler may lack omp.h / libgomp: then build the
@@ -106,7 +107,7 @@ def build_source(source: Path, library: str):
                 RuntimeWarning,
                 stacklevel=2,
             )
-            _load(cpp_extension, source, library, capability, openmp=False)
+            _load(cpp_extension, source, library, capability, False, without_flags)
     except Exception as e:
         if not failures or failures[-1][1] is not e:
             failures.append(("without OpenMP", e))
@@ -185,7 +186,8 @@ def compile_flags(capability: str, openmp: bool = True) -> list[str]:
     return flags
 
 
-def _load(cpp_extension, source: Path, library: str, capability: str, openmp: bool) -> None:
+def _load(cpp_extension, source: Path, library: str, capability: str, openmp: bool,
+          without_flags: tuple[str, ...] = ()) -> None:
     # the OpenMP-less build is cached under its own name, so the two never overwrite each other
     name = f"{library}_{capability.lower()}" + ("" if openmp else "_noomp")
     build_dir = extensions_root() / name
@@ -193,7 +195,7 @@ def _load(cpp_extension, source: Path, library: str, capability: str, openmp: bo
     cpp_extension.load(
         name=name,
         sources=[str(source)],
-        extra_cflags=compile_flags(capability, openmp),
+        extra_cflags=[f for f in compile_flags(capability, openmp) if f not in without_flags],
         extra_ldflags=["-fopenmp"] if openmp else [],
         build_directory=str(build_dir),
         is_python_module=False,
