@@ -511,6 +511,11 @@ def layer_norm(
     if backend == "native":
         if affine_dim == -2:  # each (sample, channel) row is one group: torch's fused group norm
             rows = x.reshape(-1, x.shape[-2], x.shape[-1])
+            if weight is None and bias is not None:
+                # a unit gain (no gradient asked of it): torch 2.9.1's group norm backward with a
+                # bias but no weight fails ("tensor does not have a device"; seen on aarch64,
+                # scripts/aarch64_check.sh), and the DEFAULT build -- aarch64's -- routes here
+                weight = bias.new_ones(bias.shape)
             return F.group_norm(rows, x.shape[-2], weight, bias, eps).view(x.shape)
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
     if backend == "torch":

@@ -45,23 +45,29 @@ done
 [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
 [ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
 
-if [ ! -x "$ROOT/venv/bin/python" ]; then
+if [ ! -x "$ROOT/usr/bin/python3" ]; then
   step "arm64 Debian bookworm root in $ROOT"
   debootstrap --arch=arm64 --variant=minbase \
     --include=python3,python3-venv,python3-dev,g++,ca-certificates bookworm "$ROOT" http://deb.debian.org/debian >/dev/null
-  cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
 fi
+cp /etc/resolv.conf "$ROOT/etc/resolv.conf"
+# the host's CA bundle, so that pip in the root trusts what the host trusts (a proxy's own CA)
+cp "${PIP_CERT:-${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}}" "$ROOT/etc/ssl/certs/host-ca-bundle.crt"
 
 cleanup() { for d in sys dev proc; do mountpoint -q "$ROOT/$d" && umount "$ROOT/$d"; done; }
 trap cleanup EXIT
 for d in proc dev sys; do mountpoint -q "$ROOT/$d" || mount --bind "/$d" "$ROOT/$d"; done
 
-in_root() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/venv/bin:/usr/bin:/bin PYTHONDONTWRITEBYTECODE=1 "$@"; }
+in_root() {
+  chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/venv/bin:/usr/bin:/bin PYTHONDONTWRITEBYTECODE=1 \
+    PIP_CERT=/etc/ssl/certs/host-ca-bundle.crt PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    ${HTTPS_PROXY:+HTTPS_PROXY=$HTTPS_PROXY} ${HTTP_PROXY:+HTTP_PROXY=$HTTP_PROXY} ${NO_PROXY:+NO_PROXY=$NO_PROXY} "$@"
+}
 
-if [ ! -x "$ROOT/venv/bin/python" ]; then
-  step "aarch64 venv: $TORCH_SPEC (CPU build), pytest, hypothesis, ninja"
-  in_root python3 -m venv /venv
-  in_root pip install -q "$TORCH_SPEC" numpy pytest hypothesis pytest-timeout ninja setuptools wheel
+if ! in_root /venv/bin/python -c "import torch, pytest, hypothesis, ninja, wheel, hydra" 2>/dev/null; then
+  step "aarch64 venv: $TORCH_SPEC (CPU build), pytest, hypothesis, ninja, hydra-core (repro.nn registers its config schema)"
+  [ -x "$ROOT/venv/bin/python" ] || in_root python3 -m venv /venv
+  in_root pip install -q "$TORCH_SPEC" numpy pytest hypothesis pytest-timeout ninja setuptools wheel hydra-core omegaconf
 fi
 
 step "the working tree (tracked and untracked, not ignored) -> $ROOT/repo"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -80,3 +81,13 @@ def test_the_standard_is_the_one_the_real_build_uses():
         pytest.skip("the kernels are not built on this host yet")
     cflags = next(line for line in ninja.read_text().splitlines() if line.startswith("cflags"))
     assert f" {STD} " in f"{cflags} " and "-DTORCH_API_INCLUDE_EXTENSION_H" in cflags
+
+
+def test_the_aarch64_run_script_parses_and_selects_test_files_that_exist():
+    """scripts/aarch64_check.sh (the same build run on aarch64 under qemu; root, network, ~30 min:
+    not for CI) must not rot: it parses, and every test file it names is still there."""
+    script = Path(__file__).parents[1] / "scripts" / "aarch64_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    named = set(re.findall(r"tests/test_\w+\.py", script.read_text()))
+    assert "tests/test_cpu_kernels.py" in named
+    assert all((script.parents[1] / path).is_file() for path in named), named
