@@ -84,8 +84,8 @@ def test_the_standard_is_the_one_the_real_build_uses():
 
 
 def test_the_aarch64_run_script_parses_and_selects_test_files_that_exist():
-    """scripts/aarch64_check.sh (the same build run on aarch64 under qemu; root, network, ~30 min:
-    not for CI) must not rot: it parses, and every test file it names is still there."""
+    """scripts/aarch64_check.sh (the same build run on aarch64 under qemu; not for CI: ~13 min,
+    root and the network) must not rot: it parses, and every test file it names is still there."""
     script = Path(__file__).parents[1] / "scripts" / "aarch64_check.sh"
     subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
     named = set(re.findall(r"tests/test_\w+\.py", script.read_text()))
