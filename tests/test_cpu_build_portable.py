@@ -1,4 +1,5 @@
-"""The portable (DEFAULT) build of the C++ CPU kernels compiles for aarch64.
+"""Builds of the C++ CPU kernels this host cannot run are at least compiled: the portable (DEFAULT)
+build for aarch64, and the AVX-512 build on an x86 host without AVX-512.
 
 kernels/cpu/norms.cpp is cross-compiled with aarch64-linux-gnu-g++ against this torch's headers,
 with the flags the real DEFAULT build passes (kernels/cpu/__init__.py: compile_flags, plus what
@@ -7,17 +8,25 @@ torch.utils.cpp_extension adds itself), to an object file. That compiler has no 
 object is checked to be an aarch64 ELF. Skipped where the cross compiler is missing (Debian /
 Ubuntu: `apt-get install g++-aarch64-linux-gnu`; .ci/run installs it). ~40 s on a 2-core x86 VM.
 
+The AVX-512 build is what Intel Xeons (and Zen 4 with AVX-512 enabled) get; on a host whose torch
+runs AVX-512 the ordinary tests build and run it, elsewhere it is compiled here with the host's
+compiler (~30 s) and its object checked for zmm (512-bit) registers, so that a change that breaks
+only the 16-lane vectors cannot go unnoticed on an AVX2 machine.
+
 Only the include paths of torch matter here: norms.cpp includes neither Python.h nor pybind11
 (torch/library.h registers its ops), so the x86 Python headers cpp_extension would add are left out.
 """
 from __future__ import annotations
 
+import platform
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from repro.kernels import cpu as cpu_kernels
 
@@ -31,13 +40,17 @@ needs_cross = pytest.mark.skipif(
 )
 
 
-def cross_command(*, openmp: bool) -> list[str]:
+def compile_command(compiler: list[str], capability: str, *, openmp: bool) -> list[str]:
     from torch.utils import cpp_extension
 
-    name = f"{cpu_kernels.LIBRARY}_default"
+    name = f"{cpu_kernels.LIBRARY}_{capability.lower()}"
     includes = [arg for path in cpp_extension.include_paths() for arg in ("-isystem", path)]
-    return [CROSS, f"-DTORCH_EXTENSION_NAME={name}", "-DTORCH_API_INCLUDE_EXTENSION_H", *includes, "-fPIC", STD,
-            *cpu_kernels.compile_flags("DEFAULT", openmp=openmp), "-Wno-psabi", str(cpu_kernels._SOURCE)]
+    return [*compiler, f"-DTORCH_EXTENSION_NAME={name}", "-DTORCH_API_INCLUDE_EXTENSION_H", *includes, "-fPIC", STD,
+            *cpu_kernels.compile_flags(capability, openmp=openmp), "-Wno-psabi", str(cpu_kernels._SOURCE)]
+
+
+def cross_command(*, openmp: bool) -> list[str]:
+    return compile_command([CROSS], "DEFAULT", openmp=openmp)
 
 
 def compile_or_fail(command: list[str]) -> None:
@@ -72,6 +85,21 @@ def test_the_default_build_compiles_for_aarch64_without_openmp():
     command = cross_command(openmp=False)
     assert "-fopenmp" not in command
     compile_or_fail([*command, "-fsyntax-only"])
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="the AVX-512 build is x86's")
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() == "AVX512",
+                    reason="this host builds and runs the AVX-512 build in the ordinary tests")
+@pytest.mark.skipif(cpu_kernels.missing_toolchain() is not None, reason="no C++ compiler (or ninja)")
+def test_the_avx512_build_compiles_on_a_host_that_cannot_run_it(tmp_path):
+    obj = tmp_path / "norms.o"
+    command = compile_command(shlex.split(cpu_kernels.compiler()), "AVX512", openmp=True)
+    assert "-mavx512f" in command and "-DCPU_CAPABILITY_AVX512" in command
+    compile_or_fail([*command, "-c", "-o", str(obj)])
+    if shutil.which("objdump") is None:
+        pytest.skip("compiled; no objdump to look at its instructions")
+    listing = subprocess.run(["objdump", "-d", str(obj)], capture_output=True, text=True, timeout=300).stdout
+    assert "%zmm" in listing  # at::vec's 16-lane float vectors, not a silent fallback to AVX2
 
 
 def test_the_standard_is_the_one_the_real_build_uses():
