@@ -12,7 +12,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from repro.cli.train import check_group_choices, check_sweep, sweep_jobs
+from repro.cli.train import _overrides, check_composes, check_group_choices, check_sweep, checks_apply, sweep_jobs
 from repro.nn import NORM_NAMES, NormLayer
 from repro.nn import norm_factory
 from repro.train import ConfigError, TrainerSettings, validate_config
@@ -215,6 +215,25 @@ def test_cli_reports_a_bad_value_in_one_line_before_any_work(tmp_path, override,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(start) and allowed in lines[0], result.stderr
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_hydras_own_flags_and_their_values_are_not_taken_for_overrides():
+    args = ["--cfg", "job", "-p", "norm", "norm=rmsnorm", "hydra.run.dir=x", "--resolve"]
+    assert _overrides(args) == ["norm=rmsnorm"]
+    check_composes(args, CONF_DIR)  # "job" and "norm" are flag values, not overrides: no exit
+    assert checks_apply(args)
+    # another config, or only help: our checks know conf/config.yaml only, Hydra answers alone
+    assert not any(checks_apply(a) for a in (["-cn", "other", "x=1"], ["--config-dir", "/tmp"], ["--help"]))
+
+
+def test_cli_prints_the_config_and_its_help_as_hydra_does():
+    run = [sys.executable, "-m", "repro.cli.train"]
+    shown = subprocess.run([*run, "--cfg", "job", "-p", "norm", "norm=prmsnorm"], capture_output=True, text=True,
+                           timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert yaml.safe_load(shown.stdout.split("\n", 1)[1])["name"] == "prmsnorm"  # after "# @package norm"
+    helped = subprocess.run([*run, "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0 and "norm: " in helped.stdout, helped.stderr
 
 
 def test_resolved_config_has_no_interpolations_left():

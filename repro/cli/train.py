@@ -89,7 +89,22 @@ def check_composes(args: list[str], conf_dir: Path) -> None:
 
 
 def _overrides(args: list[str]) -> list[str]:
-    return [a for a in args if not a.startswith("-") and not a.startswith("hydra.")]
+    """The config overrides on a command line, without Hydra's own flags and their values
+    (`--cfg job`, `-p model`, `-cn NAME`): Hydra's argument parser tells them apart, as it does
+    when it runs. The hydra.* overrides are left to Hydra."""
+    from hydra._internal.utils import get_args_parser
+
+    return [a for a in get_args_parser().parse_args(args).overrides if not a.startswith("hydra.")]
+
+
+def checks_apply(args: list[str]) -> bool:
+    """Whether our pre-checks (made against conf/config.yaml) describe what Hydra will do: not when
+    the command line picks another config (--config-name/-dir/-path) or asks only for help."""
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_args(args)
+    return not (parsed.config_name or parsed.config_dir or parsed.config_path or parsed.help or parsed.hydra_help
+                or parsed.shell_completion)
 
 
 def save_hydra_records(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
@@ -123,11 +138,14 @@ def main() -> None:
     if not (CONF_DIR / "config.yaml").is_file():
         sys.exit(f"error: no Hydra config at {CONF_DIR}/config.yaml; run from a repro checkout (pip install -e .) "
                  f"or set REPRO_CONF_DIR to its conf/ folder")
-    check_group_choices(sys.argv[1:], CONF_DIR)
-    if {"-m", "--multirun"} & set(sys.argv[1:]):
-        check_sweep(sys.argv[1:], CONF_DIR)
-    else:
-        check_composes(sys.argv[1:], CONF_DIR)
+    import repro.train  # noqa: F401  registers the groups' schemas in Hydra's ConfigStore, which every compose needs
+
+    if checks_apply(sys.argv[1:]):
+        check_group_choices(_overrides(sys.argv[1:]), CONF_DIR)
+        if {"-m", "--multirun"} & set(sys.argv[1:]):
+            check_sweep(sys.argv[1:], CONF_DIR)
+        else:
+            check_composes(sys.argv[1:], CONF_DIR)
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_run)()
 
 
