@@ -10,8 +10,8 @@
 #   table4    Table 4 on a CPU budget: experiment=multi30k_table4_cpu, four norms x 3 seeds
 #             (3+3-layer Transformer, 1800 steps; 11-13 min a run, ~2.5 h)
 #   deep      "Does the no-norm Transformer fail at depth?": experiment=multi30k_nonorm_deep,
-#             6+6 layers, none and LayerNorm at lr 0.002 and 0.0005, seed 1 (DEEP_SEEDS=1,2,3 for
-#             three; ~10 min a run)
+#             none and LayerNorm at 6+6 and 3+3 layers, at lr 0.002 and 0.0005, 900 steps, seed 1
+#             (DEEP_SEEDS=1,2,3 for three; ~10 min a 6+6 run, ~7 min a 3+3 run)
 #   shift     the shift-sensitivity analysis (repro-tables analyze shift-training: 12 short
 #             Transformer runs, LayerNorm/RMSNorm x weights centred at 0/0.2 x seeds 1-3)
 #   tables    repro-tables over the three sweeps' run stores -> results/tables (seconds)
@@ -71,7 +71,7 @@ TABLE4_NOTE="CPU budget, not the paper's schedule: experiment=multi30k_table4_cp
 1800 steps of about 2048 tokens (paper: 300k steps of ~25k tokens), Adam 0.002 with inverse-sqrt warm-up over 400 \
 steps, label smoothing 0.1, beam 4; BLEU on test_2016_flickr; pRMSNorm p = 6.25 %; seeds 1-3 per norm (the seeds column counts the completed runs); one run at a \
 time with 2 threads on a 2-core AMD EPYC (Zen 4) VM. The depth section: experiment=multi30k_nonorm_deep, the same \
-model at 6+6 layers for 900 steps, none and LayerNorm at peak lr 0.002 (the table's) and 0.0005, seeds ${DEEP_SEEDS}. Made by: scripts/cpu_budget_runs.sh \
+model at 6+6 and at 3+3 layers for 900 steps, none and LayerNorm at peak lr 0.002 (the table's) and 0.0005, seeds ${DEEP_SEEDS}. Made by: scripts/cpu_budget_runs.sh \
 --only table4,deep (repro-train -m experiment=multi30k_table4_cpu data.root=../shared/data/multi30k logger=none \
 seed=1,2,3 norm=none,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/multi30k_table4_cpu; repro-train -m \
 experiment=multi30k_nonorm_deep data.root=../shared/data/multi30k logger=none seed=${DEEP_SEEDS} \

@@ -54,12 +54,15 @@ def test_every_printed_sweep_composes_with_the_committed_budgets():
         assert cfg.trainer.checkpoint_every <= 200 and cfg.logger.name == "none"
     assert next(c for c in table4 if c.norm.name == "prmsnorm").norm.partial == 0.0625
 
-    # the table's lr and a quarter of it (the 6+6 post-norm control stalls at the table's lr)
+    # the table's lr and a quarter of it (the 6+6 post-norm control stalls at the table's lr), each
+    # at 6+6 layers and at Table 4's 3+3, the shallow control on the same budget and lr
     lr = table4[0].optim.lr
-    assert [(c.seed, c.optim.lr, c.norm.name) for c in deep] == [
-        (1, rate, n) for n in ("none", "layernorm") for rate in (lr, lr / 4)]  # params keep the base file's order
-    for cfg in deep:  # the 3+3 model's width, data and warm-up at 6+6 layers, on a shorter budget
-        assert (cfg.model.dim, cfg.model.encoder_layers, cfg.model.decoder_layers) == (128, 6, 6)
+    assert [(c.seed, c.model.encoder_layers, c.optim.lr, c.norm.name) for c in deep] == [
+        (1, depth, rate, n) for n in ("none", "layernorm") for depth in (6, 3) for rate in (lr, lr / 4)
+    ]  # params keep the base file's order
+    assert {c.model.encoder_layers for c in deep} == {6, table4[0].model.encoder_layers}
+    for cfg in deep:  # the 3+3 model's width, data and warm-up, on a shorter budget
+        assert cfg.model.decoder_layers == cfg.model.encoder_layers and cfg.model.dim == table4[0].model.dim == 128
         assert cfg.trainer.max_steps < 1800 and cfg.optim.schedule.warmup_steps == table4[0].optim.schedule.warmup_steps
         assert cfg.experiment_name == "multi30k_nonorm_deep"
 
@@ -75,7 +78,7 @@ def test_every_printed_sweep_composes_with_the_committed_budgets():
 def test_every_run_of_the_queue_has_its_own_folder_named_by_task_norm_and_seed():
     """Folders named by the run, not by its place in a sweep: a sweep run in parts (one seed at a
     time, or after a change of its norm list) finds its runs again. The depth sweep's also carry
-    the lr, the one thing its runs differ in besides norm and seed."""
+    the depth and the lr, the things its runs differ in besides norm and seed."""
     from repro.train import compose_config as compose
 
     for command in dry_run()[:5]:
@@ -83,16 +86,18 @@ def test_every_run_of_the_queue_has_its_own_folder_named_by_task_norm_and_seed()
         for job in sweep_jobs(command[2:], CONF_DIR):
             cfg = compose(job, return_hydra_config=True, conf_dir=CONF_DIR)
             folders.append(cfg.hydra.sweep.subdir)
-            lr = f"_lr{cfg.optim.lr}" if cfg.experiment_name == "multi30k_nonorm_deep" else ""
-            assert cfg.hydra.sweep.subdir == f"{cfg.task.name}_{cfg.norm.name}{lr}_seed{cfg.seed}"
+            model = cfg.model
+            depth_lr = (f"_{model.encoder_layers}+{model.decoder_layers}_lr{cfg.optim.lr}"
+                        if cfg.experiment_name == "multi30k_nonorm_deep" else "")
+            assert cfg.hydra.sweep.subdir == f"{cfg.task.name}_{cfg.norm.name}{depth_lr}_seed{cfg.seed}"
         assert len(set(folders)) == len(folders)
 
 
 def test_only_and_deep_seeds_select_and_bad_arguments_are_one_line_errors():
     assert [c[0] for c in dry_run("--only", "tables,deep")] == ["repro-train", "repro-tables"]
     deep = dry_run("--only", "deep", DEEP_SEEDS="1,2,3")
-    assert [(c.seed, c.optim.lr, c.norm.name) for c in composed(deep[0])] == [
-        (s, lr, n) for s in (1, 2, 3) for n in ("none", "layernorm") for lr in (0.002, 0.0005)]
+    assert [(c.seed, c.model.encoder_layers, c.optim.lr, c.norm.name) for c in composed(deep[0])] == [
+        (s, depth, lr, n) for s in (1, 2, 3) for n in ("none", "layernorm") for depth in (6, 3) for lr in (0.002, 0.0005)]
     for args, message in ((["--only", "table5"], "--only table5 is not a job"),
                           (["--fast"], "unknown option '--fast'")):
         result = subprocess.run([*SCRIPT, *args], cwd=ROOT, capture_output=True, text=True)
