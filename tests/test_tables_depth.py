@@ -130,3 +130,61 @@ def test_deep_runs_at_two_learning_rates_get_a_row_and_a_call_each(tmp_path):
     # the 3+3 no-norm model ran at 0.002 only: the call at 0.0005 says so
     assert "the shallower no-norm model trained, though at another lr (not run at this one)" in section[low:]
     assert "No call" not in section
+
+
+def _shallow_control(deep_root, *, none_nan_at=None, layers=3, lr=0.0005):
+    """The depth experiment's own shallower pair at one lr, on the deep runs' 900 steps."""
+    for seed in (1, 2):
+        translation_run(deep_root, f"shallow_none{seed}", norm="none", seed=seed, layers=layers, steps=900, lr=lr,
+                        experiment="multi30k_nonorm_deep", nan_at=none_nan_at,
+                        bleu=0.0 if none_nan_at else 18.0 + seed)
+        translation_run(deep_root, f"shallow_layernorm{seed}", norm="layernorm", seed=seed, layers=layers, steps=900,
+                        lr=lr, experiment="multi30k_nonorm_deep", val_loss=3.4, bleu=22.0 + seed)
+
+
+def _deep_at(deep_root, lr, layers=6):
+    for seed in (1, 2):
+        translation_run(deep_root, f"none{seed}", norm="none", seed=seed, layers=layers, steps=900, lr=lr,
+                        experiment="multi30k_nonorm_deep", nan_at=600, bleu=0.0)
+        translation_run(deep_root, f"layernorm{seed}", norm="layernorm", seed=seed, layers=layers, steps=900, lr=lr,
+                        experiment="multi30k_nonorm_deep", val_loss=3.5, bleu=25.0 + seed)
+
+
+def test_the_depth_experiments_shallow_pair_is_the_control_on_the_same_budget_and_lr(tmp_path):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=True)
+    _deep_at(deep_root, lr=0.0005)  # the deep pair at the lower lr (the table's 3+3 ran at 0.002 only)
+    _shallow_control(deep_root, lr=0.0005)
+    section = to_markdown(table4(collect_local([main_root, deep_root])))
+    section = section[section.index("## Does the no-norm Transformer fail at depth?"):]
+    # its own rows, apart from the table's 3+3 rows (another budget), which come first
+    table_row = section.index("| 3+3 | 0.002 | None | 2 | 1800 |")
+    own_row = section.index("| 3+3 | 0.0005 | None | 2 | 900 | 3.10 ± 0.00 | 19.50 ± 0.71 | trained (2 of 2) |")
+    assert table_row < own_row < section.index("| 6+6 | 0.0005 | None | 2 | 900 |")
+    assert "| 3+3 | 0.0005 | LayerNorm | 2 | 900 | 3.40 ± 0.00 | 23.50 ± 0.71 | trained (2 of 2) |" in section
+    call = section[section.index("At lr 0.0005,"):]
+    assert ("at 3+3 layers on the same budget, the model without a norm trained (2 of 2 runs) and with LayerNorm "
+            "trained (2 of 2 runs).") in call
+    assert "the shallower no-norm model trained on the same budget and lr." in call
+    assert "though at another lr" not in section  # the main table is not what it leans on now
+
+
+def test_a_shallow_control_that_fails_too_does_not_blame_depth(tmp_path):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=True)
+    _deep_at(deep_root, lr=0.0005)
+    _shallow_control(deep_root, lr=0.0005, none_nan_at=600)
+    md = to_markdown(table4(collect_local([main_root, deep_root])))
+    call = md[md.index("At lr 0.0005,"):]
+    assert call.split(". ", 2)[-1].startswith("Not depth alone: the deep model failed where its LayerNorm control "
+                                              "trained, but the shallower no-norm model failed too")
+    assert "Consistent with depth" not in call.split("\n")[0]
+
+
+def test_the_deepest_model_is_found_by_its_layer_count_not_its_name(tmp_path):
+    main_root, deep_root = _tree(tmp_path, deep_none_nan=True)
+    for path in sorted(deep_root.iterdir()):
+        shutil.rmtree(path)
+    _deep_at(deep_root, lr=0.002, layers=12)
+    _shallow_control(deep_root, lr=0.002, layers=6)  # "6+6" > "12+12" as text
+    md = to_markdown(table4(collect_local([main_root, deep_root])))
+    assert "the 12+12-layer model without a norm failed to train" in md
+    assert "at 6+6 layers on the same budget, the model without a norm trained" in md
