@@ -11,7 +11,9 @@
 #             (3+3-layer Transformer, 1800 steps; 11-13 min a run, ~2.5 h)
 #   deep      "Does the no-norm Transformer fail at depth?": experiment=multi30k_nonorm_deep,
 #             none and LayerNorm at 6+6 and 3+3 layers, at lr 0.002 and 0.0005, 900 steps, seed 1
-#             (DEEP_SEEDS=1,2,3 for three; ~10 min a 6+6 run, ~7 min a 3+3 run)
+#             (DEEP_SEEDS=1,2,3 for three), then seed 2 at lr 0.0005 only, where the control
+#             trains and the call is made (DEEP_LOW_LR_SEEDS, empty for none); 9-15 min a 6+6 run,
+#             7-11 min a 3+3 run
 #   shift     the shift-sensitivity analysis (repro-tables analyze shift-training: 12 short
 #             Transformer runs, LayerNorm/RMSNorm x weights centred at 0/0.2 x seeds 1-3)
 #   tables    repro-tables over the three sweeps' run stores -> results/tables (seconds)
@@ -34,6 +36,8 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 JOBS=(table10 table4 deep shift tables)
 DATA="${DATA:-../shared/data}"
 DEEP_SEEDS="${DEEP_SEEDS:-1}"
+DEEP_LOW_LR_SEEDS="${DEEP_LOW_LR_SEEDS-2}"
+DEEP_LOW_LR=0.0005  # conf/experiment/multi30k_nonorm_deep.yaml's lower lr
 dry_run=0
 only=()
 while [[ $# -gt 0 ]]; do
@@ -54,6 +58,8 @@ for name in "${only[@]}"; do
 done
 [[ "$DEEP_SEEDS" =~ ^[0-9]+(,[0-9]+)*$ ]] || {
     echo "cpu_budget_runs.sh: DEEP_SEEDS must be a comma list of ints, got '$DEEP_SEEDS'" >&2; exit 2; }
+[[ "$DEEP_LOW_LR_SEEDS" =~ ^([0-9]+(,[0-9]+)*)?$ ]] || {
+    echo "cpu_budget_runs.sh: DEEP_LOW_LR_SEEDS must be a comma list of ints or empty, got '$DEEP_LOW_LR_SEEDS'" >&2; exit 2; }
 
 RUNS=results/runs
 TABLE10_NOTE="CPU budget, not the paper's schedule: experiment=cifar10_table10_cpu, Salimans & Kingma's protocol \
@@ -71,11 +77,12 @@ TABLE4_NOTE="CPU budget, not the paper's schedule: experiment=multi30k_table4_cp
 1800 steps of about 2048 tokens (paper: 300k steps of ~25k tokens), Adam 0.002 with inverse-sqrt warm-up over 400 \
 steps, label smoothing 0.1, beam 4; BLEU on test_2016_flickr; pRMSNorm p = 6.25 %; seeds 1-3 per norm (the seeds column counts the completed runs); one run at a \
 time with 2 threads on a 2-core AMD EPYC (Zen 4) VM. The depth section: experiment=multi30k_nonorm_deep, the same \
-model at 6+6 and at 3+3 layers for 900 steps, none and LayerNorm at peak lr 0.002 (the table's) and 0.0005, seeds ${DEEP_SEEDS}. Made by: scripts/cpu_budget_runs.sh \
+model at 6+6 and at 3+3 layers for 900 steps, none and LayerNorm at peak lr 0.002 (the table's) and ${DEEP_LOW_LR}, seeds ${DEEP_SEEDS}\
+${DEEP_LOW_LR_SEEDS:+ (and ${DEEP_LOW_LR_SEEDS} at ${DEEP_LOW_LR})}. Made by: scripts/cpu_budget_runs.sh \
 --only table4,deep (repro-train -m experiment=multi30k_table4_cpu data.root=../shared/data/multi30k logger=none \
 seed=1,2,3 norm=none,layernorm,rmsnorm,prmsnorm hydra.sweep.dir=results/runs/multi30k_table4_cpu; repro-train -m \
 experiment=multi30k_nonorm_deep data.root=../shared/data/multi30k logger=none seed=${DEEP_SEEDS} \
-hydra.sweep.dir=results/runs/multi30k_nonorm_deep); run stores in results/runs/multi30k_table4_cpu and \
+hydra.sweep.dir=results/runs/multi30k_nonorm_deep${DEEP_LOW_LR_SEEDS:+, and the same with seed=${DEEP_LOW_LR_SEEDS} optim.lr=${DEEP_LOW_LR}}); run stores in results/runs/multi30k_table4_cpu and \
 results/runs/multi30k_nonorm_deep."
 
 quoted() {  # the words as a shell line: plain words bare, others in single quotes
@@ -99,7 +106,11 @@ commands_of() {  # the job's commands into `commands`, each a shell-quoted line 
                               seed=1,2,3 norm=none,layernorm,rmsnorm,prmsnorm \
                               "hydra.sweep.dir=$RUNS/multi30k_table4_cpu" trainer.progress_bar=false)") ;;
         deep) commands+=("$(quoted repro-train -m experiment=multi30k_nonorm_deep "data.root=$DATA/multi30k" logger=none \
-                            "seed=$DEEP_SEEDS" "hydra.sweep.dir=$RUNS/multi30k_nonorm_deep" trainer.progress_bar=false)") ;;
+                            "seed=$DEEP_SEEDS" "hydra.sweep.dir=$RUNS/multi30k_nonorm_deep" trainer.progress_bar=false)")
+              # more seeds where the call is made: the lower lr, where the 6+6 control trains
+              [[ -z "$DEEP_LOW_LR_SEEDS" ]] || commands+=("$(quoted repro-train -m experiment=multi30k_nonorm_deep \
+                            "data.root=$DATA/multi30k" logger=none "seed=$DEEP_LOW_LR_SEEDS" "optim.lr=$DEEP_LOW_LR" \
+                            "hydra.sweep.dir=$RUNS/multi30k_nonorm_deep" trainer.progress_bar=false)") ;;
         # The flags are the shift-training analysis's own (repro/analysis/shift_training.py: the 3+3
         # Transformer on Multi30k, 400 steps a run, LayerNorm/RMSNorm x weights centred at 0/0.2 x
         # seeds); it reuses its completed runs and resumes an interrupted one. --out is its folder.

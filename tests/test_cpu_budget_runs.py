@@ -34,9 +34,9 @@ def option(command: list[str], key: str) -> str:
 
 def test_every_printed_sweep_composes_with_the_committed_budgets():
     commands = dry_run(DATA="/data")
-    assert [c[0] for c in commands] == ["repro-train"] * 5 + ["repro-tables"] * 2
+    assert [c[0] for c in commands] == ["repro-train"] * 6 + ["repro-tables"] * 2
     table10 = [cfg for command in commands[:3] for cfg in composed(command)]
-    table4, deep = (composed(c) for c in commands[3:5])
+    table4, deep, deep_low_lr = (composed(c) for c in commands[3:6])
 
     # one sweep per seed: every norm gets seed 1 before any gets seed 2
     assert [(c.seed, c.norm.name) for c in table10] == [
@@ -65,14 +65,17 @@ def test_every_printed_sweep_composes_with_the_committed_budgets():
         assert cfg.model.decoder_layers == cfg.model.encoder_layers and cfg.model.dim == table4[0].model.dim == 128
         assert cfg.trainer.max_steps < 1800 and cfg.optim.schedule.warmup_steps == table4[0].optim.schedule.warmup_steps
         assert cfg.experiment_name == "multi30k_nonorm_deep"
+    # then seed 2 of every cell at the lower lr, where the 6+6 control trains and the call is made
+    assert [(c.seed, c.model.encoder_layers, c.optim.lr, c.norm.name) for c in deep_low_lr] == [
+        (2, depth, lr / 4, n) for n in ("none", "layernorm") for depth in (6, 3)]
 
     # the tables are rebuilt from exactly the three sweeps' folders, with a note per table
     tables = commands[-1]
     runs = [tables[i + 1] for i, word in enumerate(tables) if word == "--runs"]
-    assert runs == list(dict.fromkeys(option(c, "hydra.sweep.dir") for c in commands[:5]))
+    assert runs == list(dict.fromkeys(option(c, "hydra.sweep.dir") for c in commands[:6]))
     notes = [tables[i + 1] for i, word in enumerate(tables) if word == "--note"]
     assert [n.split("=", 1)[0] for n in notes] == ["table10", "table4"]
-    assert "--out" in tables and commands[5][:3] == ["repro-tables", "analyze", "shift-training"]
+    assert "--out" in tables and commands[6][:3] == ["repro-tables", "analyze", "shift-training"]
 
 
 def test_every_run_of_the_queue_has_its_own_folder_named_by_task_norm_and_seed():
@@ -81,7 +84,7 @@ def test_every_run_of_the_queue_has_its_own_folder_named_by_task_norm_and_seed()
     the depth and the lr, the things its runs differ in besides norm and seed."""
     from repro.train import compose_config as compose
 
-    for command in dry_run()[:5]:
+    for command in dry_run()[:6]:
         folders = []
         for job in sweep_jobs(command[2:], CONF_DIR):
             cfg = compose(job, return_hydra_config=True, conf_dir=CONF_DIR)
@@ -95,13 +98,19 @@ def test_every_run_of_the_queue_has_its_own_folder_named_by_task_norm_and_seed()
 
 def test_only_and_deep_seeds_select_and_bad_arguments_are_one_line_errors():
     assert [c[0] for c in dry_run("--only", "tables,deep")] == ["repro-train", "repro-tables"]
-    deep = dry_run("--only", "deep", DEEP_SEEDS="1,2,3")
+    deep = dry_run("--only", "deep", DEEP_SEEDS="1,2,3", DEEP_LOW_LR_SEEDS="")
+    assert len(deep) == 1  # no extra seeds at the lower lr
     assert [(c.seed, c.model.encoder_layers, c.optim.lr, c.norm.name) for c in composed(deep[0])] == [
         (s, depth, lr, n) for s in (1, 2, 3) for n in ("none", "layernorm") for depth in (6, 3) for lr in (0.002, 0.0005)]
+    (_, more) = dry_run("--only", "deep", DEEP_LOW_LR_SEEDS="2,3")
+    assert {(c.seed, c.optim.lr) for c in composed(more)} == {(2, 0.0005), (3, 0.0005)}
     for args, message in ((["--only", "table5"], "--only table5 is not a job"),
                           (["--fast"], "unknown option '--fast'")):
         result = subprocess.run([*SCRIPT, *args], cwd=ROOT, capture_output=True, text=True)
         assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1
+    bad = subprocess.run([*SCRIPT, "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "DEEP_LOW_LR_SEEDS": "two"})
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "DEEP_LOW_LR_SEEDS must be" in bad.stderr
 
 
 def stand_ins(bin_dir: Path, log: Path, native_bf16: str = "native") -> dict:
@@ -125,7 +134,7 @@ def test_the_queue_runs_in_order_with_progress_and_stops_at_a_failure(tmp_path):
     calls = log.read_text().splitlines()
     assert [c.split()[2] if c.startswith("repro-train") else c.split()[1] for c in calls] == [
         *["experiment=cifar10_table10_cpu"] * 3, "experiment=multi30k_table4_cpu",
-        "experiment=multi30k_nonorm_deep", "analyze", "--runs"]
+        *["experiment=multi30k_nonorm_deep"] * 2, "analyze", "--runs"]
     progress = [line for line in result.stdout.splitlines() if line.startswith("== [")]
     assert len(progress) == 10 and progress[0].startswith("== [1/5] table10: started")
     assert progress[-1].startswith("== [5/5] tables: done in 0h00m")
