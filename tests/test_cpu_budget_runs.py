@@ -97,7 +97,7 @@ def test_every_run_of_the_queue_has_its_own_folder_named_by_task_norm_and_seed()
 
 
 def test_only_and_deep_seeds_select_and_bad_arguments_are_one_line_errors():
-    assert [c[0] for c in dry_run("--only", "tables,deep")] == ["repro-train", "repro-tables"]
+    assert [c[0] for c in dry_run("--only", "tables,deep")] == ["repro-train", "repro-train", "repro-tables"]
     deep = dry_run("--only", "deep", DEEP_SEEDS="1,2,3", DEEP_LOW_LR_SEEDS="")
     assert len(deep) == 1  # no extra seeds at the lower lr
     assert [(c.seed, c.model.encoder_layers, c.optim.lr, c.norm.name) for c in composed(deep[0])] == [
