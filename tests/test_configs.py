@@ -12,7 +12,8 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from repro.cli.train import _overrides, check_composes, check_group_choices, check_sweep, checks_apply, sweep_jobs
+from repro.cli.train import (_overrides, check_composes, check_group_choices, check_modes, check_sweep, checks_apply,
+                             sweep_jobs)
 from repro.nn import NORM_NAMES, NormLayer
 from repro.nn import norm_factory
 from repro.train import ConfigError, TrainerSettings, validate_config
@@ -224,6 +225,15 @@ def test_hydras_own_flags_and_their_values_are_not_taken_for_overrides():
     assert checks_apply(args)
     # another config, or only help: our checks know conf/config.yaml only, Hydra answers alone
     assert not any(checks_apply(a) for a in (["-cn", "other", "x=1"], ["--config-dir", "/tmp"], ["--help"]))
+
+
+def test_two_hydra_modes_at_once_are_a_one_line_error():
+    check_modes(["-m", "norm=rmsnorm"])  # one mode: no exit
+    check_modes(["--cfg", "job"])
+    with pytest.raises(SystemExit) as exit_:
+        check_modes(["-m", "seed=1", "--cfg", "job"])
+    message = str(exit_.value.code)
+    assert "\n" not in message and message.startswith("error: --multirun and --cfg cannot be given together")
 
 
 def test_cli_prints_the_config_and_its_help_as_hydra_does():

@@ -107,6 +107,19 @@ def checks_apply(args: list[str]) -> bool:
                 or parsed.shell_completion)
 
 
+def check_modes(args: list[str]) -> None:
+    """Exit with one line when the command line asks Hydra for two things at once (`-m --cfg job`),
+    which Hydra refuses with a traceback."""
+    from hydra._internal.utils import get_args_parser
+
+    parsed = get_args_parser().parse_args(args)
+    modes = {"--run": parsed.run, "--multirun": parsed.multirun, "--cfg": parsed.cfg, "--info": parsed.info,
+             "--shell-completion": parsed.shell_completion}
+    given = [flag for flag, value in modes.items() if value]
+    if len(given) > 1:
+        sys.exit(f"error: {' and '.join(given)} cannot be given together: use one of {', '.join(modes)}")
+
+
 def save_hydra_records(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig) -> None:
     """The three files Hydra writes into a job's .hydra/ (the job's config, Hydra's own, the
     command-line overrides), written by us once the run starts: conf/config.yaml turns Hydra's
@@ -140,6 +153,7 @@ def main() -> None:
                  f"or set REPRO_CONF_DIR to its conf/ folder")
     import repro.train  # noqa: F401  registers the groups' schemas in Hydra's ConfigStore, which every compose needs
 
+    check_modes(sys.argv[1:])
     if checks_apply(sys.argv[1:]):
         check_group_choices(_overrides(sys.argv[1:]), CONF_DIR)
         if {"-m", "--multirun"} & set(sys.argv[1:]):
