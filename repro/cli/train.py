@@ -88,21 +88,24 @@ def check_composes(args: list[str], conf_dir: Path) -> None:
         sys.exit(f"error: {error}")
 
 
-def _overrides(args: list[str]) -> list[str]:
-    """The config overrides on a command line, without Hydra's own flags and their values
-    (`--cfg job`, `-p model`, `-cn NAME`): Hydra's argument parser tells them apart, as it does
-    when it runs. The hydra.* overrides are left to Hydra."""
+def _hydra_args(args: list[str]):
+    """The command line as Hydra will read it: its own flags (`--cfg job`, `-p model`, `-cn NAME`,
+    `-m`) apart from the overrides, by Hydra's own argument parser."""
     from hydra._internal.utils import get_args_parser
 
-    return [a for a in get_args_parser().parse_args(args).overrides if not a.startswith("hydra.")]
+    return get_args_parser().parse_args(args)
+
+
+def _overrides(args: list[str]) -> list[str]:
+    """The config overrides on a command line, without Hydra's own flags and their values; the
+    hydra.* overrides are left to Hydra."""
+    return [a for a in _hydra_args(args).overrides if not a.startswith("hydra.")]
 
 
 def checks_apply(args: list[str]) -> bool:
     """Whether our pre-checks (made against conf/config.yaml) describe what Hydra will do: not when
     the command line picks another config (--config-name/-dir/-path) or asks only for help."""
-    from hydra._internal.utils import get_args_parser
-
-    parsed = get_args_parser().parse_args(args)
+    parsed = _hydra_args(args)
     return not (parsed.config_name or parsed.config_dir or parsed.config_path or parsed.help or parsed.hydra_help
                 or parsed.shell_completion)
 
@@ -110,9 +113,7 @@ def checks_apply(args: list[str]) -> bool:
 def check_modes(args: list[str]) -> None:
     """Exit with one line when the command line asks Hydra for two things at once (`-m --cfg job`),
     which Hydra refuses with a traceback."""
-    from hydra._internal.utils import get_args_parser
-
-    parsed = get_args_parser().parse_args(args)
+    parsed = _hydra_args(args)
     modes = {"--run": parsed.run, "--multirun": parsed.multirun, "--cfg": parsed.cfg, "--info": parsed.info,
              "--shell-completion": parsed.shell_completion}
     given = [flag for flag, value in modes.items() if value]
@@ -156,7 +157,7 @@ def main() -> None:
     check_modes(sys.argv[1:])
     if checks_apply(sys.argv[1:]):
         check_group_choices(_overrides(sys.argv[1:]), CONF_DIR)
-        if {"-m", "--multirun"} & set(sys.argv[1:]):
+        if _hydra_args(sys.argv[1:]).multirun:
             check_sweep(sys.argv[1:], CONF_DIR)
         else:
             check_composes(sys.argv[1:], CONF_DIR)
