@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Does repro-bench steps' paired ratio survive a busy machine? (issue 12) For each task and thread
 # count, one measurement on a quiet host and one beside a CPU-bound neighbour, written to
-# results/steps/contention-<task>-threads<N>-<quiet|neighbour>/.
+# results/steps/<prefix>-<task>-threads<N>-<quiet|neighbour>/ (prefix: contention unless --prefix).
 #
 # The neighbour competes for the cores the measurement runs on: with 2 threads on 2 cores it
 # takes a share of both; with 1 thread, measurement and neighbour are pinned to the same core
 # (taskset -c 0), since on a 2-core host a 1-thread measurement and a 1-thread neighbour would
 # otherwise each get a core of their own and nothing would be contended.
 #
-#   bash scripts/steps_contention.sh [--data DIR] [--steps N] [--dry-run]
+#   bash scripts/steps_contention.sh [--data DIR] [--steps N] [--prefix NAME] [--dry-run]
+#
+# --prefix keeps a new series beside the committed ones instead of overwriting them.
 #
 # Run it alone (no tests, no training beside it) from a committed tree: each steps.json records
 # the commit and whether the tree had uncommitted changes. About 4 minutes a measurement, 8 in all.
@@ -17,16 +19,22 @@ cd "$(dirname "$0")/.."
 
 DATA=../shared/data
 STEPS=40
+PREFIX=contention
 DRY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --data) DATA=$2; shift 2 ;;
         --steps) STEPS=$2; shift 2 ;;
+        --prefix) PREFIX=$2; shift 2 ;;
         --dry-run) DRY=1; shift ;;
-        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
-        *) echo "steps_contention.sh: unknown argument '$1' (allowed: --data DIR, --steps N, --dry-run)" >&2; exit 2 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        *) echo "steps_contention.sh: unknown argument '$1' (allowed: --data DIR, --steps N, --prefix NAME, --dry-run)" >&2; exit 2 ;;
     esac
 done
+if ! [[ "$PREFIX" =~ ^[A-Za-z0-9._-]+$ ]]; then
+    echo "steps_contention.sh: --prefix '$PREFIX' must be a folder name (letters, digits, '.', '_', '-')" >&2
+    exit 2
+fi
 
 if [ "$DRY" = 0 ] && [ -n "$(git status --porcelain --untracked-files=no)" ]; then
     echo "steps_contention.sh: warning: the tree has uncommitted changes; each steps.json will say so" >&2
@@ -43,7 +51,7 @@ declare -A TASK_ARGS=(
 
 measure() {  # task threads host
     local task=$1 threads=$2 host=$3 pin=() pid=""
-    local out=results/steps/contention-$task-threads$threads-$host
+    local out=results/steps/$PREFIX-$task-threads$threads-$host
     [ "$threads" = 1 ] && pin=(taskset -c 0)
     # shellcheck disable=SC2206
     local cmd=("${pin[@]}" repro-bench steps ${TASK_ARGS[$task]} logger=none --norms layernorm,rmsnorm,prmsnorm

@@ -29,9 +29,17 @@ def test_every_task_and_thread_count_is_measured_quiet_and_beside_a_neighbour():
         assert pinned == ("--threads 1" in line or ("while True" in line and neighbours.index(line) % 2 == 1)), line
 
 
+def test_a_prefix_names_a_new_series_instead_of_overwriting_the_committed_one():
+    outs = [line.split("--out ")[1] for line in dry_run("--prefix", "again") if "repro-bench steps" in line]
+    assert len(outs) == 8 and all(out.startswith("results/steps/again-") for out in outs)
+    result = subprocess.run(["bash", "scripts/steps_contention.sh", "--dry-run", "--prefix", "../x"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "--prefix '../x'" in result.stderr
+
+
 def test_a_bad_argument_is_one_line_naming_the_allowed_ones():
     result = subprocess.run(["bash", "scripts/steps_contention.sh", "--thread", "2"], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip() == ("steps_contention.sh: unknown argument '--thread' "
-                                     "(allowed: --data DIR, --steps N, --dry-run)")
+                                     "(allowed: --data DIR, --steps N, --prefix NAME, --dry-run)")
