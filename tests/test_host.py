@@ -130,3 +130,29 @@ def test_runs_on_different_kinds_of_machine_are_named_even_under_one_cpu_model()
     (note,) = host.host_notes({"ln-1": zen4, "rms-1": zen4, "ln-2": avx2})
     assert note == ("runs on different kinds of machine (their time columns mix them): "
                     "AMD EPYC (AVX2, 2 CPUs): ln-2; AMD EPYC (AVX512, 2 CPUs): ln-1, rms-1")
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n\n"
+     "processor\t: 1\ncpu family\t: 99\nmodel\t\t: 9\n", "family 25 model 1"),
+    ("processor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\nCPU architecture: 8\nCPU part\t: 0xd0c\n",
+     "implementer 0x41 part 0xd0c"),
+    ("processor\t: 0\nmodel name\t: something\n", None),
+])
+def test_the_cpu_generation_comes_from_the_first_cpus_block(monkeypatch, tmp_path, cpuinfo, expected):
+    fake = tmp_path / "cpuinfo"
+    fake.write_text(cpuinfo)
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: real_open(fake if path == "/proc/cpuinfo" else path, *a, **k))
+    assert host.cpu_id() == expected
+
+
+def test_two_generations_under_one_model_name_and_capability_are_told_apart():
+    """Two "AMD EPYC" AVX2 VMs whose 2-thread steps differed by 19-24 %: with the generation
+    recorded, a table mixing them names both; records from before it keep their old label."""
+    zen3 = {**_info(0.1, 2.0), "cpu_model": "AMD EPYC", "cpu_id": "family 25 model 1", "cpu_capability": "AVX2"}
+    other = {**zen3, "cpu_id": "family 23 model 49"}
+    assert host.host_label(zen3) == "AMD EPYC (family 25 model 1, AVX2, 2 CPUs)"
+    assert host.host_label({**zen3, "cpu_id": None}) == "AMD EPYC (AVX2, 2 CPUs)"
+    (note,) = host.host_notes({"ln-1": zen3, "ln-2": other})
+    assert "family 23 model 49, AVX2, 2 CPUs): ln-2" in note and "family 25 model 1, AVX2, 2 CPUs): ln-1" in note

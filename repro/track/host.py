@@ -4,6 +4,8 @@ Every training run (summary.json, key "environment") and every `repro-bench step
 `host_info()` when it starts and `finish_host_info()` adds the load average when it ends:
 
     cpu_model      the CPU's model name from /proc/cpuinfo (never just "cpu")
+    cpu_id         the CPU's generation where /proc/cpuinfo gives it ("family 25 model 1" on x86,
+                   "implementer 0x41 part 0xd0c" on ARM): VMs name two generations "AMD EPYC" alike
     cpu_count      logical CPUs this process may run on
     cpu_capability the vector capability torch dispatches to (AVX512, AVX2, DEFAULT, ...)
     cpu_bf16       whether the CPU does bf16 arithmetic natively (`cpu_has_native_bf16`)
@@ -139,7 +141,7 @@ def host_info() -> dict:
     status = _git("status", "--porcelain", "--untracked-files=no")
     cpu = cpu_model()
     return {
-        "cpu_model": cpu, "cpu_count": cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_model": cpu, "cpu_id": cpu_id(), "cpu_count": cpu_count(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cpu_bf16": cpu_has_native_bf16(), "cpu_threads": torch.get_num_threads(), "gpu": gpu, "device": gpu or cpu,
         "torch": torch.__version__, "triton": _version("triton"), "cuda": torch.version.cuda,
         "python": platform.python_version(), "git_sha": _git("rev-parse", "HEAD"),
@@ -157,6 +159,27 @@ def finish_host_info(info: Optional[dict]) -> dict:
         info["other_cpu"] = used
     verdict = is_uncontended(info)
     return {**info, "contended": None if verdict is None else not verdict}
+
+
+def cpu_id() -> Optional[str]:
+    """The CPU's generation from /proc/cpuinfo: x86's family and model numbers (Zen 3 EPYC is family
+    25 model 1, Zen 4 family 25 model 17), ARM's implementer and part; None where it gives neither.
+    A VM's model name can be just "AMD EPYC" for both, and their speeds differ."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the first CPU's block is enough
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return None
+    if "cpu family" in fields and "model" in fields:
+        return f"family {fields['cpu family']} model {fields['model']}"
+    if "CPU implementer" in fields and "CPU part" in fields:
+        return f"implementer {fields['CPU implementer']} part {fields['CPU part']}"
+    return None
 
 
 def other_load(info: dict) -> Optional[float]:
@@ -192,15 +215,17 @@ def is_uncontended(info: Optional[dict], tolerance: float = CONTENTION_TOLERANCE
 
 def host_label(env: Optional[dict]) -> str:
     """The kind of machine a run's or a measurement's times belong to, in words: the GPU's name,
-    else the CPU model with the vector capability torch dispatched to and the CPUs the process
-    could use, e.g. "AMD EPYC (AVX512, 2 CPUs)". The model name alone does not tell the kind: the
-    same "AMD EPYC" VM has come with AVX-512 in one session and AVX2 only in another, and bf16
-    steps ran 15x slower on the second (results/steps/README.md)."""
+    else the CPU model with its generation (where recorded), the vector capability torch dispatched
+    to and the CPUs the process could use, e.g. "AMD EPYC (family 25 model 1, AVX2, 2 CPUs)". The
+    model name alone does not tell the kind: the same "AMD EPYC" VM has come with AVX-512 in one
+    session and AVX2 only in another, and bf16 steps ran 15x slower on the second; two AVX2 ones
+    differed by 19-24 % in 2-thread step time (results/steps/README.md)."""
     env = env or {}
     if env.get("gpu"):
         return str(env["gpu"])
     name = env.get("cpu_model") or env.get("device") or "unknown device"
-    details = [str(env["cpu_capability"])] if env.get("cpu_capability") else []
+    details = [str(env["cpu_id"])] if env.get("cpu_id") else []
+    details += [str(env["cpu_capability"])] if env.get("cpu_capability") else []
     details += [f"{env['cpu_count']} CPUs"] if env.get("cpu_count") else []
     return f"{name} ({', '.join(details)})" if details else str(name)
 
