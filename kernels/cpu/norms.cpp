@@ -205,6 +205,13 @@ inline void fence_streams() {
 #endif
 }
 
+// The next row's data, asked for while this row's second pass runs from cache: the rows' first
+// pass otherwise waits on memory with nothing else to do (prefetch hints never fault, and change
+// no value).
+inline void prefetch(const void* p) {
+  __builtin_prefetch(p, 0, 3);
+}
+
 // Zero the lanes past the tail, for sums whose terms are not zero on zero-filled lanes.
 template <typename A>
 inline Vectorized<A> keep_valid(const Vectorized<A>& v, Full<A>) {
@@ -460,6 +467,7 @@ std::tuple<Tensor, Tensor> rms_norm_forward(
     at::parallel_for(0, m, rows_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T* xr = xp + r * x_stride;
+        const T* next = r + 1 < r1 ? xr + x_stride : xr;
         T* yr = yp + r * n;
         const A ms = sum_squares(xr, k) / static_cast<A>(k);
         const A s = eps_outside ? A(1) / (std::sqrt(ms) + eps_a) : A(1) / std::sqrt(ms + eps_a);
@@ -468,14 +476,17 @@ std::tuple<Tensor, Tensor> rms_norm_forward(
         if (channels > 0) {  // one gain and offset for the whole row
           const V wv(wp[r % channels]), bv(bp ? bp[r % channels] : A(0));
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            prefetch(next + i);
             store_out(yr + i, at::vec::fmadd(load(xr + i, len) * sv, wv, bv), len, stream);
           });
         } else if (bp) {
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            prefetch(next + i);
             store_out(yr + i, at::vec::fmadd(load(xr + i, len) * sv, load(wp + i, len), load(bp + i, len)), len, stream);
           });
         } else {
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            prefetch(next + i);
             store_out(yr + i, load(xr + i, len) * sv * load(wp + i, len), len, stream);
           });
         }
@@ -604,8 +615,13 @@ std::tuple<Tensor, Tensor, Tensor> rms_norm_backward(
         })[0];
         a[j] = rms_prefix_coef(xr[j], s[j], c_sum, k, eps_outside);
       }
+      const bool last = r0 + rows >= m;
+      const T* next_x = last ? xr[0] : xp + (r0 + rows) * x_stride;
+      const T* next_dy = last ? dyr[0] : dyp + (r0 + rows) * dy_stride;
       auto columns = [&](int64_t begin, int64_t end, auto in_prefix) {
         vec_loop<A>(begin, end, [&](int64_t i, auto len) {
+          prefetch(next_x + i);
+          prefetch(next_dy + i);
           const V wv = load(wp + i, len);
           V dw_sum(A(0)), db_sum(A(0));
           for (int64_t j = 0; j < rows; ++j) {
@@ -664,6 +680,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
     at::parallel_for(0, m, rows_grain(n), [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const T* xr = xp + r * x_stride;
+        const T* next = r + 1 < r1 ? xr + x_stride : xr;
         T* yr = yp + r * n;
         const A mu = vec_sums<A, 1>(0, n, [&](auto& acc, int64_t i, auto len) {
           acc[0] = acc[0] + load(xr + i, len);
@@ -680,15 +697,18 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_forward(
         if (channels > 0) {  // one gain and offset for the whole row
           const V wv(wp[r % channels]), bv(bp ? bp[r % channels] : A(0));
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            prefetch(next + i);
             store_out(yr + i, at::vec::fmadd((load(xr + i, len) - muv) * sv, wv, bv), len, stream);
           });
         } else if (bp) {
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            prefetch(next + i);
             const V xh = (load(xr + i, len) - muv) * sv;
             store_out(yr + i, at::vec::fmadd(xh, load(wp + i, len), load(bp + i, len)), len, stream);
           });
         } else {
           vec_loop<A>(0, n, [&](int64_t i, auto len) {
+            prefetch(next + i);
             store_out(yr + i, (load(xr + i, len) - muv) * sv * load(wp + i, len), len, stream);
           });
         }
@@ -800,7 +820,12 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(
         g_mean[j] = g_sum * inv_n;
         gxh_mean[j] = gxh_sum * inv_n;
       }
+      const bool last = r0 + rows >= m;
+      const T* next_x = last ? xr[0] : xp + (r0 + rows) * x_stride;
+      const T* next_dy = last ? dyr[0] : dyp + (r0 + rows) * dy_stride;
       vec_loop<A>(0, n, [&](int64_t i, auto len) {
+        prefetch(next_x + i);
+        prefetch(next_dy + i);
         const V wv = load(wp + i, len);
         V dw_sum(A(0)), db_sum(A(0));
         for (int64_t j = 0; j < rows; ++j) {
