@@ -17,7 +17,7 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
-// x86 intrinsics only in the AVX2 / AVX-512 builds (streaming stores); every other build
+// x86 intrinsics only in the AVX2 / AVX-512 builds (streaming stores, next-row prefetch); every other build
 // (DEFAULT: aarch64, POWER, or x86 forced to it with REPRO_CPU_CAPABILITY=DEFAULT) is at::vec's
 // portable code alone, with normal stores.
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
@@ -207,9 +207,13 @@ inline void fence_streams() {
 
 // The next row's data, asked for while this row's second pass runs from cache: the rows' first
 // pass otherwise waits on memory with nothing else to do (prefetch hints never fault, and change
-// no value).
-inline void prefetch(const void* p) {
+// no value). AVX2 / AVX-512 builds only: on a 2-core Zen 3 VM the AVX2 kernels took 0.66-0.93 of
+// their time with it, while the DEFAULT build's RMSNorm backward took 1.39-1.46x (paired,
+// results/bench/cpu_kernel_ratios/README.md), so the portable build (aarch64's) goes without.
+inline void prefetch([[maybe_unused]] const void* p) {
+#if REPRO_X86_STREAMS
   __builtin_prefetch(p, 0, 3);
+#endif
 }
 
 // Zero the lanes past the tail, for sums whose terms are not zero on zero-filled lanes.
