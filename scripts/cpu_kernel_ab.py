@@ -7,7 +7,8 @@
 
 Builds the base revision's kernels/cpu/norms.cpp under another op namespace (repro_cpu_norms_base),
 loads it into the same process as the working tree's build, and times every kernel of both
-(forward and backward of RMSNorm, pRMSNorm with k = N/8 and LayerNorm, fp32) call by call in turn
+(forward and backward of RMSNorm, pRMSNorm with k = N/8 and LayerNorm, fp32; on request the
+per-channel mode's, `--kernels "rms fwd pc,rms bwd pc,ln fwd pc,ln bwd pc"`) call by call in turn
 (repro.bench.paired.interleave), the cache flushed before every call (--flush-mib; otherwise a call
 could read what the previous one left in cache). Prints, per shape and kernel, the medians of both
 and the median of the per-round new / base ratio with a bootstrap 95 % interval
@@ -30,6 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCE = "kernels/cpu/norms.cpp"
 BASE_LIBRARY = "repro_cpu_norms_base"
 KERNELS = ("rms fwd", "rms bwd", "prms fwd", "prms bwd", "ln fwd", "ln bwd")
+# ConvNorm's mode: one gain and bias per row, PER_CHANNEL_CHANNELS channels in turn (the rows of
+# a (sample, channel) conv map over its positions). Only on request (--kernels): revisions before
+# 0eb55af have no such mode.
+PER_CHANNEL_KERNELS = ("rms fwd pc", "rms bwd pc", "ln fwd pc", "ln bwd pc")
+PER_CHANNEL_CHANNELS = 32
 
 
 def shapes(text: str) -> list[tuple[int, int]]:
@@ -78,7 +84,8 @@ def base_source(rev: str, library: str, dest: Path) -> tuple[Path, str]:
 
 
 def kernel_calls(lib, m: int, n: int) -> dict:
-    """The six kernels of one build on one (m, n) fp32 input, as argument-free callables."""
+    """The kernels of one build on one (m, n) fp32 input, as argument-free callables: the six
+    per-feature ones, and the per-channel ones where m is a multiple of PER_CHANNEL_CHANNELS."""
     import torch
 
     torch.manual_seed(0)
@@ -88,7 +95,7 @@ def kernel_calls(lib, m: int, n: int) -> dict:
     _, rstd = lib.rms_norm_forward(x, w, None, 1e-6, n, False)
     _, prstd = lib.rms_norm_forward(x, w, None, 1e-6, k, False)
     _, mean, lrstd = lib.layer_norm_forward(x, w, b, 1e-5)
-    return {
+    calls = {
         "rms fwd": lambda: lib.rms_norm_forward(x, w, None, 1e-6, n, False),
         "rms bwd": lambda: lib.rms_norm_backward(dy, x, w, rstd, 1e-6, n, False, False),
         "prms fwd": lambda: lib.rms_norm_forward(x, w, None, 1e-6, k, False),
@@ -96,6 +103,18 @@ def kernel_calls(lib, m: int, n: int) -> dict:
         "ln fwd": lambda: lib.layer_norm_forward(x, w, b, 1e-5),
         "ln bwd": lambda: lib.layer_norm_backward(dy, x, w, mean, lrstd, True),
     }
+    c = PER_CHANNEL_CHANNELS
+    if m % c == 0:
+        wc, bc = 1 + 0.1 * torch.randn(c), 0.1 * torch.randn(c)
+        _, crstd = lib.rms_norm_forward(x, wc, bc, 1e-6, n, False, c)
+        _, cmean, clrstd = lib.layer_norm_forward(x, wc, bc, 1e-5, c)
+        calls.update({
+            "rms fwd pc": lambda: lib.rms_norm_forward(x, wc, bc, 1e-6, n, False, c),
+            "rms bwd pc": lambda: lib.rms_norm_backward(dy, x, wc, crstd, 1e-6, n, False, True, c),
+            "ln fwd pc": lambda: lib.layer_norm_forward(x, wc, bc, 1e-5, c),
+            "ln bwd pc": lambda: lib.layer_norm_backward(dy, x, wc, cmean, clrstd, True, c),
+        })
+    return calls
 
 
 def max_difference(a, b) -> float:
@@ -107,7 +126,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="HEAD", help="git revision to compare the working tree against (default HEAD)")
     p.add_argument("--shapes", type=shapes, default=shapes("4096x512,4096x1024,16384x512"))
-    p.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated subset of {', '.join(KERNELS)}")
+    p.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated subset of {', '.join(KERNELS)} (the default), and ConvNorm's per-channel "
+                        f"{', '.join(PER_CHANNEL_KERNELS)} ({PER_CHANNEL_CHANNELS} channels)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flush-mib", type=int, default=64, help="cache flush before each call, in MiB (0: none)")
@@ -117,9 +137,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     kernels = [k.strip() for k in args.kernels.split(",") if k.strip()]
-    unknown = sorted(set(kernels) - set(KERNELS))
+    unknown = sorted(set(kernels) - set(KERNELS) - set(PER_CHANNEL_KERNELS))
     if unknown or not kernels:
-        p.error(f"--kernels: unknown {unknown or 'empty list'}; allowed: {', '.join(KERNELS)}")
+        p.error(f"--kernels: unknown {unknown or 'empty list'}; allowed: {', '.join(KERNELS + PER_CHANNEL_KERNELS)}")
+    if any(k in PER_CHANNEL_KERNELS for k in kernels):
+        odd = [f"{m}x{n}" for m, n in args.shapes if m % PER_CHANNEL_CHANNELS]
+        if odd:
+            p.error(f"--shapes: the per-channel kernels take M as a multiple of {PER_CHANNEL_CHANNELS} channels, "
+                    f"got {', '.join(odd)}")
     if args.rounds < 3 or args.threads < 1 or args.flush_mib < 0:
         p.error("--rounds must be >= 3, --threads >= 1 and --flush-mib >= 0")
 

@@ -49,7 +49,10 @@ def test_the_committed_source_renames():
 @pytest.mark.parametrize("args, message", [
     (["--shapes", "4096by512"], "--shapes must be MxN[,MxN...], e.g. 4096x512, got '4096by512'"),
     (["--shapes", "16x4"], "--shapes: M must be >= 1 and N >= 8 (pRMSNorm takes N/8), got '16x4'"),
-    (["--kernels", "rms fwd,gelu"], "--kernels: unknown ['gelu']; allowed: rms fwd, rms bwd, prms fwd, prms bwd, ln fwd, ln bwd"),
+    (["--kernels", "rms fwd,gelu"], "--kernels: unknown ['gelu']; allowed: rms fwd, rms bwd, prms fwd, prms bwd, ln fwd, ln bwd, "
+                                    "rms fwd pc, rms bwd pc, ln fwd pc, ln bwd pc"),
+    (["--kernels", "rms bwd pc", "--shapes", "64x64,48x64"],
+     "--shapes: the per-channel kernels take M as a multiple of 32 channels, got 48x64"),
     (["--rounds", "2"], "--rounds must be >= 3, --threads >= 1 and --flush-mib >= 0"),
     (["--base-without-flag=-Ofast"], "--base-without-flag: -Ofast not among the build's flags: -O3 "),
 ])
@@ -90,3 +93,28 @@ def test_it_times_both_builds_and_compares_their_outputs(tmp_path):
         assert row["max_abs_difference"] < 1e-4
     table = [line for line in result.stdout.splitlines() if line.startswith("| 16x64 |") or line.startswith("| 5x24 |")]
     assert len(table) == 4
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="the C++ CPU kernels do not build here")
+def test_the_per_channel_calls_are_convnorms_mode_and_only_where_the_rows_fit():
+    """The per-channel kernels the script times compute ConvNorm's per-(sample, channel) norm with
+    one gain and bias per channel: checked against the reference on the working tree's build."""
+    import torch
+
+    from repro.kernels import reference
+
+    ab = script_module()
+    lib = cpu_kernels.load()
+    assert set(ab.kernel_calls(lib, 40, 16)) == set(ab.KERNELS)  # 40 rows: not whole groups of 32 channels
+    calls = ab.kernel_calls(lib, 64, 16)
+    assert set(calls) == set(ab.KERNELS) | set(ab.PER_CHANNEL_KERNELS)
+    torch.manual_seed(0)  # kernel_calls' own inputs, drawn again in the same order
+    x = torch.randn(64, 16)
+    torch.randn(64, 16), torch.randn(16), torch.randn(16)  # dy, w, b
+    wc, bc = 1 + 0.1 * torch.randn(32), 0.1 * torch.randn(32)
+    maps = x.view(2, 32, 16)
+    y_rms = calls["rms fwd pc"]()[0].view(2, 32, 16)
+    y_ln = calls["ln fwd pc"]()[0].view(2, 32, 16)
+    torch.testing.assert_close(y_rms, reference.rms_norm(maps, wc, bc, eps=1e-6, affine_dim=-2))
+    torch.testing.assert_close(y_ln, reference.layer_norm(maps, wc, bc, eps=1e-5, affine_dim=-2))
+    assert all(t.shape == (64, 16) for t in (calls["rms bwd pc"]()[0], calls["ln bwd pc"]()[0]))
