@@ -126,8 +126,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", default="HEAD", help="git revision to compare the working tree against (default HEAD)")
     p.add_argument("--shapes", type=shapes, default=shapes("4096x512,4096x1024,16384x512"))
-    p.add_argument("--kernels", default=",".join(KERNELS), help=f"comma-separated subset of {', '.join(KERNELS)} (the default), and ConvNorm's per-channel "
-                        f"{', '.join(PER_CHANNEL_KERNELS)} ({PER_CHANNEL_CHANNELS} channels)")
+    p.add_argument("--kernels", default=",".join(KERNELS),
+                   help=f"comma-separated subset of {', '.join(KERNELS)} (the default) and ConvNorm's "
+                        f"per-channel {', '.join(PER_CHANNEL_KERNELS)} ({PER_CHANNEL_CHANNELS} channels)")
     p.add_argument("--rounds", type=int, default=100)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--flush-mib", type=int, default=64, help="cache flush before each call, in MiB (0: none)")

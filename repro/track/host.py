@@ -87,16 +87,24 @@ def other_cpu(start: Optional[dict], end: Optional[dict]) -> Optional[float]:
     return round(max(0.0, others) / wall, 3)
 
 
-def cpu_model() -> str:
-    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo; the platform's answer elsewhere."""
+def _first_cpu_info() -> dict[str, str]:
+    """The first CPU's block of /proc/cpuinfo as {field: value}; {} where there is none."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break  # every CPU's block repeats the first one's fields
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        return {}
+    return fields
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC 7B13"), from /proc/cpuinfo; the platform's answer elsewhere."""
+    return _first_cpu_info().get("model name") or platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_count() -> int:
@@ -165,16 +173,7 @@ def cpu_id() -> Optional[str]:
     """The CPU's generation from /proc/cpuinfo: x86's family and model numbers (Zen 3 EPYC is family
     25 model 1, Zen 4 family 25 model 17), ARM's implementer and part; None where it gives neither.
     A VM's model name can be just "AMD EPYC" for both, and their speeds differ."""
-    fields: dict[str, str] = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not line.strip():
-                    break  # the first CPU's block is enough
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return None
+    fields = _first_cpu_info()
     if "cpu family" in fields and "model" in fields:
         return f"family {fields['cpu family']} model {fields['model']}"
     if "CPU implementer" in fields and "CPU part" in fields:
